@@ -1,0 +1,205 @@
+"""The `pedseg` command: data synthesis and checks, centralized training, prediction, evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from pedseg_core import __version__
+from pedseg_core.config import SCHEMES
+from pedseg_core.errors import DatasetError, PedsegError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def parse_data_args(values: Sequence[str]) -> dict[str, Path]:
+    """["knee=/data/knee", ...] -> {"knee": Path("/data/knee")}, refusing malformed or repeated names."""
+    data: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise PedsegError(f"--data {value}: expected JOINT=DIR, e.g. --data knee=/data/knee")
+        if name in data:
+            raise PedsegError(f"--data {value}: '{name}' is given twice")
+        data[name] = Path(path)
+    return data
+
+
+def parse_overrides(values: Sequence[str]) -> dict:
+    """["train.epochs=3", "model.norm=group"] -> {"train": {"epochs": 3}, "model": {"norm": "group"}}."""
+    overrides: dict = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key:
+            raise PedsegError(f"--set {value}: expected SECTION.KEY=VALUE, e.g. --set train.epochs=5")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return overrides
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pedseg_core.data.synth import synthesize
+
+    joints = [j.strip() for j in args.joints.split(",") if j.strip()]
+    written = synthesize(Path(args.out), joints, args.train, args.test, args.seed)
+    for joint, path in written.items():
+        print(f"{joint}: {path}  ({args.train} training, {args.test} test cases)")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from pedseg_core.data.validate import check_dataset
+
+    status = 0
+    for folder in args.dirs:
+        report = check_dataset(Path(folder))
+        if report.ok:
+            print(report.summary())
+        else:
+            for problem in report.problems:
+                print(problem, file=sys.stderr)
+            status = EXIT_USER_ERROR
+    return status
+
+
+def cmd_montage(args: argparse.Namespace) -> int:
+    from pedseg_core.data.montage import save_montage
+
+    save_montage([Path(d) for d in args.dirs], Path(args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pedseg_core.config import build_config
+    from pedseg_core.evaluate.table import results_table
+    from pedseg_core.train.centralized import train_centralized
+
+    overrides = parse_overrides(args.set)
+    overrides["scheme"] = args.scheme
+    cfg = build_config(args.preset, Path(args.config) if args.config else None, overrides)
+    results = train_centralized(parse_data_args(args.data), cfg, Path(args.out))
+    print(results_table(results))
+    print(f"run directory: {args.out}")
+    return 0
+
+
+def cmd_federate(args: argparse.Namespace) -> int:
+    raise PedsegError("federated training is not available yet in this version; use `pedseg train`")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pedseg_core.evaluate.predict import list_images, predict_files
+    from pedseg_core.model.checkpoint import find_domain, load_checkpoint
+
+    model, cfg, domains = load_checkpoint(Path(args.checkpoint))
+    domain = find_domain(domains, args.joint, Path(args.checkpoint))
+    images = list_images(Path(args.input))
+    outputs = predict_files(model, domain, images, Path(args.out), cfg.data, cfg.eval.batch_size,
+                            overwrite=args.overwrite)
+    print(f"wrote {len(outputs)} label volume(s) to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pedseg_core.evaluate.folders import evaluate_folders
+    from pedseg_core.evaluate.table import evaluation_table
+    from pedseg_core.train.run_dir import write_json
+
+    report = evaluate_folders(Path(args.pred), Path(args.ref), Path(args.labels) if args.labels else None)
+    print(evaluation_table(report))
+    if args.json:
+        write_json(Path(args.json), report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pedseg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pedseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="synthesize, check or look at datasets").add_subparsers(
+        dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write synthetic pediatric joint MRI datasets (nnU-Net v2 raw)")
+    synth.add_argument("out", help="output folder; one dataset per joint is written at OUT/<joint>/")
+    synth.add_argument("--joints", default="ankle,knee,shoulder", help="comma-separated joints")
+    synth.add_argument("--train", type=int, default=12, help="training cases per joint")
+    synth.add_argument("--test", type=int, default=4, help="test cases per joint")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_synth)
+    check = data.add_parser("check", help="validate nnU-Net v2 raw datasets (exit 2 on problems)")
+    check.add_argument("dirs", nargs="+", metavar="DIR")
+    check.set_defaults(func=cmd_check)
+    montage = data.add_parser("montage", help="PNG with one labeled slice per dataset, for a visual check")
+    montage.add_argument("dirs", nargs="+", metavar="DIR")
+    montage.add_argument("--out", required=True, help="PNG file to write")
+    montage.set_defaults(func=cmd_montage)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", action="append", required=True, metavar="JOINT=DIR",
+                        help="a joint's nnU-Net dataset; repeat for each joint")
+    common.add_argument("--out", required=True, metavar="RUN", help="new run directory")
+    common.add_argument("--preset", default="small", help="tiny | demo | small | paper")
+    common.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")
+    common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one option, e.g. --set train.epochs=5")
+
+    train = sub.add_parser("train", parents=[common], help="centralized training")
+    train.add_argument("--scheme", default="multi-domain", choices=SCHEMES)
+    train.set_defaults(func=cmd_train)
+
+    federate = sub.add_parser("federate", parents=[common], help="federated training on Flower")
+    federate.add_argument("--local", action="store_true", help="SuperLink and SuperNodes on 127.0.0.1")
+    federate.add_argument("--rounds", type=int)
+    federate.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
+    federate.add_argument("--scheme", default="full", choices=("multi-domain", "contrastive", "full"))
+    federate.set_defaults(func=cmd_federate)
+
+    predict = sub.add_parser("predict", help="label volumes for images, in the images' own geometry")
+    predict.add_argument("--checkpoint", required=True, metavar="CKPT")
+    predict.add_argument("--joint", required=True, help="which domain of the model to use")
+    predict.add_argument("--input", required=True, metavar="DIR|FILE")
+    predict.add_argument("--out", required=True, metavar="DIR")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.set_defaults(func=cmd_predict)
+
+    evaluate = sub.add_parser("evaluate", help="Dice, HD95 and ASSD per case and bone")
+    evaluate.add_argument("--pred", required=True, metavar="DIR")
+    evaluate.add_argument("--ref", required=True, metavar="DIR")
+    evaluate.add_argument("--labels", metavar="DATASET_JSON",
+                          help="dataset.json naming the labels (default: next to --ref)")
+    evaluate.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    evaluate.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def report_error(err: PedsegError, prog: str = "pedseg") -> None:
+    """One line per problem on stderr, no traceback."""
+    lines = err.problems if isinstance(err, DatasetError) else str(err).splitlines()
+    for line in lines:
+        print(f"{prog}: error: {line}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PedsegError as err:
+        report_error(err)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("pedseg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

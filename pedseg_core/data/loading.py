@@ -1,0 +1,51 @@
+"""Cases of a validated dataset -> in-memory 2D training slices; train / evaluation splits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pedseg_core.config import DataConfig
+from pedseg_core.data.nnunet import Case, RawDataset
+from pedseg_core.data.preprocess import prepare_image, prepare_label
+from pedseg_core.data.sampling import SliceSet
+
+
+def read_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...], np.ndarray]:
+    """(image [X, Y, Z] float32, label [X, Y, Z] uint8 or None, spacing in mm, affine) of a validated case."""
+    img = nib.load(str(case.image))
+    image = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3])
+    label = None
+    if case.label is not None:
+        label = np.asarray(nib.load(str(case.label)).dataobj).reshape(img.shape[:3]).astype(np.uint8)
+    return image, label, tuple(float(z) for z in img.header.get_zooms()[:3]), img.affine
+
+
+def load_slice_set(cases: Sequence[Case], cfg: DataConfig, desc: str | None = None) -> SliceSet:
+    """Every slice of every labeled case: images [N, 1, S, S] float32, labels [N, S, S] uint8."""
+    images, labels = [], []
+    for case in tqdm(cases, desc=desc, disable=desc is None, leave=False, unit="case"):
+        image, label, spacing, _ = read_case(case)
+        slices, geometry = prepare_image(image, spacing, cfg)
+        images.append(slices)
+        labels.append(prepare_label(label, geometry, cfg))
+    return SliceSet(torch.cat(images), torch.cat(labels))
+
+
+def split_cases(dataset: RawDataset, validation_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """(training cases, evaluation cases): the labeled test split when the dataset has one, otherwise a
+    seeded hold-out of `validation_fraction` of the training cases (at least one, never all)."""
+    labeled_test = [c for c in dataset.test if c.label is not None]
+    if labeled_test:
+        return list(dataset.train), labeled_test
+    cases = list(dataset.train)
+    if len(cases) < 2:
+        return cases, cases
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_eval = min(max(1, round(validation_fraction * len(cases))), len(cases) - 1)
+    held = set(order[:n_eval].tolist())
+    return ([c for i, c in enumerate(cases) if i not in held], [c for i, c in enumerate(cases) if i in held])

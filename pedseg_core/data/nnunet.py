@@ -1,0 +1,256 @@
+"""Reading nnU-Net v2 raw datasets: dataset.json, image/label pairing and NIfTI volumes."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from pedseg_core.errors import DatasetError, PedsegError
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+REQUIRED_KEYS = ("labels", "channel_names", "file_ending")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: its channel-0 image and its label (None for an unlabeled test image)."""
+
+    case_id: str
+    image: Path
+    label: Path | None
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """An nnU-Net v2 raw dataset: dataset.json plus imagesTr/labelsTr and optional imagesTs/labelsTs."""
+
+    root: Path
+    name: str
+    labels: dict[str, int]
+    file_ending: str
+    train: tuple[Case, ...]
+    test: tuple[Case, ...]
+
+    @property
+    def bones(self) -> list[str]:
+        """Label names except background, ordered by value."""
+        return [name for name, value in self.labels.items() if value != 0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+def read_dataset(root: Path) -> RawDataset:
+    """Parse dataset.json and pair files; raises DatasetError for structural problems. Reads no image data."""
+    dataset, problems = scan_dataset(root)
+    if problems:
+        raise DatasetError(root, problems)
+    return dataset
+
+
+def scan_dataset(root: Path) -> tuple[RawDataset | None, list[str]]:
+    """Like read_dataset, but return the structural problems instead of raising.
+
+    The dataset holds only well-formed cases. It is None when the folder, its dataset.json or the
+    file_ending is unusable; its labels are empty when the dataset.json labels are unusable.
+    """
+    root = Path(root)
+    if not root.exists():
+        return None, [f"{root}: dataset folder does not exist"]
+    if not root.is_dir():
+        return None, [f"{root}: not a directory (expected an nnU-Net dataset folder)"]
+    problems: list[str] = []
+    json_path = root / "dataset.json"
+    meta = _read_metadata(json_path, problems)
+    if meta is None:
+        return None, problems
+    labels = _parse_labels(meta.get("labels"), json_path, problems)
+    n_channels = _parse_channels(meta.get("channel_names"), json_path, problems)
+    file_ending = meta.get("file_ending")
+    if file_ending is None:
+        return None, problems
+    if file_ending not in NIFTI_ENDINGS:
+        problems.append(f'{json_path}: file_ending {file_ending!r} is not supported, use ".nii.gz" or ".nii"')
+        return None, problems
+    name = meta.get("name")
+    dataset = RawDataset(
+        root=root,
+        name=name if isinstance(name, str) and name else root.name,
+        labels=labels,
+        file_ending=file_ending,
+        train=_pair(root / "imagesTr", root / "labelsTr", file_ending, n_channels, problems, training=True),
+        test=_pair(root / "imagesTs", root / "labelsTs", file_ending, n_channels, problems, training=False),
+    )
+    return dataset, problems
+
+
+def case_id_of_image(path: Path, file_ending: str) -> str:
+    """The case id of a channel-0 image: "knee_003_0000.nii.gz" -> "knee_003"."""
+    suffix = "_0000" + file_ending
+    name = Path(path).name
+    if not name.endswith(suffix) or name == suffix:
+        raise PedsegError(f"{path}: image name must end in {suffix}")
+    return name[: -len(suffix)]
+
+
+def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI volume as (data, 4x4 affine).
+
+    Integer data keeps its dtype (labels), anything else becomes float32. A 4D file holding a single
+    volume is squeezed to 3D. Raises DatasetError with one "<path>: ..." line when the file cannot be
+    read or does not hold a non-empty 3D volume.
+    """
+    path = Path(path)
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
+        if not np.issubdtype(data.dtype, np.integer):
+            data = data.astype(np.float32, copy=False)
+        affine = np.array(image.affine, dtype=np.float64)
+    except Exception as error:  # nibabel, gzip, zlib, EOFError, numpy: each fails its own way
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise DatasetError(path, [f"{path}: cannot read NIfTI: {reason}"]) from None
+    if data.size == 0:
+        raise DatasetError(path, [f"{path}: empty volume (shape {data.shape})"])
+    if data.ndim > 3 and all(size == 1 for size in data.shape[3:]):
+        data = data.reshape(data.shape[:3])
+    if data.ndim != 3:
+        raise DatasetError(path, [f"{path}: expected a 3D volume, got shape {data.shape}"])
+    return data, affine
+
+
+def _read_metadata(path: Path, problems: list[str]) -> dict | None:
+    """dataset.json as a dict (None when unusable); reports missing required keys."""
+    if not path.exists():
+        problems.append(f"{path}: missing (every nnU-Net dataset needs a dataset.json)")
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        problems.append(f"{path}: cannot read: {error.strerror or error}")
+        return None
+    except (ValueError, RecursionError) as error:
+        problems.append(f"{path}: not valid JSON: {error}")
+        return None
+    if not isinstance(meta, dict):
+        problems.append(f"{path}: must contain a JSON object, found {type(meta).__name__}")
+        return None
+    missing = [key for key in REQUIRED_KEYS if meta.get(key) is None]
+    if missing:
+        problems.append(f"{path}: missing required key(s): {', '.join(missing)}")
+    return meta
+
+
+def _parse_labels(raw, path: Path, problems: list[str]) -> dict[str, int]:
+    """The labels mapping sorted by value; empty when missing or not a mapping of names to integers."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        problems.append(f'{path}: "labels" must map names to integers, e.g. {{"background": 0, "femur": 1}}')
+        return {}
+    regions = [name for name, value in raw.items() if isinstance(value, list)]
+    if regions:
+        problems.append(
+            f"{path}: region-based labels (lists of values) are not supported: {', '.join(regions)}"
+        )
+        return {}
+    not_ints = [name for name, value in raw.items() if type(value) is not int]
+    if not_ints:
+        wrong = ", ".join(f"{name!r}: {raw[name]!r}" for name in not_ints)
+        hint = " (nnU-Net v1 style value-to-name mapping?)" if all(k.isdigit() for k in raw) else ""
+        problems.append(f'{path}: "labels" values must be integers, got {wrong}{hint}')
+        return {}
+    labels = dict(sorted(raw.items(), key=lambda item: item[1]))
+    if labels.get("background") != 0:
+        problems.append(f'{path}: "labels" must contain "background": 0')
+    values = list(labels.values())
+    if values != list(range(len(values))):
+        problems.append(f'{path}: "labels" values must be consecutive from 0, got {values}')
+    return labels
+
+
+def _parse_channels(raw, path: Path, problems: list[str]) -> int:
+    """Number of declared channels (1 when missing or invalid)."""
+    if raw is None:
+        return 1
+    if not isinstance(raw, dict) or not raw:
+        problems.append(f'{path}: "channel_names" must map channel numbers to names, e.g. {{"0": "T1"}}')
+        return 1
+    if len(raw) > 1:
+        names = ", ".join(f"{key}={value}" for key, value in raw.items())
+        problems.append(f"{path}: only single-channel MRI is supported, channel_names declares {names}")
+    return len(raw)
+
+
+def _pair(
+    images_dir: Path, labels_dir: Path, file_ending: str, n_channels: int, problems: list[str], training: bool
+) -> tuple[Case, ...]:
+    """Pair images with labels; training images must have one, test images may not."""
+    images = _images_by_case(images_dir, file_ending, n_channels, problems)
+    labels = _labels_by_case(labels_dir, file_ending, problems)
+    if training and not images:
+        state = f"no images named <case>_0000{file_ending}" if images_dir.is_dir() else "folder missing"
+        problems.append(f"{images_dir}: {state} (at least one training case is required)")
+    elif training and not labels_dir.is_dir():
+        problems.append(f"{labels_dir}: folder missing (every training image needs a label)")
+        return ()
+    for case_id in sorted(labels.keys() - images.keys()):
+        problems.append(f"{labels[case_id]}: missing image {images_dir / (case_id + '_0000' + file_ending)}")
+    cases = []
+    for case_id, image in sorted(images.items()):
+        label = labels.get(case_id)
+        if label is None and training:
+            problems.append(f"{image}: missing label {labels_dir / (case_id + file_ending)}")
+        else:
+            cases.append(Case(case_id, image, label))
+    return tuple(cases)
+
+
+def _images_by_case(folder: Path, file_ending: str, n_channels: int, problems: list[str]) -> dict[str, Path]:
+    """Channel-0 images by case id; reports undeclared channels and misnamed NIfTI files."""
+    pattern = re.compile(r"(.+)_(\d{4})" + re.escape(file_ending))
+    images = {}
+    for path in _list_files(folder, problems):
+        match = pattern.fullmatch(path.name)
+        if match and int(match[2]) == 0:
+            images[match[1]] = path
+        elif match and int(match[2]) >= n_channels:
+            problems.append(
+                f"{path}: channel {match[2]} is not declared in dataset.json channel_names "
+                f"(only single-channel MRI is supported: images end in _0000{file_ending})"
+            )
+        elif not match and _looks_like_nifti(path):
+            problems.append(f"{path}: image name must end in _0000{file_ending}")
+    return images
+
+
+def _labels_by_case(folder: Path, file_ending: str, problems: list[str]) -> dict[str, Path]:
+    """Label files by case id; reports NIfTI files with the wrong ending."""
+    labels = {}
+    for path in _list_files(folder, problems):
+        if path.name.endswith(file_ending):
+            labels[path.name[: -len(file_ending)]] = path
+        elif _looks_like_nifti(path):
+            problems.append(f"{path}: label name must end in {file_ending} (the dataset.json file_ending)")
+    return labels
+
+
+def _list_files(folder: Path, problems: list[str]) -> list[Path]:
+    """Sorted files in folder, hidden files (e.g. macOS ._ copies) skipped; empty when it does not exist."""
+    if not folder.is_dir():
+        return []
+    try:
+        return sorted(path for path in folder.iterdir() if not (path.name.startswith(".") or path.is_dir()))
+    except OSError as error:
+        problems.append(f"{folder}: cannot list folder: {error.strerror or error}")
+        return []
+
+
+def _looks_like_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_ENDINGS)

@@ -1,0 +1,79 @@
+"""`pedseg evaluate`: score a folder of predicted label volumes against a folder of references."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from pedseg_core.errors import PedsegError
+from pedseg_core.evaluate.metrics import case_metrics, summarize
+from pedseg_core.evaluate.predict import case_name
+
+
+def read_labels(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """An integer label volume and its image; PedsegError for unreadable or non-integer files."""
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing line
+        raise PedsegError(f"{path}: cannot read NIfTI: {str(err).splitlines()[0]}") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if not np.issubdtype(data.dtype, np.integer):
+        if not np.isfinite(data).all() or not np.all(data == np.round(data)):
+            raise PedsegError(f"{path}: label values are not integers")
+        data = data.astype(np.int32)
+    return data, img
+
+
+def labels_for(ref_dir: Path, labels_json: Path | None) -> dict[str, int]:
+    """Bone names -> values from dataset.json (given, or next to the reference folder)."""
+    path = labels_json or ref_dir.parent / "dataset.json"
+    if not path.is_file():
+        raise PedsegError(f"{path}: no dataset.json to name the labels (pass --labels DATASET_JSON)")
+    try:
+        labels = json.loads(path.read_text())["labels"]
+        return {str(k): int(v) for k, v in labels.items() if int(v) != 0}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PedsegError(f"{path}: cannot read the 'labels' of dataset.json ({err})") from None
+
+
+def pair_files(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
+    """(case, prediction, reference) for every reference; PedsegError if a prediction is missing."""
+    for folder in (pred_dir, ref_dir):
+        if not folder.is_dir():
+            raise PedsegError(f"{folder}: no such folder")
+    preds = {case_name(p): p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii"))}
+    refs = {case_name(p): p for p in ref_dir.iterdir() if p.name.endswith((".nii.gz", ".nii"))}
+    if not refs:
+        raise PedsegError(f"{ref_dir}: no reference label files")
+    missing = sorted(set(refs) - set(preds))
+    if missing:
+        raise PedsegError(f"{pred_dir}: no prediction for {len(missing)} reference case(s): "
+                          f"{', '.join(missing[:5])}")
+    return [(c, preds[c], refs[c]) for c in sorted(refs)]
+
+
+def evaluate_pair(pred_path: Path, ref_path: Path, bones: dict[str, int]) -> dict:
+    pred, _ = read_labels(pred_path)
+    ref, ref_img = read_labels(ref_path)
+    if pred.shape != ref.shape:
+        raise PedsegError(f"{pred_path}: shape {pred.shape} differs from the reference's {ref.shape}")
+    spacing = ref_img.header.get_zooms()[:3]
+    return case_metrics(pred, ref, bones, spacing)
+
+
+def evaluate_folders(pred_dir: Path, ref_dir: Path, labels_json: Path | None = None,
+                     progress: bool = True) -> dict:
+    """{"labels": {bone: value}, "cases": {case: {metric: {bone: v}}}, "mean": {metric: {bone: v}},
+    "mean_dice": v} with distances in mm."""
+    bones = labels_for(ref_dir, labels_json)
+    cases = {case: evaluate_pair(p, r, bones)
+             for case, p, r in tqdm(pair_files(pred_dir, ref_dir), desc="evaluate", disable=not progress)}
+    summary = summarize(cases, bones)
+    mean_dice = summary.pop("mean_dice")
+    return {"labels": bones, "cases": cases, "mean": summary, "mean_dice": mean_dice}

@@ -1,0 +1,93 @@
+"""3D prediction: slice a volume, run its domain's network, rebuild labels in the input's own geometry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pedseg_core.config import DataConfig
+from pedseg_core.data.preprocess import logits_to_volume, prepare_image
+from pedseg_core.errors import PedsegError
+from pedseg_core.model.unet import MultiDomainUNet
+
+
+@torch.no_grad()
+def predict_volume(model: MultiDomainUNet, domain: int, volume: np.ndarray, spacing: Sequence[float],
+                   cfg: DataConfig, batch_size: int) -> np.ndarray:
+    """volume [X, Y, Z] -> uint8 labels [X, Y, Z] (same shape), slicing along the largest spacing."""
+    model.eval()
+    slices, geometry = prepare_image(volume, tuple(spacing), cfg)
+    logits = torch.cat([model(slices[i:i + batch_size], domain) for i in range(0, len(slices), batch_size)])
+    return logits_to_volume(logits, geometry)
+
+
+def read_image(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """A 3D (or 4D with one trailing channel) NIfTI image -> (image, [X, Y, Z] float32); PedsegError else."""
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing line
+        raise PedsegError(f"{path}: cannot read NIfTI: {str(err).splitlines()[0]}") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise PedsegError(f"{path}: expected a 3D image, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise PedsegError(f"{path}: {int((~np.isfinite(data)).sum())} voxels are NaN or infinite")
+    return img, data
+
+
+def case_name(path: Path) -> str:
+    """imagesTs/knee_003_0000.nii.gz -> knee_003 (nnU-Net channel suffix and extension removed)."""
+    name = path.name
+    for ending in (".nii.gz", ".nii"):
+        if name.endswith(ending):
+            name = name[: -len(ending)]
+            break
+    return name.removesuffix("_0000")
+
+
+def list_images(source: Path) -> list[Path]:
+    """A NIfTI file, or every .nii/.nii.gz file in a folder (sorted)."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise PedsegError(f"{source}: no such file or folder")
+    images = sorted(p for p in source.iterdir() if p.name.endswith((".nii.gz", ".nii")))
+    if not images:
+        raise PedsegError(f"{source}: no .nii or .nii.gz images in this folder")
+    return images
+
+
+def output_paths(images: Sequence[Path], out_dir: Path, overwrite: bool) -> list[Path]:
+    """`out_dir/<case>.nii.gz` per image; refuses to overwrite existing files unless asked."""
+    outputs = [out_dir / f"{case_name(p)}.nii.gz" for p in images]
+    if len(set(outputs)) != len(outputs):
+        raise PedsegError(f"{out_dir}: two inputs would write the same output name")
+    existing = [p for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise PedsegError(f"{existing[0]}: already exists ({len(existing)} outputs would be overwritten; "
+                          "pass --overwrite or choose another --out)")
+    return outputs
+
+
+def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], out_dir: Path,
+                  cfg: DataConfig, batch_size: int, overwrite: bool = False,
+                  progress: bool = True) -> list[Path]:
+    """Write one uint8 label NIfTI per image, with the image's shape, affine and header geometry."""
+    outputs = output_paths(images, out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for image_path, out_path in tqdm(list(zip(images, outputs)), desc="predict", disable=not progress,
+                                     unit="case"):
+        img, volume = read_image(image_path)
+        labels = predict_volume(model, domain, volume, img.header.get_zooms()[:3], cfg, batch_size)
+        header = img.header.copy()
+        header.set_data_dtype(np.uint8)
+        header["scl_slope"], header["scl_inter"] = 1.0, 0.0
+        nib.save(nib.Nifti1Image(labels.reshape(img.shape), img.affine, header), str(out_path))
+    return outputs

@@ -1,0 +1,71 @@
+"""Model checkpoints: weights plus everything needed to rebuild and use the model (config, domains)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from pedseg_core.config import PedsegConfig, config_from_dict
+from pedseg_core.errors import PedsegError
+from pedseg_core.model.unet import MultiDomainUNet
+
+FORMAT = "pedseg-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One domain of a model: its name (a joint, or a site), its joint, and dataset.json-style labels."""
+
+    name: str
+    joint: str
+    labels: dict[str, int]
+
+    @property
+    def bones(self) -> dict[str, int]:
+        return {k: v for k, v in self.labels.items() if v != 0}
+
+
+def save_checkpoint(path: Path, model: MultiDomainUNet, cfg: PedsegConfig, domains: list[DomainSpec],
+                    **extra) -> None:
+    """Write atomically (temporary file, then rename), so an interrupted save never leaves a broken file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "config": cfg.to_dict(), "domains": [asdict(d) for d in domains],
+               "state_dict": model.state_dict(), **extra}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> tuple[MultiDomainUNet, PedsegConfig, list[DomainSpec]]:
+    """Rebuild the model in eval mode; PedsegError for a missing, unreadable or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PedsegError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing line
+        raise PedsegError(f"{path}: cannot read checkpoint: {str(err).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise PedsegError(f"{path}: not a pedseg checkpoint (expected format {FORMAT})")
+    cfg = config_from_dict(payload["config"])
+    domains = [DomainSpec(**d) for d in payload["domains"]]
+    model = MultiDomainUNet([len(d.labels) for d in domains], cfg.model)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, cfg, domains
+
+
+def find_domain(domains: list[DomainSpec], name: str, source: Path) -> int:
+    """Index of the domain called `name` (or, failing that, the only domain of joint `name`)."""
+    for i, d in enumerate(domains):
+        if d.name == name:
+            return i
+    by_joint = [i for i, d in enumerate(domains) if d.joint == name]
+    if len(by_joint) == 1:
+        return by_joint[0]
+    known = ", ".join(d.name for d in domains)
+    raise PedsegError(f"{source}: the model has no domain '{name}' (it has: {known})")

@@ -1,0 +1,30 @@
+"""A MONAI ResNet encoder laid out like torchvision's ResNet, so ImageNet checkpoints map onto it key by key.
+
+MONAI's own FlexibleUNet encoders use parameter-free "A" shortcuts for resnet18/34; torchvision's ImageNet
+ResNets use 1x1 conv + BN ("B") shortcuts. This class is MONAI's `ResNetFeatures` with "B" shortcuts.
+"""
+
+from __future__ import annotations
+
+from monai.networks.nets.resnet import ResNet, ResNetFeatures, get_inplanes
+
+RESNET_LAYERS = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
+
+
+class TorchvisionLayoutResNetEncoder(ResNetFeatures):
+    """2D ResNet feature extractor: [B, C_in, H, W] -> 5 maps with (64, 64, 128, 256, 512) channels at
+    strides (2, 4, 8, 16, 32); state-dict keys as torchvision's (conv1, bn1, layerN.i.*, downsample.0/1)."""
+
+    def __init__(self, backbone: str, in_channels: int = 1) -> None:
+        ResNet.__init__(
+            self,
+            block="basic",
+            layers=RESNET_LAYERS[backbone],
+            block_inplanes=get_inplanes(),
+            spatial_dims=2,
+            n_input_channels=in_channels,
+            conv1_t_stride=2,
+            shortcut_type="B",
+            bias_downsample=False,
+            feed_forward=False,
+        )

@@ -1,0 +1,41 @@
+"""THE one place that decides what is shared between sites and what stays private to a domain/site.
+
+Decided by module type: every parameter and buffer inside a `DomainModule` (domain norms with their running
+statistics, segmentation heads) is private; everything else (all convolution filters) is shared.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from pedseg_core.model.domain_norm import DomainModule
+
+
+def private_prefixes(model: nn.Module) -> list[str]:
+    """Module-name prefixes ("encoder.bn1.", "heads.", ...) of the model's domain-specific modules."""
+    return [f"{name}." for name, m in model.named_modules() if isinstance(m, DomainModule)]
+
+
+def is_private(key: str, prefixes: list[str]) -> bool:
+    return any(key.startswith(p) for p in prefixes)
+
+
+def split_state_dict(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(shared, private) parts of `model.state_dict()`: disjoint, and together exactly the state dict."""
+    prefixes = private_prefixes(model)
+    shared, private = {}, {}
+    for key, value in model.state_dict().items():
+        (private if is_private(key, prefixes) else shared)[key] = value
+    return shared, private
+
+
+def load_partial_state(model: nn.Module, part: dict[str, Tensor]) -> None:
+    """Load a shared or private part into `model`; refuses keys the model does not have or wrong shapes."""
+    own = model.state_dict()
+    unknown = sorted(set(part) - set(own))
+    if unknown:
+        raise KeyError(f"{len(unknown)} unknown keys, e.g. {unknown[:3]}")
+    bad = [k for k, v in part.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"shape mismatch for {bad[:3]}")
+    model.load_state_dict(part, strict=False)

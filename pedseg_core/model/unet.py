@@ -1,0 +1,76 @@
+"""The multi-domain 2D U-Net: shared ResNet encoder/decoder convolutions, domain-specific norms and heads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import FlexibleUNet
+from torch import Tensor, nn
+
+from pedseg_core.config import ModelConfig
+from pedseg_core.model.domain_norm import DomainModule, replace_norms
+from pedseg_core.model.encoder import TorchvisionLayoutResNetEncoder
+from pedseg_core.model.heads import DomainHeads
+
+
+class MultiDomainUNet(nn.Module):
+    """[B, 1, H, W] slices of ONE domain -> [B, num_classes[domain], H, W] logits (H, W multiples of 32).
+
+    Built from MONAI's FlexibleUNet (decoder, skip layout) with a torchvision-layout ResNet encoder; every
+    BatchNorm2d of encoder and decoder becomes a `DomainNorm`, and the head is a `DomainHeads`.
+    With one domain and the union of classes this is the plain "shared" network.
+    """
+
+    def __init__(self, num_classes: Sequence[int], cfg: ModelConfig, in_channels: int = 1) -> None:
+        super().__init__()
+        unet = FlexibleUNet(
+            in_channels=in_channels,
+            out_channels=1,  # replaced by the domain heads below
+            backbone=cfg.backbone,
+            decoder_channels=tuple(cfg.decoder_channels),
+            spatial_dims=2,
+            act=("relu", {"inplace": False}),
+        )
+        self.encoder = TorchvisionLayoutResNetEncoder(cfg.backbone, in_channels)
+        self.decoder = unet.decoder
+        self.skip_connect = unet.skip_connect
+        self.heads = DomainHeads(cfg.decoder_channels[-1], num_classes)
+        replace_norms(self, len(num_classes), cfg.norm, cfg.group_norm_groups)
+        self._domain_modules = [m for m in self.modules() if isinstance(m, DomainModule)]
+
+    @property
+    def num_domains(self) -> int:
+        return self.heads.num_domains
+
+    def set_domain(self, domain: int) -> None:
+        if not 0 <= domain < self.num_domains:
+            raise IndexError(f"domain {domain} out of range (model has {self.num_domains})")
+        for m in self._domain_modules:
+            m.domain = domain
+
+    def forward(self, x: Tensor, domain: int = 0) -> Tensor:
+        self.set_domain(domain)
+        features = self.encoder(x)
+        return self.heads(self.decoder(features, self.skip_connect))
+
+
+def build_model(num_classes: Sequence[int], cfg: ModelConfig) -> MultiDomainUNet:
+    """The model of a run, with its encoder initialized as `cfg.encoder_weights` asks."""
+    from pedseg_core.model.imagenet import init_encoder
+
+    model = MultiDomainUNet(num_classes, cfg)
+    init_encoder(model.encoder, cfg.encoder_weights)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def domain_slices(domains: torch.Tensor) -> list[tuple[int, torch.Tensor | slice]]:
+    """Group a batch by domain: [B] domain indices -> [(domain, [b] positions or a full slice), ...]."""
+    first = int(domains[0])
+    if bool((domains == first).all()):
+        return [(first, slice(None))]  # one domain: no copy of the batch
+    return [(int(d), torch.nonzero(domains == d).flatten()) for d in torch.unique(domains)]

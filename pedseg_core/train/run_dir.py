@@ -1,0 +1,60 @@
+"""The run directory of the contract: config.yaml, metrics.jsonl, checkpoints/, results.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from pedseg_core.config import PedsegConfig, save_yaml
+from pedseg_core.errors import PedsegError
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf (not valid JSON) become null, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Atomic write (temporary file, then rename) of strict JSON."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(value), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """A new run directory; refuses to reuse one that already holds files, so no result is overwritten."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def create(self, cfg: PedsegConfig) -> RunDir:
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise PedsegError(f"{self.path}: already exists and is not empty; choose a new --out")
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, self.path / "config.yaml")
+        return self
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one line to metrics.jsonl (flushed at once, so progress survives a crash)."""
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        write_json(self.path / "results.json", results)

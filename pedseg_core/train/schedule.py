@@ -1,0 +1,14 @@
+"""Learning-rate schedule over a whole run (all epochs or all federated rounds)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def poly_lr(base_lr: float, step: int, total_steps: int, power: float) -> float:
+    """nnU-Net's polynomial decay: base_lr * (1 - step / total_steps) ** power."""
+    return base_lr * (1.0 - min(step, total_steps) / max(total_steps, 1)) ** power
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
