@@ -44,7 +44,7 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 20
     steps_per_epoch: int = 50
-    batch_size: int = 8
+    batch_size: int = 8  # slices per domain in each step (a site's batch in federated training)
     learning_rate: float = 1e-3
     weight_decay: float = 0.0  # Adam as in the paper; L2 decay costs ~5% step time here
     poly_power: float = 0.9  # nnU-Net-style polynomial learning-rate decay over the whole run
@@ -79,14 +79,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "model": {"backbone": "resnet10", "decoder_channels": (64, 32, 16, 16, 8)},
         "data": {"image_size": 64},
-        "train": {"epochs": 2, "steps_per_epoch": 10, "batch_size": 6, "learning_rate": 3e-3},
+        "train": {"epochs": 2, "steps_per_epoch": 10, "batch_size": 4, "learning_rate": 3e-3},
         "eval": {"batch_size": 32},
     },
     # the demo: a few minutes on 2 CPU cores, already a usable segmentation
     "demo": {
         "model": {"backbone": "resnet18", "decoder_channels": (128, 64, 32, 16, 16)},
         "data": {"image_size": 96},
-        "train": {"epochs": 6, "steps_per_epoch": 40, "batch_size": 8, "learning_rate": 2e-3},
+        "train": {"epochs": 6, "steps_per_epoch": 40, "batch_size": 6, "learning_rate": 2e-3},
     },
     # benchmarks: minutes
     "small": {

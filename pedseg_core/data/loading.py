@@ -7,12 +7,13 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pedseg_core.config import DataConfig
+from pedseg_core.data.geometry import voxel_spacing
 from pedseg_core.data.nnunet import Case, RawDataset
 from pedseg_core.data.preprocess import prepare_image, prepare_label
 from pedseg_core.data.sampling import SliceSet
+from pedseg_core.progress import progress_bar
 
 
 def read_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...], np.ndarray]:
@@ -22,13 +23,13 @@ def read_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, tuple[float, .
     label = None
     if case.label is not None:
         label = np.asarray(nib.load(str(case.label)).dataobj).reshape(img.shape[:3]).astype(np.uint8)
-    return image, label, tuple(float(z) for z in img.header.get_zooms()[:3]), img.affine
+    return image, label, voxel_spacing(img.affine), img.affine
 
 
 def load_slice_set(cases: Sequence[Case], cfg: DataConfig, desc: str | None = None) -> SliceSet:
     """Every slice of every labeled case: images [N, 1, S, S] float32, labels [N, S, S] uint8."""
     images, labels = [], []
-    for case in tqdm(cases, desc=desc, disable=desc is None, leave=False, unit="case"):
+    for case in progress_bar(cases, desc, desc is not None, leave=False, unit="case"):
         image, label, spacing, _ = read_case(case)
         slices, geometry = prepare_image(image, spacing, cfg)
         images.append(slices)

@@ -10,12 +10,7 @@ import torch
 from monai.transforms import Resize, ScaleIntensityRangePercentiles
 
 from pedseg_core.config import DataConfig
-
-
-def through_plane_axis(spacing: tuple[float, ...]) -> int:
-    """The slicing axis: the one with the largest voxel spacing (the last of equals, i.e. axis 2 if isotropic)."""
-    spacing = np.asarray(spacing[:3], dtype=float)
-    return int(np.flatnonzero(spacing == spacing.max())[-1])
+from pedseg_core.data.geometry import through_plane_axis
 
 
 @dataclass(frozen=True)

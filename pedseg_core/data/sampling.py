@@ -28,30 +28,18 @@ class Batch:
     domains: torch.Tensor
 
 
-def balanced_counts(batch_size: int, num_domains: int, step: int) -> list[int]:
-    """Slices per domain in one batch: equal shares, the remainder rotating over domains with the step."""
-    counts = [batch_size // num_domains] * num_domains
-    for i in range(batch_size % num_domains):
-        counts[(step + i) % num_domains] += 1
-    return counts
-
-
-def domain_balanced_batches(domains: Sequence[SliceSet], batch_size: int, generator: torch.Generator,
+def domain_balanced_batches(domains: Sequence[SliceSet], per_domain: int, generator: torch.Generator,
                             transform=None) -> Iterator[Batch]:
-    """Endless batches with (about) batch_size / num_domains random slices of every domain.
+    """Endless batches of `per_domain` random slices from every domain (B = per_domain * num_domains), so
+    each domain's norm layers always see a batch of useful size.
 
     `transform(images [B,1,H,W], labels [B,H,W]) -> (images, labels)` augments each batch if given.
     """
-    step = 0
     while True:
-        images, labels, ids = [], [], []
-        for d, (slices, n) in enumerate(zip(domains, balanced_counts(batch_size, len(domains), step))):
-            idx = torch.randint(len(slices), (n,), generator=generator)
-            images.append(slices.images[idx])
-            labels.append(slices.labels[idx])
-            ids.append(torch.full((n,), d, dtype=torch.long))
-        batch_images, batch_labels = torch.cat(images), torch.cat(labels).long()
+        picks = [torch.randint(len(slices), (per_domain,), generator=generator) for slices in domains]
+        images = torch.cat([slices.images[idx] for slices, idx in zip(domains, picks)])
+        labels = torch.cat([slices.labels[idx] for slices, idx in zip(domains, picks)]).long()
         if transform is not None:
-            batch_images, batch_labels = transform(batch_images, batch_labels)
-        yield Batch(batch_images, batch_labels, torch.cat(ids))
-        step += 1
+            images, labels = transform(images, labels)
+        ids = torch.arange(len(domains)).repeat_interleave(per_domain)
+        yield Batch(images, labels, ids)

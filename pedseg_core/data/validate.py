@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pedseg_core.data.geometry import through_plane_axis, voxel_spacing
 from pedseg_core.data.nnunet import Case, RawDataset, load_volume, read_dataset, scan_dataset
 from pedseg_core.errors import DatasetError
 
@@ -92,7 +93,7 @@ def _check_case(case: Case, declared: dict[str, int], report: DatasetReport) -> 
             f"{case.label}: shape {label_shape} does not match image shape {image_shape} ({case.image.name})"
         )
     difference = float(np.abs(image_affine - label_affine).max())
-    tolerance = 1e-3 * max(_spacing(image_affine)) + 1e-4
+    tolerance = 1e-3 * max(voxel_spacing(image_affine)) + 1e-4
     if not difference <= tolerance:  # also catches NaN in a header
         report.problems.append(
             f"{case.label}: affine differs from image {case.image.name} by up to {difference:.4g} mm "
@@ -112,7 +113,7 @@ def _check_image(case: Case, report: DatasetReport) -> tuple[tuple[int, ...], np
         report.problems.append(f"{case.image}: {n_bad} voxels are NaN or infinite")
     values = data[finite] if n_bad else data
     intensity = (float(values.min()), float(values.max())) if values.size else None
-    report.volumes.append(VolumeInfo(case.case_id, data.shape, _spacing(affine), intensity))
+    report.volumes.append(VolumeInfo(case.case_id, data.shape, voxel_spacing(affine), intensity))
     return data.shape, affine
 
 
@@ -151,11 +152,6 @@ def _load(path: Path, problems: list[str]) -> tuple[np.ndarray, np.ndarray] | No
         return None
 
 
-def _spacing(affine: np.ndarray) -> tuple[float, ...]:
-    """Voxel size in mm along each array axis (norms of the affine's columns)."""
-    return tuple(float(size) for size in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-
-
 def _span(values: np.ndarray, fmt: str) -> str:
     """ "a" when all values are equal, else "a-b"."""
     low, high = fmt.format(values.min()), fmt.format(values.max())
@@ -166,8 +162,7 @@ def _through_plane_line(volumes: list[VolumeInfo]) -> str:
     """The axis of largest spacing per case, naming the cases that differ from the most common axis."""
     by_axis: dict[int, list[str]] = {}
     for volume in volumes:
-        spacing = np.asarray(volume.spacing)
-        axis = int(np.flatnonzero(spacing == spacing.max())[-1])  # last of equals, as preprocess slices
+        axis = through_plane_axis(volume.spacing)
         by_axis.setdefault(axis, []).append(volume.case_id)
     common = max(by_axis, key=lambda axis: len(by_axis[axis]))
     parts = []

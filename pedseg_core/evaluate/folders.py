@@ -7,11 +7,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from tqdm import tqdm
 
+from pedseg_core.data.geometry import voxel_spacing
 from pedseg_core.errors import PedsegError
 from pedseg_core.evaluate.metrics import case_metrics, summarize
 from pedseg_core.evaluate.predict import case_name
+from pedseg_core.progress import progress_bar
 
 
 def read_labels(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -63,7 +64,7 @@ def evaluate_pair(pred_path: Path, ref_path: Path, bones: dict[str, int]) -> dic
     ref, ref_img = read_labels(ref_path)
     if pred.shape != ref.shape:
         raise PedsegError(f"{pred_path}: shape {pred.shape} differs from the reference's {ref.shape}")
-    spacing = ref_img.header.get_zooms()[:3]
+    spacing = voxel_spacing(ref_img.affine)
     return case_metrics(pred, ref, bones, spacing)
 
 
@@ -73,7 +74,7 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, labels_json: Path | None = N
     "mean_dice": v} with distances in mm."""
     bones = labels_for(ref_dir, labels_json)
     cases = {case: evaluate_pair(p, r, bones)
-             for case, p, r in tqdm(pair_files(pred_dir, ref_dir), desc="evaluate", disable=not progress)}
+             for case, p, r in progress_bar(pair_files(pred_dir, ref_dir), "evaluate", progress)}
     summary = summarize(cases, bones)
     mean_dice = summary.pop("mean_dice")
     return {"labels": bones, "cases": cases, "mean": summary, "mean_dice": mean_dice}

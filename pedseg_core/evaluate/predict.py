@@ -8,12 +8,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pedseg_core.config import DataConfig
+from pedseg_core.data.geometry import voxel_spacing
 from pedseg_core.data.preprocess import logits_to_volume, prepare_image
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.unet import MultiDomainUNet
+from pedseg_core.progress import progress_bar
 
 
 @torch.no_grad()
@@ -82,10 +83,9 @@ def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], o
     """Write one uint8 label NIfTI per image, with the image's shape, affine and header geometry."""
     outputs = output_paths(images, out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for image_path, out_path in tqdm(list(zip(images, outputs)), desc="predict", disable=not progress,
-                                     unit="case"):
+    for image_path, out_path in progress_bar(list(zip(images, outputs)), "predict", progress, unit="case"):
         img, volume = read_image(image_path)
-        labels = predict_volume(model, domain, volume, img.header.get_zooms()[:3], cfg, batch_size)
+        labels = predict_volume(model, domain, volume, voxel_spacing(img.affine), cfg, batch_size)
         header = img.header.copy()
         header.set_data_dtype(np.uint8)
         header["scl_slope"], header["scl_inter"] = 1.0, 0.0

@@ -12,9 +12,9 @@ import torch
 from pedseg_core.config import IMPLEMENTED_SCHEMES, PedsegConfig
 from pedseg_core.data.augment import SliceAugmentation
 from pedseg_core.data.loading import load_slice_set, split_cases
-from pedseg_core.data.nnunet import Case, RawDataset
+from pedseg_core.data.nnunet import Case, RawDataset, read_dataset
 from pedseg_core.data.sampling import domain_balanced_batches
-from pedseg_core.data.validate import check_dataset, require_valid_dataset
+from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import DatasetError, PedsegError
 from pedseg_core.evaluate.metrics import mean_or_none
 from pedseg_core.evaluate.site import evaluate_site
@@ -46,7 +46,7 @@ def load_joints(data: dict[str, Path], cfg: PedsegConfig) -> list[JointData]:
         raise DatasetError(list(data.values()), problems)
     joints = []
     for joint, path in data.items():
-        dataset = require_valid_dataset(Path(path))
+        dataset = read_dataset(Path(path))
         train, held = split_cases(dataset, cfg.data.validation_fraction, cfg.train.seed)
         joints.append(JointData(joint, dataset, train, held))
     return joints

@@ -7,12 +7,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from pedseg_core.config import TrainConfig
 from pedseg_core.data.sampling import Batch
 from pedseg_core.losses.segmentation import SegmentationLoss
 from pedseg_core.model.unet import MultiDomainUNet, domain_slices
+from pedseg_core.progress import progress_bar
 from pedseg_core.train.schedule import poly_lr
 
 # An extra loss term on the model (e.g. FedProx's proximal term): model -> scalar tensor.
@@ -62,7 +62,7 @@ def train_steps(model: MultiDomainUNet, batches: Iterator[Batch], optimizer: tor
     sums = {"loss": 0.0, "seg_loss": 0.0}
     lr, slices = cfg.learning_rate, 0
     steps = range(plan.steps)
-    bar = tqdm(steps, desc=progress, leave=False, disable=progress is None, unit="step")
+    bar = progress_bar(steps, progress, progress is not None, leave=False, unit="step")
     for i in bar:
         batch = next(batches)
         lr = poly_lr(cfg.learning_rate, plan.start + i, plan.total, cfg.poly_power)

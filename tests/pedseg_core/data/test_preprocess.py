@@ -5,12 +5,8 @@ import pytest
 import torch
 
 from pedseg_core.config import DataConfig
-from pedseg_core.data.preprocess import (
-    logits_to_volume,
-    prepare_image,
-    prepare_label,
-    through_plane_axis,
-)
+from pedseg_core.data.geometry import through_plane_axis
+from pedseg_core.data.preprocess import logits_to_volume, prepare_image, prepare_label
 
 
 @pytest.mark.parametrize("spacing, axis", [((0.5, 0.5, 3.0), 2), ((4.0, 0.6, 0.6), 0), ((0.7, 3.5, 0.7), 1),
