@@ -33,6 +33,7 @@ class DataConfig:
     lower_percentile: float = 0.5  # robust intensity normalization
     upper_percentile: float = 99.5
     validation_fraction: float = 0.2  # held-out cases when a dataset has no labelsTs
+    foreground_fraction: float = 0.5  # share of sampled slices chosen to show a uniformly drawn bone
     augment: bool = True
     rotate_degrees: float = 15.0
     scale_range: float = 0.15

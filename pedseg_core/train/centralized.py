@@ -74,7 +74,8 @@ def train_centralized(data: dict[str, Path], cfg: PedsegConfig, out: Path, progr
     optimizer = make_optimizer(model, cfg.train.learning_rate, cfg.train.weight_decay)
     augment = SliceAugmentation(cfg.data, cfg.train.seed) if cfg.data.augment else None
     batches = domain_balanced_batches(slice_sets, cfg.train.batch_size,
-                                      torch.Generator().manual_seed(cfg.train.seed), augment)
+                                      torch.Generator().manual_seed(cfg.train.seed), augment,
+                                      cfg.data.foreground_fraction)
     domains = [j.domain for j in joints]
     total = cfg.train.epochs * cfg.train.steps_per_epoch
 

@@ -20,6 +20,19 @@ def test_batches_hold_every_domain_equally():
     assert torch.equal(batch.labels[:, 0, 0], batch.domains)
 
 
+def test_foreground_sampling_shows_rare_bones():
+    labels = torch.zeros(100, 4, 4, dtype=torch.uint8)
+    labels[7, 0, 0] = 2  # a bone on one slice of a hundred
+    labels[10:60, 1, 1] = 1
+    slices = SliceSet(torch.zeros(100, 1, 4, 4), labels)
+    assert [t.tolist() for t in slices.class_slices] == [list(range(10, 60)), [7]]
+    g = torch.Generator().manual_seed(0)
+    uniform = slices.sample(2000, 0.0, g)
+    balanced = slices.sample(2000, 0.5, g)
+    assert (uniform == 7).float().mean() < 0.03
+    assert 0.2 < (balanced == 7).float().mean() < 0.3  # half the picks, half of those for bone 2
+
+
 def test_poly_lr_decays_to_zero():
     assert poly_lr(1e-3, 0, 100, 0.9) == 1e-3
     assert 0 < poly_lr(1e-3, 50, 100, 0.9) < 1e-3
