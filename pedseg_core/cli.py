@@ -7,10 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from pedseg_core import __version__
-from pedseg_core.config import SCHEMES
+from pedseg_core.config import SCHEMES, parse_overrides
 from pedseg_core.errors import DatasetError, PedsegError
 
 EXIT_USER_ERROR = 2
@@ -28,21 +26,6 @@ def parse_data_args(values: Sequence[str]) -> dict[str, Path]:
             raise PedsegError(f"--data {value}: '{name}' is given twice")
         data[name] = Path(path)
     return data
-
-
-def parse_overrides(values: Sequence[str]) -> dict:
-    """["train.epochs=3", "model.norm=group"] -> {"train": {"epochs": 3}, "model": {"norm": "group"}}."""
-    overrides: dict = {}
-    for value in values:
-        key, sep, raw = value.partition("=")
-        if not sep or not key:
-            raise PedsegError(f"--set {value}: expected SECTION.KEY=VALUE, e.g. --set train.epochs=5")
-        node = overrides
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    return overrides
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -93,7 +76,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_federate(args: argparse.Namespace) -> int:
-    raise PedsegError("federated training is not available yet in this version; use `pedseg train`")
+    import importlib
+
+    from pedseg_core.config import IMPLEMENTED_SCHEMES
+    from pedseg_core.evaluate.table import results_table
+
+    if not args.local:
+        raise PedsegError("only --local is available: it runs the SuperLink and one site per --data on 127.0.0.1; "
+                          "for a deployment across hosts see deploy/README.md")
+    if args.scheme not in IMPLEMENTED_SCHEMES:
+        raise PedsegError(f"scheme '{args.scheme}' is not available yet (available: {', '.join(IMPLEMENTED_SCHEMES)})")
+    if args.config:
+        raise PedsegError("--config is not supported by federate yet; use --set SECTION.KEY=VALUE")
+    app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,
+                  "num-server-rounds": args.rounds or 0, "overrides": " ".join(args.set)}
+    # The Flower orchestration lives outside pedseg_core (which never imports Flower code).
+    local = importlib.import_module("simulations.local")
+    results = local.federate_local(parse_data_args(args.data), Path(args.out), app_config, threads=args.threads)
+    print(results_table(results))
+    print(f"run directory: {args.out}")
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -161,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     federate.add_argument("--local", action="store_true", help="SuperLink and SuperNodes on 127.0.0.1")
     federate.add_argument("--rounds", type=int)
     federate.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
-    federate.add_argument("--scheme", default="full", choices=("multi-domain", "contrastive", "full"))
+    federate.add_argument("--threads", type=int, default=0,
+                          help="torch threads per site (0 = cores / sites, at least 1)")
+    federate.add_argument("--scheme", default="multi-domain", choices=("multi-domain", "contrastive", "full"))
     federate.set_defaults(func=cmd_federate)
 
     predict = sub.add_parser("predict", help="label volumes for images, in the images' own geometry")

@@ -63,6 +63,20 @@ class EvalConfig:
 
 
 @dataclass
+class FederationConfig:
+    rounds: int = 0  # 0 = train.epochs (one local epoch of train.steps_per_epoch steps per round)
+    strategy: str = "fedavg"  # fedavg | fedprox
+    proximal_mu: float = 0.01  # FedProx: weight of the proximal term on the shared parameters
+    min_nodes: int = 2  # sites that must be connected before a round starts
+    fraction_train: float = 1.0  # share of connected sites asked to train each round
+    round_timeout: float = 1800.0  # seconds to wait for the sites' replies in a round
+    evaluate_every: int = 1  # sites evaluate their personalized model every N rounds (and after the last)
+
+    def num_rounds(self, train: TrainConfig) -> int:
+        return self.rounds or train.epochs
+
+
+@dataclass
 class PedsegConfig:
     preset: str = "small"
     scheme: str = "multi-domain"
@@ -70,6 +84,7 @@ class PedsegConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,6 +163,8 @@ def _validate(cfg: PedsegConfig) -> None:
         raise PedsegError(f"model.backbone must be resnet10, resnet18 or resnet34, got '{cfg.model.backbone}'")
     if cfg.train.precision not in ("fp32", "bf16"):
         raise PedsegError(f"train.precision must be fp32 or bf16, got '{cfg.train.precision}'")
+    if cfg.federation.strategy not in ("fedavg", "fedprox"):
+        raise PedsegError(f"federation.strategy must be fedavg or fedprox, got '{cfg.federation.strategy}'")
     if len(cfg.model.decoder_channels) != 5:
         raise PedsegError("model.decoder_channels must list 5 widths (one per ResNet stage)")
 
@@ -165,6 +182,42 @@ def build_config(preset: str = "small", yaml_path: Path | None = None,
         _merge(cfg, overrides, "override")
     _validate(cfg)
     return cfg
+
+
+def parse_overrides(values: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """["train.epochs=3", "model.norm=group"] -> {"train": {"epochs": 3}, "model": {"norm": "group"}}."""
+    overrides: dict[str, Any] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key:
+            raise PedsegError(f"{value}: expected SECTION.KEY=VALUE, e.g. train.epochs=5")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return overrides
+
+
+# Flower run-config keys (flat, hyphenated, as Flower requires) -> PedsegConfig fields.
+RUN_CONFIG_FIELDS = {
+    "scheme": "scheme",
+    "num-server-rounds": "federation.rounds",
+    "strategy": "federation.strategy",
+    "proximal-mu": "federation.proximal_mu",
+    "min-nodes": "federation.min_nodes",
+    "fraction-train": "federation.fraction_train",
+    "round-timeout": "federation.round_timeout",
+    "evaluate-every": "federation.evaluate_every",
+}
+
+
+def config_from_run_config(run_config: dict[str, Any]) -> PedsegConfig:
+    """THE adapter from a Flower run config to the typed config: `preset`, the keys of RUN_CONFIG_FIELDS, and
+    `overrides` ("section.key=value section.key=value ...")."""
+    pairs = str(run_config.get("overrides", "")).split()
+    pairs += [f"{target}={run_config[key]}" for key, target in RUN_CONFIG_FIELDS.items() if key in run_config]
+    return build_config(str(run_config.get("preset", "small")), overrides=parse_overrides(pairs))
 
 
 def config_from_dict(values: dict[str, Any]) -> PedsegConfig:

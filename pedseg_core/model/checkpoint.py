@@ -13,6 +13,7 @@ from pedseg_core.errors import PedsegError
 from pedseg_core.model.unet import MultiDomainUNet
 
 FORMAT = "pedseg-checkpoint/1"
+SHARED_FORMAT = "pedseg-shared-weights/1"
 
 
 @dataclass(frozen=True)
@@ -28,16 +29,26 @@ class DomainSpec:
         return {k: v for k, v in self.labels.items() if v != 0}
 
 
-def save_checkpoint(path: Path, model: MultiDomainUNet, cfg: PedsegConfig, domains: list[DomainSpec],
-                    **extra) -> None:
-    """Write atomically (temporary file, then rename), so an interrupted save never leaves a broken file."""
+def _save_atomically(path: Path, payload: dict) -> None:
+    """Temporary file, then rename: an interrupted save never leaves a broken file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "config": cfg.to_dict(), "domains": [asdict(d) for d in domains],
-               "state_dict": model.state_dict(), **extra}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, model: MultiDomainUNet, cfg: PedsegConfig, domains: list[DomainSpec],
+                    **extra) -> None:
+    """A complete model (all domains' private layers included), usable by `pedseg predict`."""
+    _save_atomically(path, {"format": FORMAT, "config": cfg.to_dict(), "domains": [asdict(d) for d in domains],
+                            "state_dict": model.state_dict(), **extra})
+
+
+def save_shared_checkpoint(path: Path, shared: dict, cfg: PedsegConfig, server_round: int) -> None:
+    """The global shared weights of a federation (no private layer: those exist only at the sites)."""
+    _save_atomically(path, {"format": SHARED_FORMAT, "config": cfg.to_dict(), "round": server_round,
+                            "shared_state_dict": shared})
 
 
 def load_checkpoint(path: Path) -> tuple[MultiDomainUNet, PedsegConfig, list[DomainSpec]]:

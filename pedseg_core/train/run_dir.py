@@ -31,7 +31,9 @@ def write_json(path: Path, value: Any) -> None:
 
 
 class RunDir:
-    """A new run directory; refuses to reuse one that already holds files, so no result is overwritten."""
+    """A new run directory; refuses one that already holds a run's files, so no result is overwritten."""
+
+    CONTRACT_FILES = ("config.yaml", "metrics.jsonl", "results.json", "checkpoints")
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -45,8 +47,9 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     def create(self, cfg: PedsegConfig) -> RunDir:
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            raise PedsegError(f"{self.path}: already exists and is not empty; choose a new --out")
+        if self.path.exists() and (not self.path.is_dir() or any((self.path / f).exists()
+                                                                 for f in self.CONTRACT_FILES)):
+            raise PedsegError(f"{self.path}: already holds a run; choose a new --out")
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.path / "config.yaml")
         return self

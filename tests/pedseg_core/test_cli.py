@@ -119,7 +119,7 @@ def test_bad_options_give_one_clear_line(args, message, data, tmp_path, monkeypa
 def test_existing_run_directory_is_never_overwritten(data, run, capsys):
     before = (run / "results.json").read_bytes()
     assert main(["train", "--data", f"ankle={data / 'ankle'}", "--preset", "tiny", "--out", str(run)]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "already holds a run" in capsys.readouterr().err
     assert (run / "results.json").read_bytes() == before
 
 

@@ -1,0 +1,68 @@
+"""The Flower ClientApp of a hospital site: a thin adapter around `pedseg_core.train.site.SiteTrainer`.
+
+Node config (set by `pedseg-client`): site, joint, data-dir, state-dir, threads.
+Replies carry only the shared arrays, `num-examples` and metrics; the private layers stay in
+`Context.state` and in `<state-dir>/run-<run id>/private.pt`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from pedseg_core.config import config_from_run_config
+from pedseg_core.train.private_store import PrivateStore
+from pedseg_core.train.site import SiteTrainer
+
+PRIVATE_KEY = "pedseg-private"
+
+app = ClientApp()
+
+
+def _site(context: Context) -> tuple[SiteTrainer, PrivateStore]:
+    """Build the site trainer (validating the site's data) and restore its private layers, preferring the
+    node's memory (`Context.state`) over its disk."""
+    node = context.node_config
+    cfg = config_from_run_config(dict(context.run_config))
+    cfg.train.num_threads = int(node.get("threads", cfg.train.num_threads))
+    site = SiteTrainer(str(node["site"]), str(node["joint"]), Path(str(node["data-dir"])), cfg)
+    state_dir = Path(str(node.get("state-dir") or Path(str(node["data-dir"])).parent / f".pedseg-{node['site']}"))
+    store = PrivateStore(state_dir, str(context.run_id))
+    if PRIVATE_KEY in context.state:
+        site.load_private(context.state[PRIVATE_KEY].to_torch_state_dict())
+    elif (private := store.load()) is not None:
+        site.load_private(private)
+    return site, store
+
+
+def _identity(site: SiteTrainer) -> ConfigRecord:
+    return ConfigRecord({"site": site.domain.name, "joint": site.domain.joint})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    site, store = _site(context)
+    config = msg.content["config"]
+    shared, slices, stats = site.train_round(
+        msg.content["arrays"].to_torch_state_dict(), int(config["server-round"]), int(config["num-rounds"]),
+        float(config.get("proximal-mu", 0.0)))
+    private = site.private_state()
+    context.state[PRIVATE_KEY] = ArrayRecord(private)
+    store.save(private)
+    metrics = MetricRecord({"num-examples": slices, "train-loss": stats["loss"], "seg-loss": stats["seg_loss"],
+                            "lr": stats["lr"], "train-time-s": stats["train_time_s"]})
+    return Message(RecordDict({"arrays": ArrayRecord(shared), "metrics": metrics, "site": _identity(site)}),
+                   reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    site, _ = _site(context)
+    result = site.evaluate(msg.content["arrays"].to_torch_state_dict())
+    metrics = MetricRecord({"num-examples": result["cases"], "mean-dice": result["mean_dice"] or 0.0})
+    identity = _identity(site)
+    identity["result-json"] = json.dumps(result)
+    return Message(RecordDict({"metrics": metrics, "site": identity}), reply_to=msg)

@@ -1,0 +1,115 @@
+"""`pedseg-client`: one hospital site. Validates the site's data, then runs a Flower SuperNode for it.
+
+    pedseg-client --site NAME --joint J --data DIR --superlink HOST:PORT
+                  (--root-certificates CA.pem [--auth-key KEY] | --insecure) [--state-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from client.flower_processes import flower_env, flower_tool, free_port, split_address, stop_process_tree, wait_for_port
+from pedseg_core.cli import EXIT_USER_ERROR, report_error
+from pedseg_core.data.validate import check_dataset
+from pedseg_core.errors import PedsegError
+
+PROG = "pedseg-client"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--site", required=True, help="this site's name (unique in the federation)")
+    p.add_argument("--joint", required=True, help="the joint of this site's dataset, e.g. knee")
+    p.add_argument("--data", required=True, metavar="DIR", help="this site's nnU-Net v2 raw dataset")
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the federation's SuperLink")
+    security = p.add_mutually_exclusive_group(required=True)
+    security.add_argument("--root-certificates", metavar="CA.pem", help="CA certificate of the SuperLink's TLS")
+    security.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
+    p.add_argument("--auth-key", metavar="KEY", help="this SuperNode's private EC key (SuperNode authentication)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="where the site keeps its private layers and Flower state (default: DATA/../.pedseg-SITE)")
+    p.add_argument("--port", type=int, default=0, help="local port of the SuperNode's runtime API (0 = free port)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for training (0 = torch's default)")
+    p.add_argument("--connect-timeout", type=float, default=120.0,
+                   help="seconds to keep retrying an unreachable SuperLink before giving up")
+    return p
+
+
+def node_config(values: dict[str, str | int]) -> str:
+    """Flower's --node-config syntax: space-separated TOML key=value pairs (strings quoted)."""
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+
+
+def check_arguments(args: argparse.Namespace) -> tuple[str, int]:
+    if args.auth_key and args.insecure:
+        raise PedsegError("--auth-key needs TLS: use --root-certificates instead of --insecure")
+    for option, path in (("--root-certificates", args.root_certificates), ("--auth-key", args.auth_key)):
+        if path and not Path(path).is_file():
+            raise PedsegError(f"{path}: {option} file not found")
+    try:
+        return split_address(args.superlink)
+    except ValueError as err:
+        raise PedsegError(f"--superlink: {err}") from None
+
+
+def supernode_command(args: argparse.Namespace, state_dir: Path) -> list[str]:
+    config = {"site": args.site, "joint": args.joint, "data-dir": str(Path(args.data).resolve()),
+              "state-dir": str(state_dir), "threads": args.threads}
+    cmd = [flower_tool("flower-supernode"), "--superlink", args.superlink, "--node-config", node_config(config),
+           "--port", str(args.port or free_port()), "--max-wait-time", str(args.connect_timeout)]
+    if args.insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(Path(args.root_certificates).resolve())]
+    if args.auth_key:
+        cmd += ["--auth-supernode-private-key", str(Path(args.auth_key).resolve())]
+    return cmd
+
+
+def run(args: argparse.Namespace) -> int:
+    host, port = check_arguments(args)
+    report = check_dataset(Path(args.data))
+    if not report.ok:
+        raise PedsegError("\n".join(f"site {args.site}: {p}" for p in report.problems))
+    print(f"{PROG}: site {args.site} ({args.joint}): {report.n_train} training cases, data OK", flush=True)
+    state_dir = Path(args.state_dir or Path(args.data).resolve().parent / f".pedseg-{args.site}").resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if not wait_for_port(host, port, args.connect_timeout):
+        raise PedsegError(f"cannot reach the SuperLink at {args.superlink} (retried for {args.connect_timeout:.0f} s);"
+                          " check the address, the firewall and that flower-superlink is running")
+    proc = subprocess.Popen(supernode_command(args, state_dir), env=flower_env(state_dir / "flwr-home"))
+    stop = {"signal": None}
+
+    def forward(signum, _frame):
+        stop["signal"] = signum
+        stop_process_tree(proc)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    code = proc.wait()
+    if stop["signal"] is not None:
+        print(f"{PROG}: site {args.site} stopped", flush=True)
+        return 0
+    if code != 0:
+        raise PedsegError(f"the SuperNode of site {args.site} exited with status {code} "
+                          f"(SuperLink {args.superlink} unreachable or refused this node?)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except PedsegError as err:
+        report_error(err, PROG)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Starting and stopping Flower's own processes (flower-superlink, flower-supernode) the same way everywhere:
+telemetry, update checks and runtime dependency installation off, a private FLWR_HOME, whole process trees
+stopped."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+QUIET_FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a Flower process: quiet, private FLWR_HOME, and this Python's scripts first on PATH
+    (Flower starts flower-superexec, flwr-serverapp and flwr-clientapp by name)."""
+    env = dict(os.environ, **QUIET_FLOWER_ENV, FLWR_HOME=str(flwr_home))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    Path(flwr_home).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def flower_tool(name: str) -> str:
+    """Path of a Flower console script installed beside this Python."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """"host:port" -> (host, port); ValueError with a clear message otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"'{address}' is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def wait_for_port(host: str, port: int, timeout: float, first_delay: float = 0.5) -> bool:
+    """Try to open a TCP connection with exponential back-off (capped at 10 s) until `timeout`."""
+    deadline, delay = time.monotonic() + timeout, first_delay
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, timeout)):
+                return True
+        except OSError:
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def stop_process_tree(proc: subprocess.Popen | psutil.Process, timeout: float = 20.0) -> None:
+    """SIGTERM a process and every descendant (Flower's own children start new sessions), wait, then
+    SIGKILL whatever is left."""
+    try:
+        root = psutil.Process(proc.pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    if isinstance(proc, subprocess.Popen):
+        proc.wait(timeout=5)

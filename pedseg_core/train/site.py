@@ -1,0 +1,74 @@
+"""One hospital's side of federated training, without Flower: the site trainer that `client/` adapts.
+
+Takes the global shared weights and a round number, trains locally with THE training loop, returns the new
+shared weights, the number of training slices and metrics. Its private layers (domain norms with running
+statistics, the head) never leave it: they are kept in memory by the caller and on the site's disk.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pedseg_core.config import PedsegConfig
+from pedseg_core.data.augment import SliceAugmentation
+from pedseg_core.data.loading import load_slice_set, split_cases
+from pedseg_core.data.sampling import domain_balanced_batches
+from pedseg_core.data.validate import require_valid_dataset
+from pedseg_core.evaluate.site import evaluate_site
+from pedseg_core.losses.proximal import ProximalTerm
+from pedseg_core.model.checkpoint import DomainSpec
+from pedseg_core.model.partition import load_partial_state, split_state_dict
+from pedseg_core.model.unet import MultiDomainUNet
+from pedseg_core.train.centralized import seed_everything
+from pedseg_core.train.loop import StepPlan, train_steps
+from pedseg_core.train.schedule import make_optimizer
+
+
+class SiteTrainer:
+    """A site's model (one domain: its norms and head) over its validated nnU-Net dataset."""
+
+    def __init__(self, site: str, joint: str, data_dir: Path, cfg: PedsegConfig) -> None:
+        self.cfg = cfg
+        self.dataset = require_valid_dataset(Path(data_dir))  # DatasetError names every bad file
+        self.domain = DomainSpec(name=site, joint=joint, labels=dict(self.dataset.labels))
+        self.train_cases, self.eval_cases = split_cases(self.dataset, cfg.data.validation_fraction, cfg.train.seed)
+        seed_everything(cfg.train.seed, cfg.train.num_threads)
+        self.model = MultiDomainUNet([self.dataset.num_classes], cfg.model)
+
+    def shared_state(self) -> dict[str, Tensor]:
+        return split_state_dict(self.model)[0]
+
+    def private_state(self) -> dict[str, Tensor]:
+        return split_state_dict(self.model)[1]
+
+    def load_private(self, private: dict[str, Tensor]) -> None:
+        load_partial_state(self.model, private)
+
+    def train_round(self, shared: dict[str, Tensor], server_round: int, num_rounds: int,
+                    proximal_mu: float = 0.0) -> tuple[dict[str, Tensor], int, dict[str, float]]:
+        """Global shared weights in -> (new shared weights, training slices seen, metrics)."""
+        load_partial_state(self.model, shared)
+        tc = self.cfg.train
+        start = time.perf_counter()
+        slices = load_slice_set(self.train_cases, self.cfg.data)
+        generator = torch.Generator().manual_seed(tc.seed * 100_003 + server_round)
+        augment = SliceAugmentation(self.cfg.data, tc.seed + server_round) if self.cfg.data.augment else None
+        batches = domain_balanced_batches([slices], tc.batch_size, generator, augment,
+                                          self.cfg.data.foreground_fraction)
+        optimizer = make_optimizer(self.model, tc.learning_rate, tc.weight_decay)
+        regularizers = [ProximalTerm(self.model, shared, proximal_mu)] if proximal_mu > 0 else []
+        plan = StepPlan(tc.steps_per_epoch, (server_round - 1) * tc.steps_per_epoch, num_rounds * tc.steps_per_epoch)
+        stats = train_steps(self.model, batches, optimizer, tc, plan, regularizers)
+        stats["train_time_s"] = time.perf_counter() - start
+        return self.shared_state(), stats["slices"], stats
+
+    def evaluate(self, shared: dict[str, Tensor], pred_dir: Path | None = None) -> dict:
+        """The personalized model (global shared weights + this site's private layers) on its evaluation cases:
+        a `results.json` site entry."""
+        load_partial_state(self.model, shared)
+        return evaluate_site(self.model, 0, self.domain.joint, self.eval_cases, self.domain.bones, self.cfg,
+                             pred_dir)

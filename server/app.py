@@ -1,0 +1,55 @@
+"""The Flower ServerApp: FedAvg or FedProx over the shared weights, run directory on the server's disk.
+
+Run config (pyproject `[tool.flwr.app.config]`, overridable with `flwr run --run-config`): see
+`pedseg_core.config.config_from_run_config`, plus `out-dir` (where the run directory is written; default
+`pedseg-runs/run-<run id>` under the SuperLink's working directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from pedseg_core.config import config_from_run_config
+from pedseg_core.evaluate.metrics import mean_or_none
+from pedseg_core.model.checkpoint import save_shared_checkpoint
+from pedseg_core.model.partition import split_state_dict
+from pedseg_core.model.unet import build_model
+from pedseg_core.train.run_dir import RunDir
+from server.strategy import SharedFedAvg, SharedFedProx
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = config_from_run_config(dict(context.run_config))
+    fed = cfg.federation
+    out = str(context.run_config.get("out-dir", "")) or f"pedseg-runs/run-{context.run_id}"
+    run = RunDir(Path(out)).create(cfg)
+    num_rounds = fed.num_rounds(cfg.train)
+
+    # The initial shared weights (random or ImageNet encoder); head sizes do not matter: heads stay private.
+    shared, _ = split_state_dict(build_model([2], cfg.model))
+    nodes = {"min_train_nodes": fed.min_nodes, "min_evaluate_nodes": fed.min_nodes,
+             "min_available_nodes": fed.min_nodes}
+    if fed.strategy == "fedprox":
+        strategy = SharedFedProx(fraction_train=fed.fraction_train, proximal_mu=fed.proximal_mu, **nodes)
+    else:
+        strategy = SharedFedAvg(fraction_train=fed.fraction_train, **nodes)
+    strategy.setup_run(run, fed.evaluate_every, num_rounds)
+
+    def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        save_shared_checkpoint(run.checkpoints / "global_last.pt", arrays.to_torch_state_dict(), cfg, server_round)
+        strategy.end_round(server_round)
+        return None
+
+    result = strategy.start(grid, ArrayRecord(shared), num_rounds=num_rounds, timeout=fed.round_timeout,
+                            train_config=ConfigRecord({}), evaluate_fn=end_of_round)
+    save_shared_checkpoint(run.checkpoints / "global_final.pt", result.arrays.to_torch_state_dict(), cfg,
+                           num_rounds)
+    sites = strategy.last_evaluation
+    run.write_results({"mode": "federated", "scheme": cfg.scheme, "strategy": fed.strategy, "rounds": num_rounds,
+                       "sites": sites, "mean_dice": mean_or_none(s["mean_dice"] for s in sites.values())})

@@ -1,0 +1,127 @@
+"""Flower strategies that aggregate only the shared weights and log each round into the run directory.
+
+Flower's stock FedAvg refuses replies whose array keys differ (sites of different joints have different
+heads). Here, every reply is cut down to the keys of the global shared weights the server sent, so a key
+that is not shared can never enter the global model, and each key is averaged weighted by `num-examples`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from logging import WARNING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedProx
+
+from pedseg_core.evaluate.metrics import mean_or_none
+from pedseg_core.train.run_dir import RunDir
+
+
+def weighted_mean(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Example-weighted mean of same-shaped arrays, in the dtype of the first (integers rounded)."""
+    w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    mean = sum(wi * a.astype(np.float64) for wi, a in zip(w, arrays))
+    dtype = arrays[0].dtype
+    return np.asarray(np.rint(mean) if np.issubdtype(dtype, np.integer) else mean).astype(dtype)
+
+
+class SharedWeightsAggregation:
+    """Mixin for a Flower FedAvg-family strategy: shared-key aggregation, per-site logging, checkpoints."""
+
+    def setup_run(self, run: RunDir, evaluate_every: int, num_rounds: int) -> None:
+        self.run = run
+        self.evaluate_every = evaluate_every
+        self.num_rounds = num_rounds
+        self.global_keys: set[str] = set()
+        self.record: dict = {}
+        self.last_evaluation: dict[str, dict] = {}
+        self.site_of_node: dict[int, str] = {}
+        self.round_start = time.perf_counter()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.global_keys = set(arrays.keys())
+        self.round_start = time.perf_counter()
+        self.record = {"round": server_round, "sites": {}, "errors": []}
+        config["num-rounds"] = self.num_rounds
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
+        self._note_errors(errors)
+        valid = [m for m in valid if "arrays" in m.content and "metrics" in m.content]
+        if not valid:
+            return None, None
+        weights = [float(m.content["metrics"]["num-examples"]) for m in valid]
+        records = [m.content["arrays"] for m in valid]
+        foreign = {k for r in records for k in r.keys()} - self.global_keys
+        if foreign:
+            log(WARNING, "ignored %d array keys that are not shared weights, e.g. %s", len(foreign),
+                sorted(foreign)[:3])
+        keys = [k for k in records[0].keys() if k in self.global_keys and all(k in r for r in records)]
+        aggregated = ArrayRecord({k: Array(weighted_mean([r[k].numpy() for r in records], weights))
+                                  for k in keys})
+        for msg in valid:
+            site = self._site(msg)
+            self.record["sites"][site] = {"joint": msg.content["site"]["joint"],
+                                          **{k: v for k, v in msg.content["metrics"].items()}}
+        total = float(sum(weights))
+        loss = sum(w * float(m.content["metrics"]["train-loss"]) for m, w in zip(valid, weights)) / total
+        self.record["train_loss"] = loss
+        self.record["examples"] = total
+        self.record["aggregated_keys"] = len(keys)
+        return aggregated, MetricRecord({"train-loss": loss, "num-examples": total})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if server_round % self.evaluate_every and server_round != self.num_rounds:
+            return []
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        valid, errors = self._check_and_log_replies(replies, is_train=False, validate=False)
+        self._note_errors(errors)
+        results = {}
+        for msg in valid:
+            site = self._site(msg)
+            results[site] = json.loads(msg.content["site"]["result-json"])
+        if not results:
+            return None
+        self.last_evaluation = results
+        for site, result in results.items():
+            self.record["sites"].setdefault(site, {"joint": result["joint"]})
+            self.record["sites"][site].update({"dice": result["dice"], "mean_dice": result["mean_dice"]})
+        mean = mean_or_none(r["mean_dice"] for r in results.values())
+        self.record["mean_dice"] = mean
+        return MetricRecord({"mean-dice": mean or 0.0})
+
+    def end_round(self, server_round: int) -> None:
+        """Called after each round (from `evaluate_fn`): one metrics.jsonl line."""
+        if server_round == 0:
+            return
+        self.record["round_time_s"] = round(time.perf_counter() - self.round_start, 3)
+        self.run.log(self.record)
+
+    def _site(self, msg: Message) -> str:
+        site = str(msg.content["site"]["site"])
+        self.site_of_node[msg.metadata.src_node_id] = site
+        return site
+
+    def _note_errors(self, errors: list[Message]) -> None:
+        for msg in errors:
+            node = self.site_of_node.get(msg.metadata.src_node_id, f"node {msg.metadata.src_node_id}")
+            self.record.setdefault("errors", []).append({"site": node, "reason": msg.error.reason})
+
+
+class SharedFedAvg(SharedWeightsAggregation, FedAvg):
+    """FedAvg over the shared weights only."""
+
+
+class SharedFedProx(SharedWeightsAggregation, FedProx):
+    """FedProx over the shared weights only (sites add the proximal term on shared parameters)."""
