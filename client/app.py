@@ -52,6 +52,8 @@ def train(msg: Message, context: Context) -> Message:
     private = site.private_state()
     context.state[PRIVATE_KEY] = ArrayRecord(private)
     store.save(private)
+    if context.node_config.get("keep-sent"):
+        store.save_sent(int(config["server-round"]), shared, slices)
     metrics = MetricRecord({"num-examples": slices, "train-loss": stats["loss"], "seg-loss": stats["seg_loss"],
                             "lr": stats["lr"], "train-time-s": stats["train_time_s"]})
     return Message(RecordDict({"arrays": ArrayRecord(shared), "metrics": metrics, "site": _identity(site)}),

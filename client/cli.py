@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the site keeps its private layers and Flower state (default: DATA/../.pedseg-SITE)")
     p.add_argument("--port", type=int, default=0, help="local port of the SuperNode's runtime API (0 = free port)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for training (0 = torch's default)")
+    p.add_argument("--keep-sent", action="store_true",
+                   help="keep an audit copy of the arrays sent each round in STATE_DIR/run-<id>/sent/")
     p.add_argument("--connect-timeout", type=float, default=120.0,
                    help="seconds to keep retrying an unreachable SuperLink before giving up")
     return p
@@ -60,7 +62,7 @@ def check_arguments(args: argparse.Namespace) -> tuple[str, int]:
 
 def supernode_command(args: argparse.Namespace, state_dir: Path) -> list[str]:
     config = {"site": args.site, "joint": args.joint, "data-dir": str(Path(args.data).resolve()),
-              "state-dir": str(state_dir), "threads": args.threads}
+              "state-dir": str(state_dir), "threads": args.threads, "keep-sent": args.keep_sent}
     cmd = [flower_tool("flower-supernode"), "--superlink", args.superlink, "--node-config", node_config(config),
            "--port", str(args.port or free_port()), "--max-wait-time", str(args.connect_timeout)]
     if args.insecure:

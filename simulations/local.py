@@ -99,7 +99,7 @@ def valid_sites(data: dict[str, Path]) -> list[str]:
 
 
 def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, object], threads: int = 0,
-                   progress: bool = True) -> dict:
+                   keep_sent: bool = False, progress: bool = True) -> dict:
     """Run a loopback federation with one site per `data` entry (site name = joint); returns results.json."""
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()):
@@ -122,6 +122,7 @@ def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, objec
                 "--data", str(Path(path).resolve()), "--superlink", f"127.0.0.1:{port}", "--insecure",
                 "--state-dir", str(out / "sites" / site), "--connect-timeout", "30",
                 "--threads", str(threads or max(1, (os.cpu_count() or 1) // len(data))),
+                *(["--keep-sent"] if keep_sent else []),
             ], flower_env(out / "sites" / site / "flwr-home"))
         write_connection(fed.cli_home, port)
         config = {**app_config, "min-nodes": len(sites), "out-dir": str(out)}

@@ -1,4 +1,5 @@
-"""A site's private layers on its own disk, so a restarted site node continues with them."""
+"""A site's own records on its own disk: its private layers (so a restarted site node continues with them)
+and, when asked, an audit copy of exactly what it sent to the server each round."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class PrivateStore:
 
     def __init__(self, state_dir: Path, run: str) -> None:
         self.path = Path(state_dir) / f"run-{run}" / "private.pt"
+        self.sent_dir = self.path.parent / "sent"
 
     def load(self) -> dict[str, Tensor] | None:
         if not self.path.is_file():
@@ -21,7 +23,15 @@ class PrivateStore:
         return torch.load(self.path, map_location="cpu", weights_only=True)
 
     def save(self, private: dict[str, Tensor]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(private, tmp)
-        os.replace(tmp, self.path)
+        _save(self.path, private)
+
+    def save_sent(self, server_round: int, shared: dict[str, Tensor], num_examples: int) -> None:
+        """`sent/round-NNN.pt`: the shared arrays and example count of this round's reply, for audits."""
+        _save(self.sent_dir / f"round-{server_round:03d}.pt", {"arrays": shared, "num_examples": num_examples})
+
+
+def _save(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(value, tmp)
+    os.replace(tmp, path)

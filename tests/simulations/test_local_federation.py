@@ -1,0 +1,111 @@
+"""A real federation on loopback: flower-superlink + four pedseg-client SuperNodes (one with a broken
+dataset), tiny preset, two rounds, FedAvg over the shared weights."""
+
+import json
+import shutil
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from pedseg_core.cli import main as pedseg
+from pedseg_core.config import build_config
+from pedseg_core.model.partition import split_state_dict
+from pedseg_core.model.unet import MultiDomainUNet
+from simulations.local import federate_local
+
+JOINTS = ("ankle", "knee", "shoulder")
+STEPS = 3
+ROUNDS = 2
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    assert pedseg(["data", "synth", str(data), "--train", "2", "--test", "1"]) == 0
+    broken = data / "broken"
+    shutil.copytree(data / "knee", broken)
+    truncated = next((broken / "labelsTr").iterdir())
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    out = tmp_path_factory.mktemp("runs") / "fed"
+    sites = {j: data / j for j in JOINTS} | {"broken": broken}
+    config = {"preset": "tiny", "num-server-rounds": ROUNDS, "strategy": "fedavg",
+              "overrides": f"train.steps_per_epoch={STEPS}"}
+    results = federate_local(sites, out, config, threads=1, keep_sent=True, progress=False)
+    return out, results, truncated
+
+
+def sent(out, site, server_round):
+    (run,) = (out / "sites" / site).glob("run-*")
+    return torch.load(run / "sent" / f"round-{server_round:03d}.pt", weights_only=True)
+
+
+def test_results_follow_the_contract(federation):
+    out, results, _ = federation
+    assert results["mode"] == "federated" and results["strategy"] == "fedavg" and results["rounds"] == ROUNDS
+    assert set(results["sites"]) == set(JOINTS)
+    for joint in JOINTS:
+        site = results["sites"][joint]
+        assert site["joint"] == joint and site["cases"] == 1
+        assert set(site["dice"]) == set(site["hd95"]) == set(site["assd"])
+    assert json.loads((out / "results.json").read_text()) == results
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2]
+    assert all(set(line["sites"]) == set(JOINTS) and line["round_time_s"] > 0 for line in lines)
+
+
+def test_global_weights_are_the_example_weighted_mean_of_what_sites_sent(federation):
+    out, _, _ = federation
+    final = torch.load(out / "checkpoints" / "global_final.pt", weights_only=True)["shared_state_dict"]
+    replies = [sent(out, j, ROUNDS) for j in JOINTS]
+    weights = np.array([r["num_examples"] for r in replies], dtype=np.float64)
+    assert set(final) == set(replies[0]["arrays"])
+    for key, value in final.items():
+        expected = sum(w * r["arrays"][key].double() for w, r in zip(weights, replies)) / weights.sum()
+        torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_only_shared_convolution_weights_leave_a_site(federation):
+    out, _, _ = federation
+    model = MultiDomainUNet([4], build_config("tiny").model)
+    shared, private = split_state_dict(model)
+    for joint in JOINTS:
+        for server_round in range(1, ROUNDS + 1):
+            arrays = sent(out, joint, server_round)["arrays"]
+            assert set(arrays) == set(shared) and not set(arrays) & set(private)
+            # filters and biases only: no array has an image-sized dimension
+            assert max(max(v.shape[2:], default=1) for v in arrays.values()) <= 7
+
+
+def test_private_layers_differ_between_sites_and_persist_across_rounds(federation):
+    out, _, _ = federation
+    privates = {}
+    for joint in JOINTS:
+        (run,) = (out / "sites" / joint).glob("run-*")
+        privates[joint] = torch.load(run / "private.pt", weights_only=True)
+        counts = {int(v) for k, v in privates[joint].items() if k.endswith("num_batches_tracked")}
+        assert counts == {ROUNDS * STEPS}  # BatchNorm statistics carried from round 1 into round 2
+    assert privates["ankle"]["heads.heads.0.weight"].shape[0] == 4
+    assert privates["shoulder"]["heads.heads.0.weight"].shape[0] == 3
+    key = "encoder.bn1.norms.0.running_mean"
+    assert not torch.equal(privates["ankle"][key], privates["knee"][key])
+
+
+def test_broken_site_is_refused_with_a_clear_message(federation, capfd):
+    out, results, truncated = federation
+    assert "broken" not in results["sites"]
+    log = (out / "logs" / "site-broken.log").read_text()
+    assert f"{truncated}: cannot read NIfTI" in log and "Traceback" not in log
+
+
+def test_no_process_is_left_behind(federation):
+    out, _, _ = federation
+    leftovers = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(out) in part for part in proc.info["cmdline"] or []):
+                leftovers.append(proc.info["cmdline"])
+        except psutil.Error:
+            pass
+    assert leftovers == []
