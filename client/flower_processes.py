@@ -59,9 +59,10 @@ def wait_for_port(host: str, port: int, timeout: float, first_delay: float = 0.5
             with socket.create_connection((host, port), timeout=min(5.0, timeout)):
                 return True
         except OSError:
-            if time.monotonic() + delay > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return False
-            time.sleep(delay)
+            time.sleep(min(delay, remaining))
             delay = min(delay * 2, 10.0)
 
 

@@ -1,4 +1,5 @@
-"""`make demo`: synthetic pediatric joint data -> training -> per-bone Dice table.
+"""`make demo`: synthetic pediatric joint data -> a real Flower federation on loopback (one SuperLink, one
+SuperNode per joint) -> per-bone Dice table per site.
 
 Data is generated once into OUT/data and reused; every demo run gets a new run directory OUT/runs/<time>.
 """
@@ -36,8 +37,8 @@ def main() -> None:
         run(["data", "synth", str(data), "--train", str(args.train), "--test", str(args.test), "--seed", "0"])
     run(["data", "check", *(str(data / j) for j in JOINTS)])
     run_dir = out / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    run(["train", *(a for j in JOINTS for a in ("--data", f"{j}={data / j}")), "--scheme", "multi-domain",
-         "--preset", args.preset, "--out", str(run_dir)])
+    run(["federate", "--local", *(a for j in JOINTS for a in ("--data", f"{j}={data / j}")),
+         "--scheme", "multi-domain", "--strategy", "fedavg", "--preset", args.preset, "--out", str(run_dir)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""`pedseg-client` refuses bad input before any SuperNode starts, with one clear line and a non-zero exit."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from client.cli import main, node_config
+from client.flower_processes import free_port
+
+
+@pytest.fixture
+def dataset(write_dataset):
+    return write_dataset()
+
+
+def test_node_config_is_toml(tmp_path):
+    text = node_config({"site": 'a "b"', "data-dir": str(tmp_path), "threads": 2, "keep-sent": False})
+    assert text == f'site="a \\"b\\"" data-dir="{tmp_path}" threads=2 keep-sent=false'
+
+
+def test_broken_data_is_refused_before_connecting(dataset, capsys):
+    label = next((dataset / "labelsTr").iterdir())
+    label.unlink()
+    status = main(["--site", "h1", "--joint", "knee", "--data", str(dataset), "--superlink", "127.0.0.1:1",
+                   "--insecure"])
+    err = capsys.readouterr().err
+    assert status == 2 and f"site h1: {dataset / 'imagesTr' / 'case_000_0000.nii.gz'}: missing label" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--insecure", "--auth-key", "k"], "--auth-key needs TLS"),
+    (["--root-certificates", "missing.pem"], "missing.pem: --root-certificates file not found"),
+])
+def test_bad_security_options(dataset, extra, message, capsys):
+    assert main(["--site", "h1", "--joint", "knee", "--data", str(dataset), "--superlink", "127.0.0.1:1",
+                 *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unreachable_superlink_gives_a_clear_error_after_retries(dataset, tmp_path):
+    port = free_port()  # nothing listens there
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "client.cli", "--site", "h1", "--joint", "knee",
+                           "--data", str(dataset), "--superlink", f"127.0.0.1:{port}", "--insecure",
+                           "--state-dir", str(tmp_path / "state"), "--connect-timeout", "3"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"cannot reach the SuperLink at 127.0.0.1:{port} (retried for 3 s)" in proc.stderr
+    assert "Traceback" not in proc.stderr and time.monotonic() - start >= 2.5
