@@ -2,7 +2,7 @@
 
 Node config (set by `pedseg-client`): site, joint, data-dir, state-dir, threads.
 Replies carry only the shared arrays, `num-examples` and metrics; the private layers stay in
-`Context.state` and in `<state-dir>/run-<run id>/private.pt`.
+`Context.state` and in `<state-dir>/run-<run id>/private.pt`, the site's Adam state in `optimizer.pt` beside.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def _identity(site: SiteTrainer) -> ConfigRecord:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     site, store = _site(context)
+    if (optimizer := store.load_optimizer()) is not None:
+        site.load_optimizer_state(optimizer)
     config = msg.content["config"]
     shared, slices, stats = site.train_round(
         msg.content["arrays"].to_torch_state_dict(), int(config["server-round"]), int(config["num-rounds"]),
@@ -52,10 +54,12 @@ def train(msg: Message, context: Context) -> Message:
     private = site.private_state()
     context.state[PRIVATE_KEY] = ArrayRecord(private)
     store.save(private)
+    store.save_optimizer(site.optimizer_state())
     if context.node_config.get("keep-sent"):
         store.save_sent(int(config["server-round"]), shared, slices)
     metrics = MetricRecord({"num-examples": slices, "train-loss": stats["loss"], "seg-loss": stats["seg_loss"],
-                            "lr": stats["lr"], "train-time-s": stats["train_time_s"]})
+                            "lr": stats["lr"], "train-time-s": stats["train_time_s"],
+                            "load-time-s": stats["load_time_s"]})
     return Message(RecordDict({"arrays": ArrayRecord(shared), "metrics": metrics, "site": _identity(site)}),
                    reply_to=msg)
 

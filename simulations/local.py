@@ -133,6 +133,7 @@ def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, objec
         except KeyboardInterrupt:
             fed.flwr("stop", run_id, CONNECTION, timeout=30)
             raise
+        (fed.log_dir / "run-status.json").write_text(json.dumps(status, indent=2))
         (fed.log_dir / "serverapp.log").write_text(fed.flwr("log", run_id, CONNECTION, "--show", timeout=60).stdout)
         report_refused_sites(fed, set(data) - set(sites))
         if status["status"] != "finished:completed":

@@ -15,6 +15,7 @@ class PrivateStore:
 
     def __init__(self, state_dir: Path, run: str) -> None:
         self.path = Path(state_dir) / f"run-{run}" / "private.pt"
+        self.optimizer_path = self.path.parent / "optimizer.pt"
         self.sent_dir = self.path.parent / "sent"
 
     def load(self) -> dict[str, Tensor] | None:
@@ -24,6 +25,13 @@ class PrivateStore:
 
     def save(self, private: dict[str, Tensor]) -> None:
         _save(self.path, private)
+
+    def load_optimizer(self) -> dict | None:
+        return torch.load(self.optimizer_path, map_location="cpu", weights_only=True) \
+            if self.optimizer_path.is_file() else None
+
+    def save_optimizer(self, state: dict) -> None:
+        _save(self.optimizer_path, state)
 
     def save_sent(self, server_round: int, shared: dict[str, Tensor], num_examples: int) -> None:
         """`sent/round-NNN.pt`: the shared arrays and example count of this round's reply, for audits."""

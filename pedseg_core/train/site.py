@@ -25,6 +25,7 @@ from pedseg_core.model.partition import load_partial_state, split_state_dict
 from pedseg_core.model.unet import MultiDomainUNet
 from pedseg_core.train.centralized import seed_everything
 from pedseg_core.train.loop import StepPlan, train_steps
+from pedseg_core.train.norm_stats import recalibrate_batch_norm
 from pedseg_core.train.schedule import make_optimizer
 
 
@@ -38,6 +39,7 @@ class SiteTrainer:
         self.train_cases, self.eval_cases = split_cases(self.dataset, cfg.data.validation_fraction, cfg.train.seed)
         seed_everything(cfg.train.seed, cfg.train.num_threads)
         self.model = MultiDomainUNet([self.dataset.num_classes], cfg.model)
+        self.optimizer = make_optimizer(self.model, cfg.train.learning_rate, cfg.train.weight_decay)
 
     def shared_state(self) -> dict[str, Tensor]:
         return split_state_dict(self.model)[0]
@@ -48,6 +50,14 @@ class SiteTrainer:
     def load_private(self, private: dict[str, Tensor]) -> None:
         load_partial_state(self.model, private)
 
+    def optimizer_state(self) -> dict:
+        """Adam's moments, kept at the site between rounds (a fresh Adam each round takes full-size first
+        steps and makes the sites drift apart)."""
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
     def train_round(self, shared: dict[str, Tensor], server_round: int, num_rounds: int,
                     proximal_mu: float = 0.0) -> tuple[dict[str, Tensor], int, dict[str, float]]:
         """Global shared weights in -> (new shared weights, training slices seen, metrics)."""
@@ -55,20 +65,24 @@ class SiteTrainer:
         tc = self.cfg.train
         start = time.perf_counter()
         slices = load_slice_set(self.train_cases, self.cfg.data)
+        loaded = time.perf_counter()
         generator = torch.Generator().manual_seed(tc.seed * 100_003 + server_round)
         augment = SliceAugmentation(self.cfg.data, tc.seed + server_round) if self.cfg.data.augment else None
         batches = domain_balanced_batches([slices], tc.batch_size, generator, augment,
                                           self.cfg.data.foreground_fraction)
-        optimizer = make_optimizer(self.model, tc.learning_rate, tc.weight_decay)
         regularizers = [ProximalTerm(self.model, shared, proximal_mu)] if proximal_mu > 0 else []
         plan = StepPlan(tc.steps_per_epoch, (server_round - 1) * tc.steps_per_epoch, num_rounds * tc.steps_per_epoch)
-        stats = train_steps(self.model, batches, optimizer, tc, plan, regularizers)
-        stats["train_time_s"] = time.perf_counter() - start
+        stats = train_steps(self.model, batches, self.optimizer, tc, plan, regularizers)
+        stats["load_time_s"] = loaded - start
+        stats["train_time_s"] = time.perf_counter() - loaded
         return self.shared_state(), stats["slices"], stats
 
     def evaluate(self, shared: dict[str, Tensor], pred_dir: Path | None = None) -> dict:
-        """The personalized model (global shared weights + this site's private layers) on its evaluation cases:
-        a `results.json` site entry."""
+        """The personalized model (global shared weights + this site's private layers, BatchNorm statistics
+        re-estimated on its training slices for the global weights) on its evaluation cases: a `results.json`
+        site entry."""
         load_partial_state(self.model, shared)
+        slices = load_slice_set(self.train_cases, self.cfg.data)
+        recalibrate_batch_norm(self.model, 0, slices.images, self.cfg.eval.batch_size)
         return evaluate_site(self.model, 0, self.domain.joint, self.eval_cases, self.domain.bones, self.cfg,
                              pred_dir)
