@@ -1,0 +1,37 @@
+"""The typed configuration and its one adapter from Flower's run config."""
+
+import pytest
+
+from pedseg_core.config import build_config, config_from_run_config
+from pedseg_core.errors import PedsegError
+
+
+def test_run_config_maps_onto_the_typed_config():
+    cfg = config_from_run_config({"preset": "tiny", "num-server-rounds": 3, "strategy": "fedprox",
+                                  "proximal-mu": 0.1, "min-nodes": 4, "out-dir": "/x",
+                                  "overrides": "train.steps_per_epoch=5 data.image_size=96 model.norm=group"})
+    assert cfg.preset == "tiny" and cfg.federation.num_rounds(cfg.train) == 3
+    assert cfg.federation.strategy == "fedprox" and cfg.federation.proximal_mu == 0.1
+    assert cfg.federation.min_nodes == 4
+    assert (cfg.train.steps_per_epoch, cfg.data.image_size, cfg.model.norm) == (5, 96, "group")
+
+
+def test_zero_rounds_means_the_presets_epochs():
+    cfg = config_from_run_config({"preset": "tiny", "num-server-rounds": 0})
+    assert cfg.federation.num_rounds(cfg.train) == cfg.train.epochs
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"strategy": "fedyogi"}, "federation.strategy"),
+    ({"overrides": "data.image_size=100"}, "multiple of 32"),
+    ({"overrides": "train.nope=1"}, "unknown option 'nope'"),
+    ({"preset": "huge"}, "preset 'huge' is unknown"),
+])
+def test_bad_values_are_refused(values, message):
+    with pytest.raises(PedsegError, match=message):
+        config_from_run_config({"preset": "tiny", **values})
+
+
+def test_presets_resolve():
+    for preset in ("tiny", "demo", "small", "paper"):
+        assert build_config(preset).preset == preset
