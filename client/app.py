@@ -48,9 +48,12 @@ def train(msg: Message, context: Context) -> Message:
     if (optimizer := store.load_optimizer()) is not None:
         site.load_optimizer_state(optimizer)
     config = msg.content["config"]
-    shared, slices, stats = site.train_round(
-        msg.content["arrays"].to_torch_state_dict(), int(config["server-round"]), int(config["num-rounds"]),
-        float(config.get("proximal-mu", 0.0)))
+    received = msg.content["arrays"].to_torch_state_dict()
+    identity = _identity(site)
+    if config.get("evaluate-first"):  # the personalized model on the global weights of the previous round
+        identity["result-json"] = json.dumps(site.evaluate(received))
+    shared, slices, stats = site.train_round(received, int(config["server-round"]), int(config["num-rounds"]),
+                                             float(config.get("proximal-mu", 0.0)))
     private = site.private_state()
     context.state[PRIVATE_KEY] = ArrayRecord(private)
     store.save(private)
@@ -60,7 +63,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({"num-examples": slices, "train-loss": stats["loss"], "seg-loss": stats["seg_loss"],
                             "lr": stats["lr"], "train-time-s": stats["train_time_s"],
                             "load-time-s": stats["load_time_s"]})
-    return Message(RecordDict({"arrays": ArrayRecord(shared), "metrics": metrics, "site": _identity(site)}),
+    return Message(RecordDict({"arrays": ArrayRecord(shared), "metrics": metrics, "site": identity}),
                    reply_to=msg)
 
 

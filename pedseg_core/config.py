@@ -102,7 +102,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "model": {"backbone": "resnet18", "decoder_channels": (128, 64, 32, 16, 16)},
         "data": {"image_size": 96},
-        "train": {"epochs": 6, "steps_per_epoch": 40, "batch_size": 6, "learning_rate": 2e-3},
+        "train": {"epochs": 8, "steps_per_epoch": 30, "batch_size": 6, "learning_rate": 2e-3},
     },
     # benchmarks: minutes
     "small": {

@@ -3,6 +3,10 @@
 Flower's stock FedAvg refuses replies whose array keys differ (sites of different joints have different
 heads). Here, every reply is cut down to the keys of the global shared weights the server sent, so a key
 that is not shared can never enter the global model, and each key is averaged weighted by `num-examples`.
+
+Evaluation rides on the training message: in round r the server asks the sites (`evaluate-first`) to evaluate
+their personalized model on the global weights they just received (the result of round r-1) before training,
+which saves a whole message exchange per round. Only after the last round is there a separate evaluation.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class SharedWeightsAggregation:
         self.num_rounds = num_rounds
         self.global_keys: set[str] = set()
         self.record: dict = {}
+        self.awaiting_evaluation: dict | None = None  # the last round's record, until its evaluation arrives
         self.last_evaluation: dict[str, dict] = {}
         self.site_of_node: dict[int, str] = {}
         self.round_start = time.perf_counter()
@@ -49,6 +54,7 @@ class SharedWeightsAggregation:
         self.round_start = time.perf_counter()
         self.record = {"round": server_round, "sites": {}, "errors": []}
         config["num-rounds"] = self.num_rounds
+        config["evaluate-first"] = server_round > 1 and (server_round - 1) % self.evaluate_every == 0
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -71,6 +77,7 @@ class SharedWeightsAggregation:
             site = self._site(msg)
             self.record["sites"][site] = {"joint": msg.content["site"]["joint"],
                                           **{k: v for k, v in msg.content["metrics"].items()}}
+        self._note_evaluations(server_round - 1, valid)
         total = float(sum(weights))
         loss = sum(w * float(m.content["metrics"]["train-loss"]) for m, w in zip(valid, weights)) / total
         self.record["train_loss"] = loss
@@ -80,33 +87,47 @@ class SharedWeightsAggregation:
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        if server_round % self.evaluate_every and server_round != self.num_rounds:
-            return []
+        if server_round != self.num_rounds:
+            return []  # earlier rounds are evaluated at the start of the next round's training
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         valid, errors = self._check_and_log_replies(replies, is_train=False, validate=False)
         self._note_errors(errors)
-        results = {}
-        for msg in valid:
-            site = self._site(msg)
-            results[site] = json.loads(msg.content["site"]["result-json"])
+        mean = self._note_evaluations(server_round, valid)
+        return None if mean is None else MetricRecord({"mean-dice": mean})
+
+    def _note_evaluations(self, evaluated_round: int, replies: list[Message]) -> float | None:
+        """Collect the site results that replies carry into this round's record (as the evaluation of the
+        global model of `evaluated_round`); returns their mean Dice."""
+        results = {self._site(m): json.loads(m.content["site"]["result-json"])
+                   for m in replies if "result-json" in m.content["site"]}
         if not results:
             return None
         self.last_evaluation = results
-        for site, result in results.items():
-            self.record["sites"].setdefault(site, {"joint": result["joint"]})
-            self.record["sites"][site].update({"dice": result["dice"], "mean_dice": result["mean_dice"]})
         mean = mean_or_none(r["mean_dice"] for r in results.values())
-        self.record["mean_dice"] = mean
-        return MetricRecord({"mean-dice": mean or 0.0})
+        record = self.record if evaluated_round == self.record.get("round") else self.awaiting_evaluation
+        if record is None:
+            return mean
+        record["evaluation"] = {
+            "mean_dice": mean,
+            "sites": {site: {"dice": r["dice"], "hd95": r["hd95"], "assd": r["assd"], "mean_dice": r["mean_dice"]}
+                      for site, r in results.items()}}
+        return mean
 
     def end_round(self, server_round: int) -> None:
-        """Called after each round (from `evaluate_fn`): one metrics.jsonl line."""
+        """Called after each round (from `evaluate_fn`). Writes one metrics.jsonl line per round, in order; a
+        round whose evaluation comes with the next round's training waits for it."""
         if server_round == 0:
             return
         self.record["round_time_s"] = round(time.perf_counter() - self.round_start, 3)
-        self.run.log(self.record)
+        if self.awaiting_evaluation is not None:
+            self.run.log(self.awaiting_evaluation)
+            self.awaiting_evaluation = None
+        if server_round % self.evaluate_every == 0 and server_round < self.num_rounds:
+            self.awaiting_evaluation = self.record
+        else:
+            self.run.log(self.record)
 
     def _site(self, msg: Message) -> str:
         site = str(msg.content["site"]["site"])

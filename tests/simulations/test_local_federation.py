@@ -53,6 +53,9 @@ def test_results_follow_the_contract(federation):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [1, 2]
     assert all(set(line["sites"]) == set(JOINTS) and line["round_time_s"] > 0 for line in lines)
+    # every round's global model is evaluated by every site (round 1's during round 2's training message)
+    assert all(set(line["evaluation"]["sites"]) == set(JOINTS) for line in lines)
+    assert lines[-1]["evaluation"]["mean_dice"] == pytest.approx(results["mean_dice"])
 
 
 def test_global_weights_are_the_example_weighted_mean_of_what_sites_sent(federation):
