@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -193,8 +194,13 @@ def report_error(err: PedsegError, prog: str = "pedseg") -> None:
         print(f"{prog}: error: {line}", file=sys.stderr)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service stop cleans up like Ctrl-C
     try:
         return args.func(args)
     except PedsegError as err:

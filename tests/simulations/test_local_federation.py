@@ -3,6 +3,10 @@ dataset), tiny preset, two rounds, FedAvg over the shared weights."""
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import psutil
@@ -102,13 +106,35 @@ def test_broken_site_is_refused_with_a_clear_message(federation, capfd):
     assert f"{truncated}: cannot read NIfTI" in log and "Traceback" not in log
 
 
-def test_no_process_is_left_behind(federation):
-    out, _, _ = federation
-    leftovers = []
+def processes_using(path):
+    """Command lines of running processes that mention `path`."""
+    found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if any(str(out) in part for part in proc.info["cmdline"] or []):
-                leftovers.append(proc.info["cmdline"])
+            if any(str(path) in part for part in proc.info["cmdline"] or []):
+                found.append(proc.info["cmdline"])
         except psutil.Error:
             pass
-    assert leftovers == []
+    return found
+
+
+def test_no_process_is_left_behind(federation):
+    out, _, _ = federation
+    assert processes_using(out) == []
+
+
+def test_ctrl_c_stops_every_process(tmp_path, write_dataset):
+    sites = [f"--data={name}={write_dataset(shape=(40, 40, 5))}" for name in ("a", "b")]
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local", *sites,
+                             "--out", str(out), "--preset", "tiny", "--rounds", "50"],
+                            stderr=subprocess.PIPE, text=True)
+    connection = out / ".flower" / "cli" / "config.toml"
+    deadline = time.monotonic() + 120
+    while not connection.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert processes_using(out) == []
