@@ -15,7 +15,8 @@ import yaml
 from pedseg_core.errors import PedsegError
 
 SCHEMES = ("individual", "transfer", "shared", "multi-domain", "contrastive", "full")
-IMPLEMENTED_SCHEMES = ("multi-domain",)
+IMPLEMENTED_SCHEMES = ("individual", "transfer", "shared", "multi-domain", "contrastive")
+CONTRASTIVE_SCHEMES = ("contrastive", "full")
 
 
 @dataclass
@@ -25,6 +26,17 @@ class ModelConfig:
     norm: str = "batch"  # domain-specific norm type: batch | group
     group_norm_groups: int = 8
     encoder_weights: str = "none"  # none | imagenet (download) | path to a torchvision resnet34 .pth
+
+
+@dataclass
+class ContrastiveConfig:
+    weight: float = 0.1  # weight of the multi-scale supervised contrastive term
+    temperature: float = 0.1
+    scales: tuple[int, ...] = (0, 1, 2)  # 0 = bottleneck, 1..5 = decoder stages (coarse to fine)
+    hidden: int = 128
+    dim: int = 64
+    min_prototype_slices: int = 32  # a prototype is a mean over at least this many slices
+    share_prototypes: bool = True  # federated: exchange per-domain prototypes (off: weights only)
 
 
 @dataclass
@@ -85,6 +97,7 @@ class PedsegConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,13 +17,17 @@ from pedseg_core.model.unet import MultiDomainUNet
 
 
 def evaluate_site(model: MultiDomainUNet, domain: int, joint: str, cases: Sequence[Case],
-                  bones: dict[str, int], cfg: PedsegConfig, pred_dir: Path | None = None) -> dict:
+                  bones: dict[str, int], cfg: PedsegConfig, pred_dir: Path | None = None,
+                  label_lut: np.ndarray | None = None) -> dict:
     """{"joint", "cases": K, "dice": {bone: v}, "hd95": {...}, "assd": {...}, "mean_dice": v,
-    "per_case": {case: {metric: {bone: v}}}}; writes the predicted NIfTIs into `pred_dir` when given."""
+    "per_case": {case: {metric: {bone: v}}}}; writes the predicted NIfTIs into `pred_dir` when given.
+    `label_lut` maps the model's classes to the joint's label values (the shared scheme's union head)."""
     per_case = {}
     for case in cases:
         image, label, spacing, affine = read_case(case)
         pred = predict_volume(model, domain, image, spacing, cfg.data, cfg.eval.batch_size)
+        if label_lut is not None:
+            pred = label_lut[pred]
         per_case[case.case_id] = case_metrics(pred, label, bones, spacing)
         if pred_dir is not None:
             pred_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pedseg_core.config import PedsegConfig, config_from_dict
+from pedseg_core.config import CONTRASTIVE_SCHEMES, PedsegConfig, config_from_dict
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.unet import MultiDomainUNet
 
@@ -64,7 +64,8 @@ def load_checkpoint(path: Path) -> tuple[MultiDomainUNet, PedsegConfig, list[Dom
         raise PedsegError(f"{path}: not a pedseg checkpoint (expected format {FORMAT})")
     cfg = config_from_dict(payload["config"])
     domains = [DomainSpec(**d) for d in payload["domains"]]
-    model = MultiDomainUNet([len(d.labels) for d in domains], cfg.model)
+    projection = cfg.contrastive if cfg.scheme in CONTRASTIVE_SCHEMES else None
+    model = MultiDomainUNet([len(d.labels) for d in domains], cfg.model, projection=projection)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, cfg, domains

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from monai.networks.nets.resnet import ResNet, ResNetFeatures, get_inplanes
 
+BOTTLENECK_CHANNELS = 512  # channels of the last (stride 32) map of resnet10/18/34
 RESNET_LAYERS = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
 
 

@@ -8,10 +8,11 @@ import torch
 from monai.networks.nets import FlexibleUNet
 from torch import Tensor, nn
 
-from pedseg_core.config import ModelConfig
+from pedseg_core.config import ContrastiveConfig, ModelConfig
 from pedseg_core.model.domain_norm import DomainModule, replace_norms
-from pedseg_core.model.encoder import TorchvisionLayoutResNetEncoder
+from pedseg_core.model.encoder import BOTTLENECK_CHANNELS, TorchvisionLayoutResNetEncoder
 from pedseg_core.model.heads import DomainHeads
+from pedseg_core.model.projection import ProjectionHeads
 
 
 class MultiDomainUNet(nn.Module):
@@ -22,7 +23,8 @@ class MultiDomainUNet(nn.Module):
     With one domain and the union of classes this is the plain "shared" network.
     """
 
-    def __init__(self, num_classes: Sequence[int], cfg: ModelConfig, in_channels: int = 1) -> None:
+    def __init__(self, num_classes: Sequence[int], cfg: ModelConfig, in_channels: int = 1,
+                 projection: ContrastiveConfig | None = None) -> None:
         super().__init__()
         unet = FlexibleUNet(
             in_channels=in_channels,
@@ -36,6 +38,10 @@ class MultiDomainUNet(nn.Module):
         self.decoder = unet.decoder
         self.skip_connect = unet.skip_connect
         self.heads = DomainHeads(cfg.decoder_channels[-1], num_classes)
+        self.scales: tuple[int, ...] = tuple(projection.scales) if projection else ()
+        if self.scales:
+            widths = (BOTTLENECK_CHANNELS, *cfg.decoder_channels)
+            self.projections = ProjectionHeads([widths[s] for s in self.scales], projection.hidden, projection.dim)
         replace_norms(self, len(num_classes), cfg.norm, cfg.group_norm_groups)
         self._domain_modules = [m for m in self.modules() if isinstance(m, DomainModule)]
 
@@ -50,16 +56,31 @@ class MultiDomainUNet(nn.Module):
             m.domain = domain
 
     def forward(self, x: Tensor, domain: int = 0) -> Tensor:
+        return self.forward_with_embeddings(x, domain)[0]
+
+    def forward_with_embeddings(self, x: Tensor, domain: int = 0) -> tuple[Tensor, list[Tensor]]:
+        """logits [B, C_d, H, W] and one embedding [B, dim] per contrastive scale (none without projections).
+
+        Scale 0 is the bottleneck (the encoder's last map), scales 1..5 the decoder stages, coarse to fine.
+        """
         self.set_domain(domain)
         features = self.encoder(x)
-        return self.heads(self.decoder(features, self.skip_connect))
+        skips = features[:-1][::-1]
+        y = features[-1]
+        taps = [y]
+        for i, block in enumerate(self.decoder.blocks):
+            y = block(y, skips[i] if i < self.skip_connect else None)
+            taps.append(y)
+        embeddings = self.projections([taps[s] for s in self.scales]) if self.scales else []
+        return self.heads(y), embeddings
 
 
-def build_model(num_classes: Sequence[int], cfg: ModelConfig) -> MultiDomainUNet:
+def build_model(num_classes: Sequence[int], cfg: ModelConfig,
+                projection: ContrastiveConfig | None = None) -> MultiDomainUNet:
     """The model of a run, with its encoder initialized as `cfg.encoder_weights` asks."""
     from pedseg_core.model.imagenet import init_encoder
 
-    model = MultiDomainUNet(num_classes, cfg)
+    model = MultiDomainUNet(num_classes, cfg, projection=projection)
     init_encoder(model.encoder, cfg.encoder_weights)
     return model
 

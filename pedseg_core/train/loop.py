@@ -10,6 +10,7 @@ import torch
 
 from pedseg_core.config import TrainConfig
 from pedseg_core.data.sampling import Batch
+from pedseg_core.losses.multiscale import MultiScaleContrastive
 from pedseg_core.losses.segmentation import SegmentationLoss
 from pedseg_core.model.unet import MultiDomainUNet, domain_slices
 from pedseg_core.progress import progress_bar
@@ -35,31 +36,46 @@ def autocast(precision: str):
 
 
 def batch_loss(model: MultiDomainUNet, batch: Batch, loss_fn: SegmentationLoss, cfg: TrainConfig,
-               domain_map: Sequence[int] | None = None) -> torch.Tensor:
-    """Mean segmentation loss of a mixed-domain batch: each domain's slices go through that domain's norms
-    and head; each part weighs by its share of the batch. `domain_map` maps batch domain ids to model
-    domains (identity when None)."""
+               domain_map: Sequence[int] | None = None, contrastive: MultiScaleContrastive | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(segmentation loss, contrastive loss or None) of a mixed-domain batch. Each domain's slices go through
+    that domain's norms and head, each part weighing by its share of the batch; the contrastive term sees the
+    embeddings of all domains together. `domain_map` maps batch domain ids to model domains (identity when
+    None)."""
     total = batch.images.new_zeros(())
     images = batch.images.to(memory_format=torch.channels_last) if cfg.channels_last else batch.images
+    scales: list[list[torch.Tensor]] = []
     for d, idx in domain_slices(batch.domains):
         with autocast(cfg.precision):
-            logits = model(images[idx], d if domain_map is None else domain_map[d])
+            logits, embeddings = model.forward_with_embeddings(images[idx], d if domain_map is None else domain_map[d])
         total = total + loss_fn(logits, batch.labels[idx]) * (len(batch.domains[idx]) / len(batch.domains))
-    return total
+        scales = scales or [[] for _ in embeddings]
+        for parts, e in zip(scales, embeddings):
+            parts.append(e.float())
+    if contrastive is None or not scales:
+        return total, None
+    return total, contrastive([torch.cat(parts) for parts in scales], _grouped(batch.domains))
+
+
+def _grouped(domains: torch.Tensor) -> torch.Tensor:
+    """The batch's domain ids in the order `domain_slices` visits them."""
+    return torch.cat([domains[idx] for _, idx in domain_slices(domains)])
 
 
 def train_steps(model: MultiDomainUNet, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
                 cfg: TrainConfig, plan: StepPlan, regularizers: Sequence[Regularizer] = (),
-                domain_map: Sequence[int] | None = None, progress: str | None = None) -> dict[str, float]:
+                domain_map: Sequence[int] | None = None, contrastive: MultiScaleContrastive | None = None,
+                progress: str | None = None) -> dict[str, float]:
     """Run `plan.steps` optimizer steps with the run-wide polynomial learning rate.
 
-    Returns {"loss": mean total loss, "seg_loss": mean segmentation loss, "lr": last lr, "slices": n}.
+    Returns {"loss": mean total loss, "seg_loss": mean segmentation loss, "contrastive_loss": mean
+    (unweighted) contrastive term when used, "lr": last lr, "slices": n}.
     """
     loss_fn = SegmentationLoss(cfg)
     model.train()
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    sums = {"loss": 0.0, "seg_loss": 0.0}
+    sums = {"loss": 0.0, "seg_loss": 0.0} | ({"contrastive_loss": 0.0} if contrastive else {})
     lr, slices = cfg.learning_rate, 0
     steps = range(plan.steps)
     bar = progress_bar(steps, progress, progress is not None, leave=False, unit="step")
@@ -68,8 +84,11 @@ def train_steps(model: MultiDomainUNet, batches: Iterator[Batch], optimizer: tor
         lr = poly_lr(cfg.learning_rate, plan.start + i, plan.total, cfg.poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        seg = batch_loss(model, batch, loss_fn, cfg, domain_map)
+        seg, contrast = batch_loss(model, batch, loss_fn, cfg, domain_map, contrastive)
         loss = seg + sum((reg(model) for reg in regularizers), seg.new_zeros(()))
+        if contrast is not None:
+            loss = loss + contrastive.weight * contrast
+            sums["contrastive_loss"] += contrast.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -78,4 +97,4 @@ def train_steps(model: MultiDomainUNet, batches: Iterator[Batch], optimizer: tor
         slices += len(batch.domains)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     n = max(plan.steps, 1)
-    return {"loss": sums["loss"] / n, "seg_loss": sums["seg_loss"] / n, "lr": lr, "slices": slices}
+    return {k: v / n for k, v in sums.items()} | {"lr": lr, "slices": slices}
