@@ -15,7 +15,7 @@ import yaml
 from pedseg_core.errors import PedsegError
 
 SCHEMES = ("individual", "transfer", "shared", "multi-domain", "contrastive", "full")
-IMPLEMENTED_SCHEMES = ("individual", "transfer", "shared", "multi-domain", "contrastive")
+IMPLEMENTED_SCHEMES = SCHEMES
 CONTRASTIVE_SCHEMES = ("contrastive", "full")
 
 
@@ -37,6 +37,16 @@ class ContrastiveConfig:
     dim: int = 64
     min_prototype_slices: int = 32  # a prototype is a mean over at least this many slices
     share_prototypes: bool = True  # federated: exchange per-domain prototypes (off: weights only)
+
+
+@dataclass
+class PriorConfig:
+    weight: float = 0.1  # weight of the anatomical prior loss (distance between auto-encoder codes)
+    channels: tuple[int, ...] = (16, 32, 64, 64)  # auto-encoder widths, each halving the resolution
+    epochs: int = 4  # auto-encoder pre-training on the masks (before the segmentation network)
+    steps_per_epoch: int = 50
+    batch_size: int = 16
+    learning_rate: float = 1e-3
 
 
 @dataclass
@@ -98,6 +108,7 @@ class PedsegConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,6 +121,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"image_size": 64},
         "train": {"epochs": 2, "steps_per_epoch": 10, "batch_size": 4, "learning_rate": 3e-3},
         "eval": {"batch_size": 32},
+        "prior": {"channels": (8, 16, 16), "epochs": 1, "steps_per_epoch": 30, "batch_size": 8},
     },
     # the demo: a few minutes on 2 CPU cores, already a usable segmentation
     "demo": {

@@ -5,6 +5,8 @@ transfer      per joint: a model trained on the other joints (first half of the 
 shared        one network, nothing domain-specific: one norm set, one head over the union of all bones
 multi-domain  domain-specific norms and heads
 contrastive   multi-domain + the multi-scale supervised contrastive regularization
+full          contrastive + the multi-joint anatomical prior (a shape auto-encoder learned first on the pooled
+              masks, then frozen); the encoder starts from ImageNet whenever model.encoder_weights is set
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from pedseg_core.evaluate.site import evaluate_site
 from pedseg_core.losses.multiscale import MultiScaleContrastive
 from pedseg_core.model.checkpoint import DomainSpec, save_checkpoint
 from pedseg_core.model.partition import load_partial_state, split_state_dict
+from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
 from pedseg_core.model.unet import MultiDomainUNet, build_model
 from pedseg_core.train.loop import StepPlan, train_steps
 from pedseg_core.train.run_dir import RunDir
 from pedseg_core.train.schedule import make_optimizer
+from pedseg_core.train.shape_prior import to_union_labels, train_shape_autoencoder, union_label_space
 
 
 @dataclass
@@ -81,7 +85,7 @@ class CentralizedRun:
         return build_model(num_classes, self.cfg.model, self.cfg.contrastive if contrastive else None)
 
     def fit(self, model: MultiDomainUNet, slice_sets: list[SliceSet], epochs: range, stage: str,
-            domain_map: Sequence[int] | None = None) -> None:
+            domain_map: Sequence[int] | None = None, prior: ShapePriorLoss | None = None) -> None:
         """Train `model` on domain-balanced batches of `slice_sets` for `epochs` (global epoch indices of a
         run-wide schedule of cfg.train.epochs), one metrics.jsonl line per epoch."""
         tc = self.cfg.train
@@ -96,7 +100,7 @@ class CentralizedRun:
             plan = StepPlan(tc.steps_per_epoch, epoch * tc.steps_per_epoch, total)
             label = f"{stage} epoch {epoch + 1}/{tc.epochs}".strip()
             stats = train_steps(model, batches, optimizer, tc, plan, domain_map=domain_map,
-                                contrastive=contrastive, progress=label if self.progress else None)
+                                contrastive=contrastive, prior=prior, progress=label if self.progress else None)
             seconds = time.perf_counter() - start
             self.run.log({"stage": stage or self.cfg.scheme, "epoch": epoch + 1, **stats,
                           "time_s": round(seconds, 3), "slices_per_s": round(stats["slices"] / seconds, 2)})
@@ -119,9 +123,9 @@ class CentralizedRun:
 
     # --- the schemes -------------------------------------------------------------------------------------
 
-    def multi_domain(self) -> dict[str, dict]:
+    def multi_domain(self, prior: ShapePriorLoss | None = None) -> dict[str, dict]:
         model = self.new_model([j.dataset.num_classes for j in self.joints])
-        self.fit(model, [self.slices(j) for j in self.joints], self.all_epochs(), "")
+        self.fit(model, [self.slices(j) for j in self.joints], self.all_epochs(), "", prior=prior)
         save_checkpoint(self.run.checkpoints / "final.pt", model, self.cfg, [j.domain for j in self.joints])
         return {j.joint: self.evaluate(model, d, j) for d, j in enumerate(self.joints)}
 
@@ -153,22 +157,36 @@ class CentralizedRun:
     def shared(self) -> dict[str, dict]:
         """One head over the union of bones ("joint/bone"), one set of norms; each joint's labels shifted
         into the union, and predictions mapped back (other joints' bones count as background)."""
-        union, offsets = {"background": 0}, []
-        for j in self.joints:
-            offsets.append(len(union) - 1)
-            union |= {f"{j.joint}/{b}": offsets[-1] + v for b, v in j.domain.bones.items()}
+        union, offsets = self.union()
         luts, shifted = [], []
         for j, offset in zip(self.joints, offsets):
             lut = np.zeros(len(union), dtype=np.uint8)
             lut[offset + 1: offset + j.dataset.num_classes] = np.arange(1, j.dataset.num_classes)
             luts.append(lut)
             s = self.slices(j)
-            shifted.append(SliceSet(s.images, torch.where(s.labels > 0, s.labels + offset, 0).to(torch.uint8)))
+            shifted.append(SliceSet(s.images, to_union_labels(s.labels, offset).to(torch.uint8)))
         model = self.new_model([len(union)])
         self.fit(model, shifted, self.all_epochs(), "", domain_map=[0] * len(self.joints))
         save_checkpoint(self.run.checkpoints / "final.pt", model, self.cfg,
                         [DomainSpec(name="shared", joint="shared", labels=union)])
         return {j.joint: self.evaluate(model, 0, j, lut) for j, lut in zip(self.joints, luts)}
+
+
+    def union(self) -> tuple[dict[str, int], list[int]]:
+        return union_label_space([j.dataset.labels for j in self.joints], [j.joint for j in self.joints])
+
+    def full(self) -> dict[str, dict]:
+        """The shape auto-encoder learns the pooled masks of all joints first, then the contrastive
+        multi-domain network trains with the frozen prior."""
+        union, offsets = self.union()
+        autoencoder = ShapeAutoEncoder(len(union), self.cfg.prior.channels)
+        start = time.perf_counter()
+        stats = train_shape_autoencoder(autoencoder, [self.slices(j).labels for j in self.joints], offsets,
+                                        self.cfg.prior, self.cfg.train.seed)
+        self.run.log({"stage": "prior", **stats, "time_s": round(time.perf_counter() - start, 3)})
+        torch.save({"union_labels": union, "state_dict": autoencoder.state_dict()},
+                   self.run.checkpoints / "shape_prior.pt")
+        return self.multi_domain(ShapePriorLoss(autoencoder, offsets, self.cfg.prior.weight))
 
 
 def train_centralized(data: dict[str, Path], cfg: PedsegConfig, out: Path, progress: bool = True) -> dict:
@@ -181,7 +199,7 @@ def train_centralized(data: dict[str, Path], cfg: PedsegConfig, out: Path, progr
     seed_everything(cfg.train.seed, cfg.train.num_threads)
     runner = CentralizedRun(joints, cfg, run, progress)
     scheme = {"individual": runner.individual, "transfer": runner.transfer, "shared": runner.shared,
-              "multi-domain": runner.multi_domain, "contrastive": runner.multi_domain}[cfg.scheme]
+              "multi-domain": runner.multi_domain, "contrastive": runner.multi_domain, "full": runner.full}[cfg.scheme]
     sites = scheme()
     results = {"mode": "centralized", "scheme": cfg.scheme, "strategy": None, "rounds": cfg.train.epochs,
                "sites": sites, "mean_dice": mean_or_none(s["mean_dice"] for s in sites.values())}

@@ -12,6 +12,7 @@ from pedseg_core.config import TrainConfig
 from pedseg_core.data.sampling import Batch
 from pedseg_core.losses.multiscale import MultiScaleContrastive
 from pedseg_core.losses.segmentation import SegmentationLoss
+from pedseg_core.model.shape_prior import ShapePriorLoss
 from pedseg_core.model.unet import MultiDomainUNet, domain_slices
 from pedseg_core.progress import progress_bar
 from pedseg_core.train.schedule import poly_lr
@@ -36,25 +37,29 @@ def autocast(precision: str):
 
 
 def batch_loss(model: MultiDomainUNet, batch: Batch, loss_fn: SegmentationLoss, cfg: TrainConfig,
-               domain_map: Sequence[int] | None = None, contrastive: MultiScaleContrastive | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(segmentation loss, contrastive loss or None) of a mixed-domain batch. Each domain's slices go through
-    that domain's norms and head, each part weighing by its share of the batch; the contrastive term sees the
-    embeddings of all domains together. `domain_map` maps batch domain ids to model domains (identity when
-    None)."""
-    total = batch.images.new_zeros(())
+               domain_map: Sequence[int] | None = None, contrastive: MultiScaleContrastive | None = None,
+               prior: ShapePriorLoss | None = None) -> dict[str, torch.Tensor]:
+    """The loss terms of a mixed-domain batch: {"seg_loss"} plus "contrastive_loss" and "prior_loss" when
+    asked (unweighted). Each domain's slices go through that domain's norms and head and weigh by their share
+    of the batch; the contrastive term sees the embeddings of all domains together. `domain_map` maps batch
+    domain ids to model domains (identity when None)."""
+    terms = {"seg_loss": batch.images.new_zeros(())} | ({"prior_loss": batch.images.new_zeros(())} if prior else {})
     images = batch.images.to(memory_format=torch.channels_last) if cfg.channels_last else batch.images
     scales: list[list[torch.Tensor]] = []
     for d, idx in domain_slices(batch.domains):
+        domain = d if domain_map is None else domain_map[d]
         with autocast(cfg.precision):
-            logits, embeddings = model.forward_with_embeddings(images[idx], d if domain_map is None else domain_map[d])
-        total = total + loss_fn(logits, batch.labels[idx]) * (len(batch.domains[idx]) / len(batch.domains))
+            logits, embeddings = model.forward_with_embeddings(images[idx], domain)
+        share = len(batch.domains[idx]) / len(batch.domains)
+        terms["seg_loss"] = terms["seg_loss"] + loss_fn(logits, batch.labels[idx]) * share
+        if prior is not None:
+            terms["prior_loss"] = terms["prior_loss"] + prior(logits, batch.labels[idx], domain) * share
         scales = scales or [[] for _ in embeddings]
         for parts, e in zip(scales, embeddings):
             parts.append(e.float())
-    if contrastive is None or not scales:
-        return total, None
-    return total, contrastive([torch.cat(parts) for parts in scales], _grouped(batch.domains))
+    if contrastive is not None and scales:
+        terms["contrastive_loss"] = contrastive([torch.cat(parts) for parts in scales], _grouped(batch.domains))
+    return terms
 
 
 def _grouped(domains: torch.Tensor) -> torch.Tensor:
@@ -65,17 +70,19 @@ def _grouped(domains: torch.Tensor) -> torch.Tensor:
 def train_steps(model: MultiDomainUNet, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
                 cfg: TrainConfig, plan: StepPlan, regularizers: Sequence[Regularizer] = (),
                 domain_map: Sequence[int] | None = None, contrastive: MultiScaleContrastive | None = None,
-                progress: str | None = None) -> dict[str, float]:
+                prior: ShapePriorLoss | None = None, progress: str | None = None) -> dict[str, float]:
     """Run `plan.steps` optimizer steps with the run-wide polynomial learning rate.
 
-    Returns {"loss": mean total loss, "seg_loss": mean segmentation loss, "contrastive_loss": mean
-    (unweighted) contrastive term when used, "lr": last lr, "slices": n}.
+    Returns {"loss": mean total loss, "seg_loss": mean segmentation loss, "contrastive_loss" and
+    "prior_loss": mean unweighted terms when used, "lr": last lr, "slices": n}.
     """
     loss_fn = SegmentationLoss(cfg)
     model.train()
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    sums = {"loss": 0.0, "seg_loss": 0.0} | ({"contrastive_loss": 0.0} if contrastive else {})
+    weights = {"seg_loss": 1.0, "contrastive_loss": contrastive.weight if contrastive else 0.0,
+               "prior_loss": prior.weight if prior else 0.0}
+    sums: dict[str, float] = {"loss": 0.0}
     lr, slices = cfg.learning_rate, 0
     steps = range(plan.steps)
     bar = progress_bar(steps, progress, progress is not None, leave=False, unit="step")
@@ -84,16 +91,15 @@ def train_steps(model: MultiDomainUNet, batches: Iterator[Batch], optimizer: tor
         lr = poly_lr(cfg.learning_rate, plan.start + i, plan.total, cfg.poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        seg, contrast = batch_loss(model, batch, loss_fn, cfg, domain_map, contrastive)
-        loss = seg + sum((reg(model) for reg in regularizers), seg.new_zeros(()))
-        if contrast is not None:
-            loss = loss + contrastive.weight * contrast
-            sums["contrastive_loss"] += contrast.item()
+        terms = batch_loss(model, batch, loss_fn, cfg, domain_map, contrastive, prior)
+        loss = sum(weights[k] * v for k, v in terms.items())
+        loss = loss + sum((reg(model) for reg in regularizers), loss.new_zeros(()))
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         sums["loss"] += loss.item()
-        sums["seg_loss"] += seg.item()
         slices += len(batch.domains)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     n = max(plan.steps, 1)

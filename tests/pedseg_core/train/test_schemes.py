@@ -29,16 +29,21 @@ def test_scheme_trains_evaluates_and_saves(scheme, data, tmp_path):
     assert set(results["sites"]["ankle"]["dice"]) == {"tibia", "talus", "calcaneus"}
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     per_joint = scheme in ("individual", "transfer")
-    assert len(lines) == 2 * (2 if per_joint else 1)
-    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert len(lines) == 2 * (2 if per_joint else 1) + (scheme == "full")
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name != "shape_prior.pt")
     assert checkpoints == (["ankle.pt", "shoulder.pt"] if per_joint else ["final.pt"])
     model, cfg, domains = load_checkpoint(tmp_path / "run" / "checkpoints" / checkpoints[0])
     assert cfg.scheme == scheme
     if scheme == "shared":
         assert [d.name for d in domains] == ["shared"] and "shoulder/scapula" in domains[0].labels
         assert model.num_domains == 1 and len(domains[0].labels) == 1 + 3 + 2
-    if scheme == "contrastive":
-        assert all(line["contrastive_loss"] > 0 for line in lines) and model.scales == (0, 1, 2)
+    if scheme in ("contrastive", "full"):
+        training = [line for line in lines if line["stage"] != "prior"]
+        assert all(line["contrastive_loss"] > 0 for line in training) and model.scales == (0, 1, 2)
+    if scheme == "full":
+        prior, *training = lines
+        assert prior["stage"] == "prior" and prior["prior_recon_last"] < prior["prior_recon_first"]
+        assert all(line["prior_loss"] > 0 for line in training)
     if scheme == "transfer":
         assert [line["stage"] for line in lines[:2]] == ["ankle pretrain", "ankle finetune"]
 

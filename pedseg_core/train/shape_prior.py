@@ -1,0 +1,49 @@
+"""Pre-training the shape auto-encoder of the anatomical prior on bone masks in the union label space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+
+from pedseg_core.config import PriorConfig
+from pedseg_core.model.shape_prior import ShapeAutoEncoder
+
+
+def union_label_space(joint_labels: Sequence[dict[str, int]], names: Sequence[str]) -> tuple[dict[str, int], list[int]]:
+    """({"background": 0, "<joint>/<bone>": value, ...}, per joint the offset of its bones in that space)."""
+    union, offsets = {"background": 0}, []
+    for name, labels in zip(names, joint_labels):
+        offsets.append(len(union) - 1)
+        union |= {f"{name}/{bone}": offsets[-1] + v for bone, v in labels.items() if v != 0}
+    return union, offsets
+
+
+def to_union_labels(labels: torch.Tensor, offset: int) -> torch.Tensor:
+    """A joint's label map -> union label values (background stays 0)."""
+    return torch.where(labels > 0, labels.long() + offset, 0)
+
+
+def train_shape_autoencoder(autoencoder: ShapeAutoEncoder, masks: Sequence[torch.Tensor], offsets: Sequence[int],
+                            cfg: PriorConfig, seed: int, steps: int | None = None) -> dict[str, float]:
+    """Reconstruct one-hot union masks (Dice + CE): masks[j] [N_j, H, W] of joint j, sampled equally per joint
+    in each batch. Returns {"prior_recon_first", "prior_recon_last"} (mean loss of the first/last 10 steps)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(autoencoder.parameters(), lr=cfg.learning_rate)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    per_joint = max(1, cfg.batch_size // len(masks))
+    autoencoder.train()
+    losses = []
+    for _ in range(steps if steps is not None else cfg.epochs * cfg.steps_per_epoch):
+        batch = torch.cat([to_union_labels(m[torch.randint(len(m), (per_joint,), generator=generator)], o)
+                           for m, o in zip(masks, offsets)])
+        one_hot = F.one_hot(batch, autoencoder.num_classes).permute(0, 3, 1, 2).float()
+        loss = loss_fn(autoencoder(one_hot), batch[:, None])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return {"prior_recon_first": sum(losses[:10]) / len(losses[:10]),
+            "prior_recon_last": sum(losses[-10:]) / len(losses[-10:])}
