@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -18,6 +19,7 @@ from pedseg_core.train.private_store import PrivateStore
 from pedseg_core.train.site import SiteTrainer
 
 PRIVATE_KEY = "pedseg-private"
+SEP = "|"  # prototype keys: "<joint>|<scale index>"
 
 app = ClientApp()
 
@@ -53,18 +55,33 @@ def train(msg: Message, context: Context) -> Message:
     if config.get("evaluate-first"):  # the personalized model on the global weights of the previous round
         identity["result-json"] = json.dumps(site.evaluate(received))
     shared, slices, stats = site.train_round(received, int(config["server-round"]), int(config["num-rounds"]),
-                                             float(config.get("proximal-mu", 0.0)))
+                                             float(config.get("proximal-mu", 0.0)), _other_prototypes(msg, site))
     private = site.private_state()
     context.state[PRIVATE_KEY] = ArrayRecord(private)
     store.save(private)
     store.save_optimizer(site.optimizer_state())
     if context.node_config.get("keep-sent"):
         store.save_sent(int(config["server-round"]), shared, slices)
-    metrics = MetricRecord({"num-examples": slices, "train-loss": stats["loss"], "seg-loss": stats["seg_loss"],
-                            "lr": stats["lr"], "train-time-s": stats["train_time_s"],
-                            "load-time-s": stats["load_time_s"]})
-    return Message(RecordDict({"arrays": ArrayRecord(shared), "metrics": metrics, "site": identity}),
-                   reply_to=msg)
+    losses = {k.replace("_", "-"): v for k, v in stats.items() if k.endswith("loss")}
+    metrics = MetricRecord({"num-examples": slices, "train-loss": stats["loss"], **losses, "lr": stats["lr"],
+                            "train-time-s": stats["train_time_s"], "load-time-s": stats["load_time_s"]})
+    reply = RecordDict({"arrays": ArrayRecord(shared), "metrics": metrics, "site": identity})
+    if site.cfg.contrastive.share_prototypes and (prototypes := site.prototypes()) is not None:
+        means, count = prototypes
+        reply["prototypes"] = ArrayRecord({f"{site.domain.joint}{SEP}{s}": m for s, m in enumerate(means)})
+        metrics["prototype-slices"] = count
+    return Message(reply, reply_to=msg)
+
+
+def _other_prototypes(msg: Message, site: SiteTrainer) -> list[torch.Tensor] | None:
+    """The other joints' prototypes the server sent ("<joint>|<scale>" -> [D]), as one [M, D] per scale."""
+    if "prototypes" not in msg.content:
+        return None
+    arrays = msg.content["prototypes"].to_torch_state_dict()
+    joints = sorted({k.split(SEP)[0] for k in arrays} - {site.domain.joint})
+    if not joints:
+        return None
+    return [torch.stack([arrays[f"{j}{SEP}{s}"] for j in joints]) for s in range(len(site.model.scales))]
 
 
 @app.evaluate()

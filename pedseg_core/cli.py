@@ -79,14 +79,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_federate(args: argparse.Namespace) -> int:
     import importlib
 
-    from pedseg_core.config import IMPLEMENTED_SCHEMES
+    from pedseg_core.config import FEDERATED_SCHEMES
     from pedseg_core.evaluate.table import results_table
 
     if not args.local:
         raise PedsegError("only --local is available: it runs the SuperLink and one site per --data on 127.0.0.1; "
                           "for a deployment across hosts see deploy/README.md")
-    if args.scheme not in IMPLEMENTED_SCHEMES:
-        raise PedsegError(f"scheme '{args.scheme}' is not available yet (available: {', '.join(IMPLEMENTED_SCHEMES)})")
+    if args.scheme not in FEDERATED_SCHEMES:
+        raise PedsegError(f"federated scheme '{args.scheme}' is not available yet "
+                          f"(available: {', '.join(FEDERATED_SCHEMES)})")
     if args.config:
         raise PedsegError("--config is not supported by federate yet; use --set SECTION.KEY=VALUE")
     app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,

@@ -17,6 +17,7 @@ from pedseg_core.errors import PedsegError
 SCHEMES = ("individual", "transfer", "shared", "multi-domain", "contrastive", "full")
 IMPLEMENTED_SCHEMES = SCHEMES
 CONTRASTIVE_SCHEMES = ("contrastive", "full")
+FEDERATED_SCHEMES = ("multi-domain", "contrastive")
 
 
 @dataclass
@@ -234,6 +235,7 @@ RUN_CONFIG_FIELDS = {
     "fraction-train": "federation.fraction_train",
     "round-timeout": "federation.round_timeout",
     "evaluate-every": "federation.evaluate_every",
+    "share-prototypes": "contrastive.share_prototypes",
 }
 
 

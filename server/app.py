@@ -12,7 +12,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from pedseg_core.config import config_from_run_config
+from pedseg_core.config import CONTRASTIVE_SCHEMES, config_from_run_config
 from pedseg_core.evaluate.metrics import mean_or_none
 from pedseg_core.model.checkpoint import save_shared_checkpoint
 from pedseg_core.model.partition import split_state_dict
@@ -32,7 +32,8 @@ def main(grid: Grid, context: Context) -> None:
     num_rounds = fed.num_rounds(cfg.train)
 
     # The initial shared weights (random or ImageNet encoder); head sizes do not matter: heads stay private.
-    shared, _ = split_state_dict(build_model([2], cfg.model))
+    projection = cfg.contrastive if cfg.scheme in CONTRASTIVE_SCHEMES else None
+    shared, _ = split_state_dict(build_model([2], cfg.model, projection))
     nodes = {"min_train_nodes": fed.min_nodes, "min_evaluate_nodes": fed.min_nodes,
              "min_available_nodes": fed.min_nodes}
     if fed.strategy == "fedprox":

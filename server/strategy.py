@@ -46,6 +46,7 @@ class SharedWeightsAggregation:
         self.awaiting_evaluation: dict | None = None  # the last round's record, until its evaluation arrives
         self.last_evaluation: dict[str, dict] = {}
         self.site_of_node: dict[int, str] = {}
+        self.prototypes: dict[str, np.ndarray] = {}  # "<joint>|<scale>" -> mean projected embedding
         self.round_start = time.perf_counter()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -55,7 +56,11 @@ class SharedWeightsAggregation:
         self.record = {"round": server_round, "sites": {}, "errors": []}
         config["num-rounds"] = self.num_rounds
         config["evaluate-first"] = server_round > 1 and (server_round - 1) % self.evaluate_every == 0
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.prototypes:
+            for msg in messages:
+                msg.content["prototypes"] = ArrayRecord({k: Array(v) for k, v in self.prototypes.items()})
+        return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -78,12 +83,22 @@ class SharedWeightsAggregation:
             self.record["sites"][site] = {"joint": msg.content["site"]["joint"],
                                           **{k: v for k, v in msg.content["metrics"].items()}}
         self._note_evaluations(server_round - 1, valid)
+        self._aggregate_prototypes(valid)
         total = float(sum(weights))
         loss = sum(w * float(m.content["metrics"]["train-loss"]) for m, w in zip(valid, weights)) / total
         self.record["train_loss"] = loss
         self.record["examples"] = total
         self.record["aggregated_keys"] = len(keys)
         return aggregated, MetricRecord({"train-loss": loss, "num-examples": total})
+
+    def _aggregate_prototypes(self, replies: list[Message]) -> None:
+        """Per joint and scale, the slice-weighted mean of the sites' prototypes (sites of one joint pool)."""
+        sent = [(m.content["prototypes"], float(m.content["metrics"]["prototype-slices"]))
+                for m in replies if "prototypes" in m.content]
+        keys = {k for record, _ in sent for k in record.keys()}
+        self.prototypes = {k: weighted_mean([r[k].numpy() for r, _ in sent if k in r],
+                                             [w for r, w in sent if k in r]) for k in sorted(keys)}
+        self.record["prototype_joints"] = sorted({k.split("|")[0] for k in keys})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

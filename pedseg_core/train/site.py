@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pedseg_core.config import PedsegConfig
+from pedseg_core.config import CONTRASTIVE_SCHEMES, PedsegConfig
 from pedseg_core.data.augment import SliceAugmentation
 from pedseg_core.data.loading import load_slice_set, split_cases
 from pedseg_core.data.sampling import domain_balanced_batches
 from pedseg_core.data.validate import require_valid_dataset
 from pedseg_core.evaluate.site import evaluate_site
+from pedseg_core.losses.multiscale import MultiScaleContrastive
 from pedseg_core.losses.proximal import ProximalTerm
 from pedseg_core.model.checkpoint import DomainSpec
 from pedseg_core.model.partition import load_partial_state, split_state_dict
@@ -38,7 +39,8 @@ class SiteTrainer:
         self.domain = DomainSpec(name=site, joint=joint, labels=dict(self.dataset.labels))
         self.train_cases, self.eval_cases = split_cases(self.dataset, cfg.data.validation_fraction, cfg.train.seed)
         seed_everything(cfg.train.seed, cfg.train.num_threads)
-        self.model = MultiDomainUNet([self.dataset.num_classes], cfg.model)
+        projection = cfg.contrastive if cfg.scheme in CONTRASTIVE_SCHEMES else None
+        self.model = MultiDomainUNet([self.dataset.num_classes], cfg.model, projection=projection)
         self.optimizer = make_optimizer(self.model, cfg.train.learning_rate, cfg.train.weight_decay)
 
     def shared_state(self) -> dict[str, Tensor]:
@@ -59,8 +61,12 @@ class SiteTrainer:
         self.optimizer.load_state_dict(state)
 
     def train_round(self, shared: dict[str, Tensor], server_round: int, num_rounds: int,
-                    proximal_mu: float = 0.0) -> tuple[dict[str, Tensor], int, dict[str, float]]:
-        """Global shared weights in -> (new shared weights, training slices seen, metrics)."""
+                    proximal_mu: float = 0.0, other_prototypes: list[Tensor] | None = None
+                    ) -> tuple[dict[str, Tensor], int, dict[str, float]]:
+        """Global shared weights in -> (new shared weights, training slices seen, metrics).
+
+        With projection heads, the contrastive term uses in-batch positives and, when given, the other
+        domains' prototypes (per scale [M, D]) as negatives."""
         load_partial_state(self.model, shared)
         tc = self.cfg.train
         start = time.perf_counter()
@@ -72,10 +78,28 @@ class SiteTrainer:
                                           self.cfg.data.foreground_fraction)
         regularizers = [ProximalTerm(self.model, shared, proximal_mu)] if proximal_mu > 0 else []
         plan = StepPlan(tc.steps_per_epoch, (server_round - 1) * tc.steps_per_epoch, num_rounds * tc.steps_per_epoch)
-        stats = train_steps(self.model, batches, self.optimizer, tc, plan, regularizers)
+        contrastive = None
+        if self.model.scales:
+            labels = None if other_prototypes is None else torch.arange(1, len(other_prototypes[0]) + 1)
+            contrastive = MultiScaleContrastive(self.cfg.contrastive, None, other_prototypes, labels)
+        stats = train_steps(self.model, batches, self.optimizer, tc, plan, regularizers, contrastive=contrastive)
+        self.last_slices = slices
         stats["load_time_s"] = loaded - start
         stats["train_time_s"] = time.perf_counter() - loaded
         return self.shared_state(), stats["slices"], stats
+
+    @torch.no_grad()
+    def prototypes(self) -> tuple[list[Tensor], int] | None:
+        """Per contrastive scale, the mean projected embedding [D] over ALL of this round's training slices
+        (no augmentation), and the slice count; None without projection heads or with fewer slices than
+        `contrastive.min_prototype_slices` (a mean over few slices could describe single images)."""
+        slices = self.last_slices.images
+        if not self.model.scales or len(slices) < self.cfg.contrastive.min_prototype_slices:
+            return None
+        self.model.eval()
+        batch = self.cfg.eval.batch_size
+        parts = [self.model.forward_with_embeddings(slices[i:i + batch], 0)[1] for i in range(0, len(slices), batch)]
+        return [torch.cat([p[s] for p in parts]).mean(0) for s in range(len(self.model.scales))], len(slices)
 
     def evaluate(self, shared: dict[str, Tensor], pred_dir: Path | None = None) -> dict:
         """The personalized model (global shared weights + this site's private layers, BatchNorm statistics

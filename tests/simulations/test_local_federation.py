@@ -138,3 +138,20 @@ def test_ctrl_c_stops_every_process(tmp_path, write_dataset):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert processes_using(out) == []
+
+
+def test_contrastive_federation_exchanges_prototypes_only_as_per_joint_means(tmp_path):
+    data = tmp_path / "data"
+    assert pedseg(["data", "synth", str(data), "--joints", "ankle,shoulder", "--train", "2", "--test", "1"]) == 0
+    config = {"preset": "tiny", "scheme": "contrastive", "num-server-rounds": 2,
+              "overrides": "train.steps_per_epoch=2 contrastive.min_prototype_slices=16"}
+    results = federate_local({j: data / j for j in ("ankle", "shoulder")}, tmp_path / "run", config,
+                             threads=1, keep_sent=True, progress=False)
+    assert results["scheme"] == "contrastive" and set(results["sites"]) == {"ankle", "shoulder"}
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        assert line["prototype_joints"] == ["ankle", "shoulder"]
+        assert all(site["contrastive-loss"] >= 0 and site["prototype-slices"] >= 16 for site in line["sites"].values())
+    # the projection heads are shared weights: they are averaged like the filters
+    final = torch.load(tmp_path / "run" / "checkpoints" / "global_final.pt", weights_only=True)
+    assert any(k.startswith("projections.") for k in final["shared_state_dict"])

@@ -1,0 +1,40 @@
+"""The framework-neutral site trainer: one round, prototypes that describe no single image."""
+
+import pytest
+import torch
+
+from pedseg_core.config import build_config
+from pedseg_core.train.site import SiteTrainer
+
+
+@pytest.fixture
+def site(write_dataset):
+    cfg = build_config("tiny", overrides={"scheme": "contrastive", "train": {"steps_per_epoch": 2},
+                                          "contrastive": {"min_prototype_slices": 10}})
+    return SiteTrainer("h1", "knee", write_dataset(n_train=3, shape=(40, 40, 6)), cfg)
+
+
+def test_prototypes_are_means_over_all_training_slices(site):
+    shared, n, stats = site.train_round(site.shared_state(), 1, 2)
+    assert n == 2 * site.cfg.train.batch_size and stats["contrastive_loss"] >= 0
+    means, count = site.prototypes()
+    assert count == len(site.last_slices) == 18 >= site.cfg.contrastive.min_prototype_slices
+    site.model.eval()
+    with torch.no_grad():
+        _, embeddings = site.model.forward_with_embeddings(site.last_slices.images, 0)
+    assert len(means) == 3 and all(m.shape == (site.cfg.contrastive.dim,) for m in means)
+    for mean, e in zip(means, embeddings):
+        torch.testing.assert_close(mean, e.mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_no_prototype_below_the_minimum_number_of_slices(site):
+    site.cfg.contrastive.min_prototype_slices = 19
+    site.train_round(site.shared_state(), 1, 2)
+    assert site.prototypes() is None
+
+
+def test_other_domains_prototypes_enter_the_loss(site):
+    others = [torch.randn(2, site.cfg.contrastive.dim) for _ in site.model.scales]
+    _, _, alone = site.train_round(site.shared_state(), 1, 2)
+    _, _, with_negatives = site.train_round(site.shared_state(), 2, 2, other_prototypes=others)
+    assert with_negatives["contrastive_loss"] != alone["contrastive_loss"]
