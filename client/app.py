@@ -1,7 +1,8 @@
 """The Flower ClientApp of a hospital site: a thin adapter around `pedseg_core.train.site.SiteTrainer`.
 
 Node config (set by `pedseg-client`): site, joint, data-dir, state-dir, threads.
-Replies carry only the shared arrays, `num-examples` and metrics; the private layers stay in
+Replies carry only the shared arrays, `num-examples` and metrics (plus, when asked: the joint's prototypes, and
+the head when other sites hold the same joint); the private layers stay in
 `Context.state` and in `<state-dir>/run-<run id>/private.pt`, the site's Adam state in `optimizer.pt` beside.
 """
 
@@ -51,6 +52,8 @@ def train(msg: Message, context: Context) -> Message:
         site.load_optimizer_state(optimizer)
     config = msg.content["config"]
     received = msg.content["arrays"].to_torch_state_dict()
+    if "joint-arrays" in msg.content:  # the head pooled over this joint's sites (domain-wise aggregation)
+        site.load_private(msg.content["joint-arrays"].to_torch_state_dict())
     identity = _identity(site)
     if config.get("evaluate-first"):  # the personalized model on the global weights of the previous round
         identity["result-json"] = json.dumps(site.evaluate(received))
@@ -60,8 +63,6 @@ def train(msg: Message, context: Context) -> Message:
     context.state[PRIVATE_KEY] = ArrayRecord(private)
     store.save(private)
     store.save_optimizer(site.optimizer_state())
-    if context.node_config.get("keep-sent"):
-        store.save_sent(int(config["server-round"]), shared, slices)
     losses = {k.replace("_", "-"): v for k, v in stats.items() if k.endswith("loss")}
     metrics = MetricRecord({"num-examples": slices, "train-loss": stats["loss"], **losses, "lr": stats["lr"],
                             "train-time-s": stats["train_time_s"], "load-time-s": stats["load_time_s"]})
@@ -70,6 +71,11 @@ def train(msg: Message, context: Context) -> Message:
         means, count = prototypes
         reply["prototypes"] = ArrayRecord({f"{site.domain.joint}{SEP}{s}": m for s, m in enumerate(means)})
         metrics["prototype-slices"] = count
+    if config.get("share-head"):
+        reply["joint-arrays"] = ArrayRecord(site.head_state())
+    if context.node_config.get("keep-sent"):
+        sent = {name: record.to_torch_state_dict() for name, record in reply.array_records.items()}
+        store.save_sent(int(config["server-round"]), sent, slices)
     return Message(reply, reply_to=msg)
 
 

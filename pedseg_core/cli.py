@@ -29,6 +29,19 @@ def parse_data_args(values: Sequence[str]) -> dict[str, Path]:
     return data
 
 
+def parse_site_args(values: Sequence[str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """["knee-a:knee=/d/a", "ankle=/d/ankle"] -> ({site: dir}, {site: joint}); a site without ":JOINT" is
+    named after its joint."""
+    data = parse_data_args(values)
+    sites, joints = {}, {}
+    for name, path in data.items():
+        site, _, joint = name.partition(":")
+        if site in sites:
+            raise PedsegError(f"--data {name}={path}: site '{site}' is given twice")
+        sites[site], joints[site] = path, joint or site
+    return sites, joints
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from pedseg_core.data.synth import synthesize
 
@@ -94,7 +107,8 @@ def cmd_federate(args: argparse.Namespace) -> int:
                   "num-server-rounds": args.rounds or 0, "overrides": " ".join(args.set)}
     # The Flower orchestration lives outside pedseg_core (which never imports Flower code).
     local = importlib.import_module("simulations.local")
-    results = local.federate_local(parse_data_args(args.data), Path(args.out), app_config, threads=args.threads)
+    sites, joints = parse_site_args(args.data)
+    results = local.federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads)
     print(results_table(results))
     print(f"run directory: {args.out}")
     return 0
@@ -161,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--scheme", default="multi-domain", choices=SCHEMES)
     train.set_defaults(func=cmd_train)
 
-    federate = sub.add_parser("federate", parents=[common], help="federated training on Flower")
+    federate = sub.add_parser("federate", parents=[common], help="federated training on Flower; --data takes "
+                              "JOINT=DIR or SITE:JOINT=DIR (several sites may hold one joint)")
     federate.add_argument("--local", action="store_true", help="SuperLink and SuperNodes on 127.0.0.1")
     federate.add_argument("--rounds", type=int)
     federate.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")

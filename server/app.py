@@ -50,7 +50,7 @@ def main(grid: Grid, context: Context) -> None:
     result = strategy.start(grid, ArrayRecord(shared), num_rounds=num_rounds, timeout=fed.round_timeout,
                             train_config=ConfigRecord({}), evaluate_fn=end_of_round)
     save_shared_checkpoint(run.checkpoints / "global_final.pt", result.arrays.to_torch_state_dict(), cfg,
-                           num_rounds)
+                           num_rounds, joint_heads=strategy.joint_heads)
     sites = strategy.last_evaluation
     run.write_results({"mode": "federated", "scheme": cfg.scheme, "strategy": fed.strategy, "rounds": num_rounds,
                        "sites": sites, "mean_dice": mean_or_none(s["mean_dice"] for s in sites.values())})

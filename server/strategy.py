@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from logging import WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
@@ -47,6 +47,8 @@ class SharedWeightsAggregation:
         self.last_evaluation: dict[str, dict] = {}
         self.site_of_node: dict[int, str] = {}
         self.prototypes: dict[str, np.ndarray] = {}  # "<joint>|<scale>" -> mean projected embedding
+        self.joint_of_node: dict[int, str] = {}
+        self.joint_heads: dict[str, dict[str, np.ndarray]] = {}  # joint -> head pooled over its sites
         self.round_start = time.perf_counter()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -56,11 +58,22 @@ class SharedWeightsAggregation:
         self.record = {"round": server_round, "sites": {}, "errors": []}
         config["num-rounds"] = self.num_rounds
         config["evaluate-first"] = server_round > 1 and (server_round - 1) % self.evaluate_every == 0
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        return [self._for_node(m) for m in super().configure_train(server_round, arrays, config, grid)]
+
+    def _for_node(self, msg: Message) -> Message:
+        """A node's own copy of the round's message: the shared arrays and config, the joints' prototypes,
+        and for a joint held by several sites their pooled head (domain-wise aggregation)."""
+        node = msg.metadata.dst_node_id
+        content = RecordDict(dict(msg.content.items()))
+        config = ConfigRecord(dict(msg.content["config"].items()))
+        joint = self.joint_of_node.get(node)
+        config["share-head"] = list(self.joint_of_node.values()).count(joint) > 1
+        content["config"] = config
         if self.prototypes:
-            for msg in messages:
-                msg.content["prototypes"] = ArrayRecord({k: Array(v) for k, v in self.prototypes.items()})
-        return messages
+            content["prototypes"] = ArrayRecord({k: Array(v) for k, v in self.prototypes.items()})
+        if joint in self.joint_heads:
+            content["joint-arrays"] = ArrayRecord({k: Array(v) for k, v in self.joint_heads[joint].items()})
+        return Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -84,6 +97,7 @@ class SharedWeightsAggregation:
                                           **{k: v for k, v in msg.content["metrics"].items()}}
         self._note_evaluations(server_round - 1, valid)
         self._aggregate_prototypes(valid)
+        self._aggregate_heads(valid, weights)
         total = float(sum(weights))
         loss = sum(w * float(m.content["metrics"]["train-loss"]) for m, w in zip(valid, weights)) / total
         self.record["train_loss"] = loss
@@ -99,6 +113,18 @@ class SharedWeightsAggregation:
         self.prototypes = {k: weighted_mean([r[k].numpy() for r, _ in sent if k in r],
                                              [w for r, w in sent if k in r]) for k in sorted(keys)}
         self.record["prototype_joints"] = sorted({k.split("|")[0] for k in keys})
+
+    def _aggregate_heads(self, replies: list[Message], weights: list[float]) -> None:
+        """Per joint, the example-weighted mean of the heads its sites sent (only joints with several sites
+        are asked to send them)."""
+        by_joint: dict[str, list[tuple[ArrayRecord, float]]] = {}
+        for msg, w in zip(replies, weights):
+            if "joint-arrays" in msg.content:
+                by_joint.setdefault(str(msg.content["site"]["joint"]), []).append((msg.content["joint-arrays"], w))
+        for joint, sent in by_joint.items():
+            self.joint_heads[joint] = {k: weighted_mean([r[k].numpy() for r, _ in sent], [w for _, w in sent])
+                                       for k in sent[0][0].keys()}
+        self.record["pooled_heads"] = sorted(by_joint)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -147,6 +173,7 @@ class SharedWeightsAggregation:
     def _site(self, msg: Message) -> str:
         site = str(msg.content["site"]["site"])
         self.site_of_node[msg.metadata.src_node_id] = site
+        self.joint_of_node[msg.metadata.src_node_id] = str(msg.content["site"]["joint"])
         return site
 
     def _note_errors(self, errors: list[Message]) -> None:

@@ -98,9 +98,11 @@ def valid_sites(data: dict[str, Path]) -> list[str]:
     return good
 
 
-def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, object], threads: int = 0,
-                   keep_sent: bool = False, progress: bool = True) -> dict:
-    """Run a loopback federation with one site per `data` entry (site name = joint); returns results.json."""
+def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, object],
+                   joints: dict[str, str] | None = None, threads: int = 0, keep_sent: bool = False,
+                   progress: bool = True) -> dict:
+    """Run a loopback federation with one site per `data` entry (site -> dataset; `joints` maps sites to
+    joints, default: the site's name); returns results.json."""
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()):
         raise PedsegError(f"{out}: already exists and is not empty; choose a new --out")
@@ -118,7 +120,7 @@ def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, objec
         wait_for_health(port, superlink, fed.logs["superlink"])
         for site, path in data.items():
             fed.start(f"site-{site}", [
-                sys.executable, "-m", "client.cli", "--site", site, "--joint", site,
+                sys.executable, "-m", "client.cli", "--site", site, "--joint", (joints or {}).get(site, site),
                 "--data", str(Path(path).resolve()), "--superlink", f"127.0.0.1:{port}", "--insecure",
                 "--state-dir", str(out / "sites" / site), "--connect-timeout", "30",
                 "--threads", str(threads or max(1, (os.cpu_count() or 1) // len(data))),

@@ -45,10 +45,13 @@ def save_checkpoint(path: Path, model: MultiDomainUNet, cfg: PedsegConfig, domai
                             "state_dict": model.state_dict(), **extra})
 
 
-def save_shared_checkpoint(path: Path, shared: dict, cfg: PedsegConfig, server_round: int) -> None:
-    """The global shared weights of a federation (no private layer: those exist only at the sites)."""
+def save_shared_checkpoint(path: Path, shared: dict, cfg: PedsegConfig, server_round: int,
+                           joint_heads: dict | None = None) -> None:
+    """The global shared weights of a federation (no norm layer: those exist only at the sites), and the
+    heads pooled per joint over the sites that share it (domain-wise aggregation), if any."""
+    heads = {j: {k: torch.as_tensor(v) for k, v in h.items()} for j, h in (joint_heads or {}).items()}
     _save_atomically(path, {"format": SHARED_FORMAT, "config": cfg.to_dict(), "round": server_round,
-                            "shared_state_dict": shared})
+                            "shared_state_dict": shared, "joint_heads": heads})
 
 
 def load_checkpoint(path: Path) -> tuple[MultiDomainUNet, PedsegConfig, list[DomainSpec]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from pedseg_core.model.domain_norm import DomainModule
+from pedseg_core.model.heads import DomainHeads
 
 
 def private_prefixes(model: nn.Module) -> list[str]:
@@ -39,3 +40,10 @@ def load_partial_state(model: nn.Module, part: dict[str, Tensor]) -> None:
     if bad:
         raise ValueError(f"shape mismatch for {bad[:3]}")
     model.load_state_dict(part, strict=False)
+
+
+def head_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The segmentation heads' part of the private state: what sites of the same joint may pool among
+    themselves (domain-wise aggregation) while their norms stay their own."""
+    prefixes = [f"{name}." for name, m in model.named_modules() if isinstance(m, DomainHeads)]
+    return {k: v for k, v in model.state_dict().items() if is_private(k, prefixes)}

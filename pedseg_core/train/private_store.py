@@ -33,9 +33,9 @@ class PrivateStore:
     def save_optimizer(self, state: dict) -> None:
         _save(self.optimizer_path, state)
 
-    def save_sent(self, server_round: int, shared: dict[str, Tensor], num_examples: int) -> None:
-        """`sent/round-NNN.pt`: the shared arrays and example count of this round's reply, for audits."""
-        _save(self.sent_dir / f"round-{server_round:03d}.pt", {"arrays": shared, "num_examples": num_examples})
+    def save_sent(self, server_round: int, sent: dict[str, dict[str, Tensor]], num_examples: int) -> None:
+        """`sent/round-NNN.pt`: every array record of this round's reply (by name) and its example count."""
+        _save(self.sent_dir / f"round-{server_round:03d}.pt", {**sent, "num_examples": num_examples})
 
 
 def _save(path: Path, value: dict) -> None:

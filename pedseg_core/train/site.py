@@ -22,7 +22,7 @@ from pedseg_core.evaluate.site import evaluate_site
 from pedseg_core.losses.multiscale import MultiScaleContrastive
 from pedseg_core.losses.proximal import ProximalTerm
 from pedseg_core.model.checkpoint import DomainSpec
-from pedseg_core.model.partition import load_partial_state, split_state_dict
+from pedseg_core.model.partition import head_state_dict, load_partial_state, split_state_dict
 from pedseg_core.model.unet import MultiDomainUNet
 from pedseg_core.train.centralized import seed_everything
 from pedseg_core.train.loop import StepPlan, train_steps
@@ -48,6 +48,9 @@ class SiteTrainer:
 
     def private_state(self) -> dict[str, Tensor]:
         return split_state_dict(self.model)[1]
+
+    def head_state(self) -> dict[str, Tensor]:
+        return head_state_dict(self.model)
 
     def load_private(self, private: dict[str, Tensor]) -> None:
         load_partial_state(self.model, private)

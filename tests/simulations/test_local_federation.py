@@ -155,3 +155,40 @@ def test_contrastive_federation_exchanges_prototypes_only_as_per_joint_means(tmp
     # the projection heads are shared weights: they are averaged like the filters
     final = torch.load(tmp_path / "run" / "checkpoints" / "global_final.pt", weights_only=True)
     assert any(k.startswith("projections.") for k in final["shared_state_dict"])
+
+
+def split_dataset(source, targets):
+    """Split a dataset's training cases between new datasets (same dataset.json, same test split)."""
+    cases = sorted(p.name.removesuffix(".nii.gz") for p in (source / "labelsTr").iterdir())
+    for i, target in enumerate(targets):
+        shutil.copytree(source, target)
+        for case in [c for j, c in enumerate(cases) if j % len(targets) != i]:
+            (target / "labelsTr" / f"{case}.nii.gz").unlink()
+            (target / "imagesTr" / f"{case}_0000.nii.gz").unlink()
+
+
+def test_sites_of_one_joint_pool_their_heads_and_keep_their_norms(tmp_path):
+    data = tmp_path / "data"
+    assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "4", "--test", "1"]) == 0
+    split_dataset(data / "knee", [tmp_path / "knee-a", tmp_path / "knee-b"])
+    sites = {"ankle": data / "ankle", "knee-a": tmp_path / "knee-a", "knee-b": tmp_path / "knee-b"}
+    joints = {"ankle": "ankle", "knee-a": "knee", "knee-b": "knee"}
+    config = {"preset": "tiny", "num-server-rounds": 3, "overrides": "train.steps_per_epoch=2"}
+    out = tmp_path / "run"
+    results = federate_local(sites, out, config, joints=joints, threads=1, keep_sent=True, progress=False)
+    assert {s: r["joint"] for s, r in results["sites"].items()} == joints
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["pooled_heads"] for line in lines] == [[], ["knee"], ["knee"]]
+    final = torch.load(out / "checkpoints" / "global_final.pt", weights_only=True)
+    assert set(final["joint_heads"]) == {"knee"}
+    replies = [sent(out, s, 3) for s in ("knee-a", "knee-b")]
+    assert "joint-arrays" not in sent(out, "ankle", 3)  # a joint's only site keeps its head
+    weights = [r["num_examples"] for r in replies]
+    for key, value in final["joint_heads"]["knee"].items():
+        expected = sum(w * r["joint-arrays"][key].double() for w, r in zip(weights, replies)) / sum(weights)
+        torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+    norms = []
+    for site in ("knee-a", "knee-b"):
+        (run,) = (out / "sites" / site).glob("run-*")
+        norms.append(torch.load(run / "private.pt", weights_only=True)["encoder.bn1.norms.0.running_mean"])
+    assert not torch.equal(*norms)
