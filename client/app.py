@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from pedseg_core.config import config_from_run_config
+from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
 from pedseg_core.train.private_store import PrivateStore
 from pedseg_core.train.site import SiteTrainer
 
@@ -45,9 +46,45 @@ def _identity(site: SiteTrainer) -> ConfigRecord:
     return ConfigRecord({"site": site.domain.name, "joint": site.domain.joint})
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The site's joint and dataset.json labels (to build the union label space of the prior)."""
+    site, _ = _site(context)
+    identity = _identity(site)
+    identity["labels-json"] = json.dumps(site.domain.labels)
+    return Message(RecordDict({"site": identity}), reply_to=msg)
+
+
+def _prior_setup(config: ConfigRecord, site: SiteTrainer) -> tuple[int, int]:
+    """(number of union classes, this joint's offset) sent by the server for the anatomical prior."""
+    return int(config["prior-classes"]), int(json.loads(str(config["prior-offsets-json"]))[site.domain.joint])
+
+
+def train_prior(msg: Message, site: SiteTrainer) -> Message:
+    """Stage 1 of `full`: one round of the shape auto-encoder on this site's masks (weights out, no data)."""
+    config = msg.content["config"]
+    classes, offset = _prior_setup(config, site)
+    autoencoder = ShapeAutoEncoder(classes, site.cfg.prior.channels)
+    autoencoder.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    slices, stats = site.train_prior_round(autoencoder, offset, int(config["server-round"]))
+    metrics = MetricRecord({"num-examples": slices, **{k.replace("_", "-"): v for k, v in stats.items()}})
+    return Message(RecordDict({"arrays": ArrayRecord(autoencoder.state_dict()), "metrics": metrics}), reply_to=msg)
+
+
+def _prior_loss(msg: Message, site: SiteTrainer) -> ShapePriorLoss | None:
+    if "prior" not in msg.content:
+        return None
+    classes, offset = _prior_setup(msg.content["config"], site)
+    autoencoder = ShapeAutoEncoder(classes, site.cfg.prior.channels)
+    autoencoder.load_state_dict(msg.content["prior"].to_torch_state_dict())
+    return ShapePriorLoss(autoencoder, [offset], site.cfg.prior.weight)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     site, store = _site(context)
+    if msg.content["config"].get("stage") == "prior":
+        return train_prior(msg, site)
     if (optimizer := store.load_optimizer()) is not None:
         site.load_optimizer_state(optimizer)
     config = msg.content["config"]
@@ -58,12 +95,13 @@ def train(msg: Message, context: Context) -> Message:
     if config.get("evaluate-first"):  # the personalized model on the global weights of the previous round
         identity["result-json"] = json.dumps(site.evaluate(received))
     shared, slices, stats = site.train_round(received, int(config["server-round"]), int(config["num-rounds"]),
-                                             float(config.get("proximal-mu", 0.0)), _other_prototypes(msg, site))
+                                             float(config.get("proximal-mu", 0.0)), _other_prototypes(msg, site),
+                                             _prior_loss(msg, site))
     private = site.private_state()
     context.state[PRIVATE_KEY] = ArrayRecord(private)
     store.save(private)
     store.save_optimizer(site.optimizer_state())
-    losses = {k.replace("_", "-"): v for k, v in stats.items() if k.endswith("loss")}
+    losses = {k.replace("_", "-"): v for k, v in stats.items() if k.endswith("_loss")}
     metrics = MetricRecord({"num-examples": slices, "train-loss": stats["loss"], **losses, "lr": stats["lr"],
                             "train-time-s": stats["train_time_s"], "load-time-s": stats["load_time_s"]})
     reply = RecordDict({"arrays": ArrayRecord(shared), "metrics": metrics, "site": identity})

@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     federate.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
     federate.add_argument("--threads", type=int, default=0,
                           help="torch threads per site (0 = cores / sites, at least 1)")
-    federate.add_argument("--scheme", default="multi-domain", choices=("multi-domain", "contrastive", "full"))
+    federate.add_argument("--scheme", default="full", choices=("multi-domain", "contrastive", "full"))
     federate.set_defaults(func=cmd_federate)
 
     predict = sub.add_parser("predict", help="label volumes for images, in the images' own geometry")

@@ -17,7 +17,7 @@ from pedseg_core.errors import PedsegError
 SCHEMES = ("individual", "transfer", "shared", "multi-domain", "contrastive", "full")
 IMPLEMENTED_SCHEMES = SCHEMES
 CONTRASTIVE_SCHEMES = ("contrastive", "full")
-FEDERATED_SCHEMES = ("multi-domain", "contrastive")
+FEDERATED_SCHEMES = ("multi-domain", "contrastive", "full")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -18,6 +19,7 @@ from pedseg_core.model.checkpoint import save_shared_checkpoint
 from pedseg_core.model.partition import split_state_dict
 from pedseg_core.model.unet import build_model
 from pedseg_core.train.run_dir import RunDir
+from server.prior_stage import collect_union_labels, train_prior
 from server.strategy import SharedFedAvg, SharedFedProx
 
 app = ServerApp()
@@ -41,6 +43,12 @@ def main(grid: Grid, context: Context) -> None:
     else:
         strategy = SharedFedAvg(fraction_train=fed.fraction_train, **nodes)
     strategy.setup_run(run, fed.evaluate_every, num_rounds)
+    if cfg.scheme == "full":  # stage 1: the anatomical prior, learned by all sites before the segmentation
+        union, offsets = collect_union_labels(grid, fed.min_nodes, fed.round_timeout)
+        prior = train_prior(grid, cfg, run, offsets, len(union))
+        torch.save({"union_labels": union, "state_dict": prior.to_torch_state_dict()},
+                   run.checkpoints / "shape_prior.pt")
+        strategy.use_prior(prior, offsets, len(union))
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         save_shared_checkpoint(run.checkpoints / "global_last.pt", arrays.to_torch_state_dict(), cfg, server_round)

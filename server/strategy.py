@@ -49,6 +49,12 @@ class SharedWeightsAggregation:
         self.prototypes: dict[str, np.ndarray] = {}  # "<joint>|<scale>" -> mean projected embedding
         self.joint_of_node: dict[int, str] = {}
         self.joint_heads: dict[str, dict[str, np.ndarray]] = {}  # joint -> head pooled over its sites
+        self.prior: ArrayRecord | None = None  # the frozen shape auto-encoder of the `full` scheme
+
+    def use_prior(self, autoencoder: ArrayRecord, offsets: dict[str, int], num_classes: int) -> None:
+        """Send the frozen prior with every training message (stage 2 of the `full` scheme)."""
+        self.prior = autoencoder
+        self.prior_config = {"prior-offsets-json": json.dumps(offsets), "prior-classes": num_classes}
         self.round_start = time.perf_counter()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -68,6 +74,9 @@ class SharedWeightsAggregation:
         config = ConfigRecord(dict(msg.content["config"].items()))
         joint = self.joint_of_node.get(node)
         config["share-head"] = list(self.joint_of_node.values()).count(joint) > 1
+        if self.prior is not None:
+            content["prior"] = self.prior
+            config.update(self.prior_config)
         content["config"] = config
         if self.prototypes:
             content["prototypes"] = ArrayRecord({k: Array(v) for k, v in self.prototypes.items()})

@@ -23,11 +23,13 @@ from pedseg_core.losses.multiscale import MultiScaleContrastive
 from pedseg_core.losses.proximal import ProximalTerm
 from pedseg_core.model.checkpoint import DomainSpec
 from pedseg_core.model.partition import head_state_dict, load_partial_state, split_state_dict
+from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
 from pedseg_core.model.unet import MultiDomainUNet
 from pedseg_core.train.centralized import seed_everything
 from pedseg_core.train.loop import StepPlan, train_steps
 from pedseg_core.train.norm_stats import recalibrate_batch_norm
 from pedseg_core.train.schedule import make_optimizer
+from pedseg_core.train.shape_prior import train_shape_autoencoder
 
 
 class SiteTrainer:
@@ -64,8 +66,8 @@ class SiteTrainer:
         self.optimizer.load_state_dict(state)
 
     def train_round(self, shared: dict[str, Tensor], server_round: int, num_rounds: int,
-                    proximal_mu: float = 0.0, other_prototypes: list[Tensor] | None = None
-                    ) -> tuple[dict[str, Tensor], int, dict[str, float]]:
+                    proximal_mu: float = 0.0, other_prototypes: list[Tensor] | None = None,
+                    prior: ShapePriorLoss | None = None) -> tuple[dict[str, Tensor], int, dict[str, float]]:
         """Global shared weights in -> (new shared weights, training slices seen, metrics).
 
         With projection heads, the contrastive term uses in-batch positives and, when given, the other
@@ -85,11 +87,20 @@ class SiteTrainer:
         if self.model.scales:
             labels = None if other_prototypes is None else torch.arange(1, len(other_prototypes[0]) + 1)
             contrastive = MultiScaleContrastive(self.cfg.contrastive, None, other_prototypes, labels)
-        stats = train_steps(self.model, batches, self.optimizer, tc, plan, regularizers, contrastive=contrastive)
+        stats = train_steps(self.model, batches, self.optimizer, tc, plan, regularizers, contrastive=contrastive,
+                            prior=prior)
         self.last_slices = slices
         stats["load_time_s"] = loaded - start
         stats["train_time_s"] = time.perf_counter() - loaded
         return self.shared_state(), stats["slices"], stats
+
+    def train_prior_round(self, autoencoder: ShapeAutoEncoder, offset: int, server_round: int) -> tuple[int, dict]:
+        """Stage 1 of the federated prior: the shape auto-encoder learns this site's masks (moved to the union
+        label space at `offset`) for prior.steps_per_epoch steps. Returns (training slices, metrics)."""
+        labels = load_slice_set(self.train_cases, self.cfg.data).labels
+        stats = train_shape_autoencoder(autoencoder, [labels], [offset], self.cfg.prior,
+                                        self.cfg.train.seed + server_round, steps=self.cfg.prior.steps_per_epoch)
+        return len(labels), stats
 
     @torch.no_grad()
     def prototypes(self) -> tuple[list[Tensor], int] | None:

@@ -192,3 +192,23 @@ def test_sites_of_one_joint_pool_their_heads_and_keep_their_norms(tmp_path):
         (run,) = (out / "sites" / site).glob("run-*")
         norms.append(torch.load(run / "private.pt", weights_only=True)["encoder.bn1.norms.0.running_mean"])
     assert not torch.equal(*norms)
+
+
+def test_full_scheme_learns_the_prior_first_then_segments_with_it(tmp_path):
+    data = tmp_path / "data"
+    assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "2", "--test", "1"]) == 0
+    config = {"preset": "tiny", "scheme": "full", "num-server-rounds": 2,
+              "overrides": "train.steps_per_epoch=2 contrastive.min_prototype_slices=16 prior.epochs=2"}
+    results = federate_local({j: data / j for j in ("ankle", "knee")}, tmp_path / "run", config,
+                             threads=1, progress=False)
+    assert results["scheme"] == "full" and set(results["sites"]) == {"ankle", "knee"}
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    prior, segmentation = lines[:2], lines[2:]
+    assert [line["stage"] for line in prior] == ["prior", "prior"]
+    assert all(line["prior-recon-last"] > 0 for line in prior)
+    assert [line["round"] for line in segmentation] == [1, 2]
+    assert all(s["prior-loss"] > 0 and s["contrastive-loss"] >= 0 for line in segmentation
+               for s in line["sites"].values())
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "shape_prior.pt", weights_only=True)
+    assert saved["union_labels"] == {"background": 0, "ankle/tibia": 1, "ankle/talus": 2, "ankle/calcaneus": 3,
+                                     "knee/femur": 4, "knee/tibia": 5, "knee/patella": 6}
