@@ -24,7 +24,7 @@ from pedseg_core.losses.proximal import ProximalTerm
 from pedseg_core.model.checkpoint import DomainSpec
 from pedseg_core.model.partition import head_state_dict, load_partial_state, split_state_dict
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
-from pedseg_core.model.unet import MultiDomainUNet
+from pedseg_core.model.unet import build_model
 from pedseg_core.train.centralized import seed_everything
 from pedseg_core.train.loop import StepPlan, train_steps
 from pedseg_core.train.norm_stats import recalibrate_batch_norm
@@ -42,7 +42,9 @@ class SiteTrainer:
         self.train_cases, self.eval_cases = split_cases(self.dataset, cfg.data.validation_fraction, cfg.train.seed)
         seed_everything(cfg.train.seed, cfg.train.num_threads)
         projection = cfg.contrastive if cfg.scheme in CONTRASTIVE_SCHEMES else None
-        self.model = MultiDomainUNet([self.dataset.num_classes], cfg.model, projection=projection)
+        # ImageNet initialization (when configured) gives the site's norms their ImageNet statistics too; the
+        # filters are replaced by the server's global weights in every round.
+        self.model = build_model([self.dataset.num_classes], cfg.model, projection=projection)
         self.optimizer = make_optimizer(self.model, cfg.train.learning_rate, cfg.train.weight_decay)
 
     def shared_state(self) -> dict[str, Tensor]:

@@ -97,3 +97,24 @@ def test_unreadable_or_missing_file(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(PedsegError, match="cannot read checkpoint"):
         init_encoder(model.encoder, str(tmp_path / "junk.pth"))
+
+
+def test_training_starts_from_the_imagenet_checkpoint_end_to_end(checkpoint, write_dataset, tmp_path):
+    """`pedseg train` with model.encoder_weights=<file>: the saved model's encoder is one Adam step away from
+    the checkpoint (Adam moves each weight by at most about the learning rate per step)."""
+    from pedseg_core.model.checkpoint import load_checkpoint
+    from pedseg_core.train.centralized import train_centralized
+
+    path, state = checkpoint
+    cfg = build_config("tiny", overrides={
+        "scheme": "full", "model": {"backbone": "resnet34", "decoder_channels": [32, 16, 16, 8, 8],
+                                    "encoder_weights": str(path)},
+        "train": {"epochs": 1, "steps_per_epoch": 1}, "data": {"augment": False}})
+    data = {"a": write_dataset(shape=(40, 40, 4)), "b": write_dataset(shape=(40, 40, 4), seed=1)}
+    train_centralized(data, cfg, tmp_path / "run", progress=False)
+    model, _, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
+    own = model.encoder.state_dict()
+    lr = cfg.train.learning_rate
+    for key in ("layer4.2.conv2.weight", "layer2.0.downsample.0.weight"):
+        assert (own[key] - state[key]).abs().max() <= 1.5 * lr
+    assert (own["conv1.weight"] - state["conv1.weight"].sum(1, keepdim=True)).abs().max() <= 1.5 * lr
