@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pedseg_core import __version__
-from pedseg_core.config import SCHEMES, parse_overrides
+from pedseg_core.config import SCHEMES, load_yaml, parse_overrides
 from pedseg_core.errors import DatasetError, PedsegError
 
 EXIT_USER_ERROR = 2
@@ -40,6 +41,17 @@ def parse_site_args(values: Sequence[str]) -> tuple[dict[str, Path], dict[str, s
             raise PedsegError(f"--data {name}={path}: site '{site}' is given twice")
         sites[site], joints[site] = path, joint or site
     return sites, joints
+
+
+def flatten_options(values: dict, prefix: str = "") -> list[str]:
+    """{"train": {"epochs": 3}} -> ["train.epochs=3"] (values as compact JSON, which YAML reads back)."""
+    pairs = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            pairs += flatten_options(value, f"{prefix}{key}.")
+        else:
+            pairs.append(f"{prefix}{key}={json.dumps(value, separators=(',', ':'))}")
+    return pairs
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -101,10 +113,9 @@ def cmd_federate(args: argparse.Namespace) -> int:
     if args.scheme not in FEDERATED_SCHEMES:
         raise PedsegError(f"federated scheme '{args.scheme}' is not available yet "
                           f"(available: {', '.join(FEDERATED_SCHEMES)})")
-    if args.config:
-        raise PedsegError("--config is not supported by federate yet; use --set SECTION.KEY=VALUE")
+    pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
     app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,
-                  "num-server-rounds": args.rounds or 0, "overrides": " ".join(args.set)}
+                  "num-server-rounds": args.rounds or 0, "overrides": " ".join([*pairs, *args.set])}
     # The Flower orchestration lives outside pedseg_core (which never imports Flower code).
     local = importlib.import_module("simulations.local")
     sites, joints = parse_site_args(args.data)

@@ -137,7 +137,6 @@ def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, objec
             raise
         (fed.log_dir / "run-status.json").write_text(json.dumps(status, indent=2))
         (fed.log_dir / "serverapp.log").write_text(fed.flwr("log", run_id, CONNECTION, "--show", timeout=60).stdout)
-        report_refused_sites(fed, set(data) - set(sites))
         if status["status"] != "finished:completed":
             raise PedsegError(f"the federated run {run_id} ended as {status['status']}: "
                               f"{status.get('status-details', '')}; logs in {fed.log_dir}")
@@ -184,9 +183,3 @@ def follow_run(fed: LocalFederation, run_id: str, sites: list[str], rounds: int,
             time.sleep(POLL_SECONDS)
     finally:
         bar.close()
-
-
-def report_refused_sites(fed: LocalFederation, refused: set[str]) -> None:
-    for site in sorted(refused):
-        lines = fed.logs[f"site-{site}"].read_text().strip().splitlines()
-        print(f"pedseg federate: site {site} was refused: {lines[0] if lines else 'no output'}", file=sys.stderr)

@@ -35,3 +35,11 @@ def test_bad_values_are_refused(values, message):
 def test_presets_resolve():
     for preset in ("tiny", "demo", "small", "paper"):
         assert build_config(preset).preset == preset
+
+
+def test_a_yaml_config_travels_to_the_federation_as_overrides():
+    from pedseg_core.cli import flatten_options
+
+    values = {"train": {"epochs": 3, "precision": "bf16"}, "model": {"decoder_channels": [32, 16, 16, 8, 8]}}
+    cfg = config_from_run_config({"preset": "tiny", "overrides": " ".join(flatten_options(values))})
+    assert (cfg.train.epochs, cfg.train.precision, cfg.model.decoder_channels) == (3, "bf16", (32, 16, 16, 8, 8))
