@@ -9,6 +9,7 @@ the head when other sites hold the same joint); the private layers stay in
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -82,6 +83,7 @@ def _prior_loss(msg: Message, site: SiteTrainer) -> ShapePriorLoss | None:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    started = time.perf_counter()
     site, store = _site(context)
     if msg.content["config"].get("stage") == "prior":
         return train_prior(msg, site)
@@ -114,6 +116,7 @@ def train(msg: Message, context: Context) -> Message:
     if context.node_config.get("keep-sent"):
         sent = {name: record.to_torch_state_dict() for name, record in reply.array_records.items()}
         store.save_sent(int(config["server-round"]), sent, slices)
+    metrics["client-time-s"] = time.perf_counter() - started  # all of this handler, for overhead accounting
     return Message(reply, reply_to=msg)
 
 

@@ -115,7 +115,7 @@ def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, objec
         port = free_port()
         superlink = fed.start("superlink", [
             flower_tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-            "--disable-runtime-dependency-installation", "--database", str(out / ".flower" / "superlink.db"),
+            "--disable-runtime-dependency-installation",  # in-memory state: a local run is not resumed
         ], flower_env(out / ".flower" / "superlink"))
         wait_for_health(port, superlink, fed.logs["superlink"])
         for site, path in data.items():
