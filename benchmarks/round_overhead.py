@@ -6,7 +6,7 @@ for the run) against the size of the shared parameters. "max client s" is the lo
 (set-up, training, saving private state); the rest of a round is Flower's messaging, polling and process
 start. Targets: overhead <= 15% of the round time with the small preset, bytes <= 1.05x the shared parameters.
 
-    python benchmarks/round_overhead.py [--preset small] [--rounds 3] [--steps 50] [--out DIR]
+    python benchmarks/round_overhead.py [--preset small] [--rounds 3] [--steps N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -36,20 +36,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=50, help="local steps per round")
+    parser.add_argument("--steps", type=int, help="local steps per round (default: the preset's)")
     parser.add_argument("--cases", type=int, default=4, help="training cases per site")
     parser.add_argument("--out", help="keep the data and run here (default: a temporary folder)")
     args = parser.parse_args()
 
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pedseg-bench-"))
     data = synthesize(work / "data", JOINTS, args.cases, 1, seed=0)
-    overrides = [f"train.steps_per_epoch={args.steps}"]
+    steps = args.steps or build_config(args.preset).train.steps_per_epoch
+    overrides = [f"train.steps_per_epoch={steps}"]
     config = {"preset": args.preset, "num-server-rounds": args.rounds, "evaluate-every": args.rounds,
               "overrides": " ".join(overrides)}
     federate_local(data, work / "run", config)
 
     lines = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-    print(f"{args.preset} preset, {len(JOINTS)} sites, {args.steps} local steps per round; the last round also "
+    print(f"{args.preset} preset, {len(JOINTS)} sites, {steps} local steps per round; the last round also "
           "evaluates and is left out of the overhead figures")
     print(f"{'round':>5} {'round s':>8} {'max train s':>11} {'max load s':>10} {'max client s':>12} "
           f"{'overhead':>9}")

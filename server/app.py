@@ -59,6 +59,6 @@ def main(grid: Grid, context: Context) -> None:
                             train_config=ConfigRecord({}), evaluate_fn=end_of_round)
     save_shared_checkpoint(run.checkpoints / "global_final.pt", result.arrays.to_torch_state_dict(), cfg,
                            num_rounds, joint_heads=strategy.joint_heads)
-    sites = strategy.last_evaluation
+    sites = dict(sorted(strategy.last_evaluation.items()))
     run.write_results({"mode": "federated", "scheme": cfg.scheme, "strategy": fed.strategy, "rounds": num_rounds,
                        "sites": sites, "mean_dice": mean_or_none(s["mean_dice"] for s in sites.values())})
