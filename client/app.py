@@ -27,13 +27,22 @@ SEP = "|"  # prototype keys: "<joint>|<scale index>"
 app = ClientApp()
 
 
+def _node_settings(context: Context) -> dict:
+    """This site's settings: the SuperNode's node config (set by pedseg-client), or in a Flower simulation,
+    where a virtual node only knows its partition id, its entry in the run config's `sites-json` table."""
+    if "site" in context.node_config:
+        return dict(context.node_config)
+    return json.loads(str(context.run_config["sites-json"]))[int(context.node_config["partition-id"])]
+
+
 def _site(context: Context) -> tuple[SiteTrainer, PrivateStore]:
     """Build the site trainer (validating the site's data) and restore its private layers, preferring the
     node's memory (`Context.state`) over its disk."""
-    node = context.node_config
+    node = _node_settings(context)
     cfg = config_from_run_config(dict(context.run_config))
     cfg.train.num_threads = int(node.get("threads", cfg.train.num_threads))
-    site = SiteTrainer(str(node["site"]), str(node["joint"]), Path(str(node["data-dir"])), cfg)
+    site = SiteTrainer(str(node["site"]), str(node["joint"]), Path(str(node["data-dir"])), cfg,
+                       (int(node.get("part", 0)), int(node.get("parts", 1))))
     state_dir = Path(str(node.get("state-dir") or Path(str(node["data-dir"])).parent / f".pedseg-{node['site']}"))
     store = PrivateStore(state_dir, str(context.run_id))
     if PRIVATE_KEY in context.state:
@@ -113,7 +122,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics["prototype-slices"] = count
     if config.get("share-head"):
         reply["joint-arrays"] = ArrayRecord(site.head_state())
-    if context.node_config.get("keep-sent"):
+    if _node_settings(context).get("keep-sent"):
         sent = {name: record.to_torch_state_dict() for name, record in reply.array_records.items()}
         store.save_sent(int(config["server-round"]), sent, slices)
     metrics["client-time-s"] = time.perf_counter() - started  # all of this handler, for overhead accounting

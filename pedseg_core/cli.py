@@ -107,19 +107,25 @@ def cmd_federate(args: argparse.Namespace) -> int:
     from pedseg_core.config import FEDERATED_SCHEMES
     from pedseg_core.evaluate.table import results_table
 
-    if not args.local:
-        raise PedsegError("only --local is available: it runs the SuperLink and one site per --data on 127.0.0.1; "
-                          "for a deployment across hosts see deploy/README.md")
+    if not (args.local or args.simulation):
+        raise PedsegError("choose --local (a SuperLink and one SuperNode per site on 127.0.0.1) or --simulation "
+                          "(Flower's simulation engine); for a deployment across hosts see deploy/README.md")
     if args.scheme not in FEDERATED_SCHEMES:
         raise PedsegError(f"federated scheme '{args.scheme}' is not available yet "
                           f"(available: {', '.join(FEDERATED_SCHEMES)})")
     pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
     app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,
                   "num-server-rounds": args.rounds or 0, "overrides": " ".join([*pairs, *args.set])}
-    # The Flower orchestration lives outside pedseg_core (which never imports Flower code).
-    local = importlib.import_module("simulations.local")
     sites, joints = parse_site_args(args.data)
-    results = local.federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads)
+    # The Flower orchestration lives outside pedseg_core (which never imports Flower code).
+    if args.simulation:
+        simulation = importlib.import_module("simulations.simulation")
+        results = simulation.federate_simulation(sites, Path(args.out), app_config, joints=joints,
+                                                 sites_per_joint=args.sites_per_joint,
+                                                 cpus_per_site=args.cpus_per_site)
+    else:
+        local = importlib.import_module("simulations.local")
+        results = local.federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads)
     print(results_table(results))
     print(f"run directory: {args.out}")
     return 0
@@ -188,7 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     federate = sub.add_parser("federate", parents=[common], help="federated training on Flower; --data takes "
                               "JOINT=DIR or SITE:JOINT=DIR (several sites may hold one joint)")
-    federate.add_argument("--local", action="store_true", help="SuperLink and SuperNodes on 127.0.0.1")
+    mode = federate.add_mutually_exclusive_group()
+    mode.add_argument("--local", action="store_true", help="SuperLink and SuperNodes on 127.0.0.1")
+    mode.add_argument("--simulation", action="store_true", help="Flower's simulation engine (Ray, 127.0.0.1)")
+    federate.add_argument("--sites-per-joint", type=int, default=1,
+                          help="simulation: split each joint's training cases into K sites")
+    federate.add_argument("--cpus-per-site", type=int, default=1,
+                          help="simulation: CPU cores Ray reserves for each virtual site")
     federate.add_argument("--rounds", type=int)
     federate.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
     federate.add_argument("--threads", type=int, default=0,

@@ -36,6 +36,8 @@ class LocalFederation:
     run_dir: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    connection: str = CONNECTION
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def log_dir(self) -> Path:
@@ -59,8 +61,8 @@ class LocalFederation:
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """A `flwr` CLI command against this federation's SuperLink."""
-        return subprocess.run([flower_tool("flwr"), *args], env=flower_env(self.cli_home), capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run([flower_tool("flwr"), *args], env=flower_env(self.cli_home, self.extra_env),
+                              capture_output=True, text=True, timeout=timeout)
 
 
 def wait_for_health(port: int, proc: subprocess.Popen, log: Path) -> None:
@@ -78,8 +80,16 @@ def wait_for_health(port: int, proc: subprocess.Popen, log: Path) -> None:
 
 
 def run_config(values: dict[str, object]) -> str:
-    """Flower's --run-config syntax: space-separated TOML key=value pairs."""
-    return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+    """Flower's --run-config syntax: space-separated TOML key=value pairs. Strings holding double quotes (JSON)
+    go in TOML literal strings ('...'): Flower's parser does not accept escaped quotes."""
+    def toml(value: object) -> str:
+        if isinstance(value, str) and '"' in value:
+            if "'" in value:
+                raise PedsegError(f"cannot pass {value!r} in a Flower run config (both quote kinds)")
+            return f"'{value}'"
+        return json.dumps(value)
+
+    return " ".join(f"{k}={toml(v)}" for k, v in values.items())
 
 
 def valid_sites(data: dict[str, Path]) -> list[str]:
@@ -103,14 +113,9 @@ def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, objec
                    progress: bool = True) -> dict:
     """Run a loopback federation with one site per `data` entry (site -> dataset; `joints` maps sites to
     joints, default: the site's name); returns results.json."""
-    out = Path(out).resolve()
-    if out.exists() and any(out.iterdir()):
-        raise PedsegError(f"{out}: already exists and is not empty; choose a new --out")
-    cfg = config_from_run_config(app_config)  # refuses bad options before anything starts
-    rounds = cfg.federation.num_rounds(cfg.train)
     sites = valid_sites(data)
+    out, rounds = prepare_run_dir(out, app_config)
     fed = LocalFederation(out)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         port = free_port()
         superlink = fed.start("superlink", [
@@ -127,22 +132,41 @@ def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, objec
                 *(["--keep-sent"] if keep_sent else []),
             ], flower_env(out / "sites" / site / "flwr-home"))
         write_connection(fed.cli_home, port)
-        config = {**app_config, "min-nodes": len(sites), "out-dir": str(out)}
-        submitted = fed.flwr("run", str(APP_DIR), CONNECTION, "--run-config", run_config(config), "--format", "json")
-        run_id = parse_run_id(submitted)
-        try:
-            status = follow_run(fed, run_id, sites, rounds, progress)
-        except KeyboardInterrupt:
-            fed.flwr("stop", run_id, CONNECTION, timeout=30)
-            raise
-        (fed.log_dir / "run-status.json").write_text(json.dumps(status, indent=2))
-        (fed.log_dir / "serverapp.log").write_text(fed.flwr("log", run_id, CONNECTION, "--show", timeout=60).stdout)
-        if status["status"] != "finished:completed":
-            raise PedsegError(f"the federated run {run_id} ended as {status['status']}: "
-                              f"{status.get('status-details', '')}; logs in {fed.log_dir}")
-        return json.loads((out / "results.json").read_text())
+        return submit_and_follow(fed, {**app_config, "min-nodes": len(sites), "out-dir": str(out)}, sites, rounds,
+                                 progress)
     finally:
         fed.stop_all()
+
+
+def prepare_run_dir(out: Path, app_config: dict[str, object]) -> tuple[Path, int]:
+    """(absolute RUN, number of rounds): refuses a RUN that holds files and bad options, before anything
+    starts."""
+    out = Path(out).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise PedsegError(f"{out}: already exists and is not empty; choose a new --out")
+    cfg = config_from_run_config(app_config)
+    out.mkdir(parents=True, exist_ok=True)
+    return out, cfg.federation.num_rounds(cfg.train)
+
+
+def submit_and_follow(fed: LocalFederation, config: dict[str, object], sites: list[str], rounds: int,
+                      progress: bool) -> dict:
+    """`flwr run` the app with this run config, follow it to its end (Ctrl-C stops the run), keep its status
+    and the ServerApp's log in RUN/logs, and return results.json; PedsegError if the run did not complete."""
+    run_id = parse_run_id(fed.flwr("run", str(APP_DIR), fed.connection, "--run-config", run_config(config),
+                                   "--format", "json"))
+    try:
+        status = follow_run(fed, run_id, sites, rounds, progress)
+    except KeyboardInterrupt:
+        fed.flwr("stop", run_id, fed.connection, timeout=30)
+        raise
+    fed.log_dir.mkdir(parents=True, exist_ok=True)
+    (fed.log_dir / "run-status.json").write_text(json.dumps(status, indent=2))
+    (fed.log_dir / "serverapp.log").write_text(fed.flwr("log", run_id, fed.connection, "--show", timeout=60).stdout)
+    if status["status"] != "finished:completed":
+        raise PedsegError(f"the federated run {run_id} ended as {status['status']}: "
+                          f"{status.get('status-details', '')}; logs in {fed.log_dir}")
+    return json.loads((fed.run_dir / "results.json").read_text())
 
 
 def write_connection(cli_home: Path, port: int) -> None:
@@ -154,11 +178,15 @@ def write_connection(cli_home: Path, port: int) -> None:
 
 
 def parse_run_id(proc: subprocess.CompletedProcess) -> str:
+    """The run id from `flwr run --format json`; PedsegError with Flower's own error message otherwise."""
     try:
-        return str(json.loads(proc.stdout)["run-id"])
-    except (ValueError, KeyError, TypeError):
-        detail = (proc.stdout + proc.stderr).strip().splitlines()
-        raise PedsegError(f"flwr run did not start the run: {detail[-1] if detail else proc.returncode}") from None
+        reply = json.loads(proc.stdout)
+    except ValueError:
+        reply = {}
+    if reply.get("run-id"):
+        return str(reply["run-id"])
+    detail = str(reply.get("error-message") or proc.stderr or proc.stdout).strip().splitlines()
+    raise PedsegError(f"flwr run did not start the run: {detail[-1] if detail else proc.returncode}")
 
 
 def follow_run(fed: LocalFederation, run_id: str, sites: list[str], rounds: int, progress: bool) -> dict:
@@ -167,7 +195,7 @@ def follow_run(fed: LocalFederation, run_id: str, sites: list[str], rounds: int,
     bar = progress_bar(None, "federated rounds", progress, total=rounds, unit="round")
     try:
         while True:
-            listing = fed.flwr("ls", CONNECTION, "--run-id", run_id, "--format", "json")
+            listing = fed.flwr("ls", fed.connection, "--run-id", run_id, "--format", "json")
             runs = json.loads(listing.stdout or "{}").get("runs", [])
             if runs and str(runs[0].get("status", "")).startswith("finished"):
                 return runs[0]
@@ -177,7 +205,7 @@ def follow_run(fed: LocalFederation, run_id: str, sites: list[str], rounds: int,
             for site in sites:
                 proc = fed.processes[f"site-{site}"]
                 if proc.poll() is not None:
-                    fed.flwr("stop", run_id, CONNECTION, timeout=30)
+                    fed.flwr("stop", run_id, fed.connection, timeout=30)
                     raise PedsegError(f"site {site} stopped unexpectedly (status {proc.returncode}); "
                                       f"see {fed.logs[f'site-{site}']}")
             time.sleep(POLL_SECONDS)

@@ -35,11 +35,15 @@ from pedseg_core.train.shape_prior import train_shape_autoencoder
 class SiteTrainer:
     """A site's model (one domain: its norms and head) over its validated nnU-Net dataset."""
 
-    def __init__(self, site: str, joint: str, data_dir: Path, cfg: PedsegConfig) -> None:
+    def __init__(self, site: str, joint: str, data_dir: Path, cfg: PedsegConfig, part: tuple[int, int] = (0, 1)
+                 ) -> None:
+        """`part` = (i, k): this site holds every k-th training case starting at i (a dataset split into k
+        simulated sites of one joint); all of them evaluate on the joint's evaluation cases."""
         self.cfg = cfg
         self.dataset = require_valid_dataset(Path(data_dir))  # DatasetError names every bad file
         self.domain = DomainSpec(name=site, joint=joint, labels=dict(self.dataset.labels))
-        self.train_cases, self.eval_cases = split_cases(self.dataset, cfg.data.validation_fraction, cfg.train.seed)
+        train, self.eval_cases = split_cases(self.dataset, cfg.data.validation_fraction, cfg.train.seed)
+        self.train_cases = train[part[0]::part[1]]
         seed_everything(cfg.train.seed, cfg.train.num_threads)
         projection = cfg.contrastive if cfg.scheme in CONTRASTIVE_SCHEMES else None
         # ImageNet initialization (when configured) gives the site's norms their ImageNet statistics too; the

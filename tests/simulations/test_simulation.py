@@ -1,0 +1,42 @@
+"""Flower's simulation engine (Ray on 127.0.0.1) runs the same ServerApp and ClientApp, mapping virtual
+SuperNodes to sites through the run config; a joint's dataset splits into several sites."""
+
+import json
+
+import psutil
+
+from pedseg_core.cli import main as pedseg
+from simulations.simulation import federate_simulation, virtual_sites
+
+
+def test_virtual_sites_split_each_joint(tmp_path):
+    table = virtual_sites({"knee": tmp_path / "k"}, {}, 3, tmp_path / "run", threads=1)
+    assert [(s["site"], s["joint"], s["part"], s["parts"]) for s in table] == [
+        ("knee-1", "knee", 0, 3), ("knee-2", "knee", 1, 3), ("knee-3", "knee", 2, 3)]
+
+
+def test_simulation_matches_the_local_contract(tmp_path):
+    data = tmp_path / "data"
+    assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "4", "--test", "1"]) == 0
+    config = {"preset": "tiny", "scheme": "multi-domain", "num-server-rounds": 2,
+              "overrides": "train.steps_per_epoch=2"}
+    out = tmp_path / "run"
+    results = federate_simulation({j: data / j for j in ("ankle", "knee")}, out, config, sites_per_joint=2,
+                                  progress=False)
+    assert results["mode"] == "federated" and results["rounds"] == 2
+    assert {s: r["joint"] for s, r in results["sites"].items()} == {
+        "ankle-1": "ankle", "ankle-2": "ankle", "knee-1": "knee", "knee-2": "knee"}
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2]
+    assert all(line["sites"][s]["num-examples"] == 2 * 4 for line in lines for s in results["sites"])
+    assert lines[1]["pooled_heads"] == ["ankle", "knee"]  # split sites of one joint pool their heads
+    assert [p.pid for p in psutil.process_iter() if started_here(p, out)] == []
+
+
+def started_here(proc, out):
+    """Whether a process belongs to this run: its command line or its FLWR_HOME (the simulation SuperLink
+    and Ray inherit it) points into the run directory."""
+    try:
+        return any(str(out) in part for part in proc.cmdline()) or str(out) in proc.environ().get("FLWR_HOME", "")
+    except psutil.Error:
+        return False
