@@ -35,7 +35,8 @@ def weighted_mean(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
 
 
 class SharedWeightsAggregation:
-    """Mixin for a Flower FedAvg-family strategy: shared-key aggregation, per-site logging, checkpoints."""
+    """Mixin for a Flower FedAvg-family strategy: shared-key aggregation, per-joint prototypes and heads,
+    per-site logging into the run directory."""
 
     def setup_run(self, run: RunDir, evaluate_every: int, num_rounds: int) -> None:
         self.run = run
@@ -50,12 +51,12 @@ class SharedWeightsAggregation:
         self.joint_of_node: dict[int, str] = {}
         self.joint_heads: dict[str, dict[str, np.ndarray]] = {}  # joint -> head pooled over its sites
         self.prior: ArrayRecord | None = None  # the frozen shape auto-encoder of the `full` scheme
+        self.round_start = time.perf_counter()
 
     def use_prior(self, autoencoder: ArrayRecord, offsets: dict[str, int], num_classes: int) -> None:
         """Send the frozen prior with every training message (stage 2 of the `full` scheme)."""
         self.prior = autoencoder
         self.prior_config = {"prior-offsets-json": json.dumps(offsets), "prior-classes": num_classes}
-        self.round_start = time.perf_counter()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
