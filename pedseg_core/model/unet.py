@@ -85,10 +85,6 @@ def build_model(num_classes: Sequence[int], cfg: ModelConfig,
     return model
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def domain_slices(domains: torch.Tensor) -> list[tuple[int, torch.Tensor | slice]]:
     """Group a batch by domain: [B] domain indices -> [(domain, [b] positions or a full slice), ...]."""
     first = int(domains[0])
