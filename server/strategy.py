@@ -92,6 +92,7 @@ class SharedWeightsAggregation:
         valid = [m for m in valid if "arrays" in m.content and "metrics" in m.content]
         if not valid:
             return None, None
+        started = time.perf_counter()
         weights = [float(m.content["metrics"]["num-examples"]) for m in valid]
         records = [m.content["arrays"] for m in valid]
         foreign = {k for r in records for k in r.keys()} - self.global_keys
@@ -113,6 +114,7 @@ class SharedWeightsAggregation:
         self.record["train_loss"] = loss
         self.record["examples"] = total
         self.record["aggregated_keys"] = len(keys)
+        self.record["aggregation_s"] = round(time.perf_counter() - started, 4)
         return aggregated, MetricRecord({"train-loss": loss, "num-examples": total})
 
     def _aggregate_prototypes(self, replies: list[Message]) -> None:
