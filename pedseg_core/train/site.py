@@ -16,7 +16,7 @@ from torch import Tensor
 from pedseg_core.config import CONTRASTIVE_SCHEMES, PedsegConfig
 from pedseg_core.data.augment import SliceAugmentation
 from pedseg_core.data.loading import load_slice_set, split_cases
-from pedseg_core.data.sampling import domain_balanced_batches
+from pedseg_core.data.sampling import SliceSet, domain_balanced_batches
 from pedseg_core.data.validate import require_valid_dataset
 from pedseg_core.evaluate.site import evaluate_site
 from pedseg_core.losses.multiscale import MultiScaleContrastive
@@ -44,12 +44,20 @@ class SiteTrainer:
         self.domain = DomainSpec(name=site, joint=joint, labels=dict(self.dataset.labels))
         train, self.eval_cases = split_cases(self.dataset, cfg.data.validation_fraction, cfg.train.seed)
         self.train_cases = train[part[0]::part[1]]
+        self._slices: SliceSet | None = None
         seed_everything(cfg.train.seed, cfg.train.num_threads)
         projection = cfg.contrastive if cfg.scheme in CONTRASTIVE_SCHEMES else None
         # ImageNet initialization (when configured) gives the site's norms their ImageNet statistics too; the
         # filters are replaced by the server's global weights in every round.
         self.model = build_model([self.dataset.num_classes], cfg.model, projection=projection)
         self.optimizer = make_optimizer(self.model, cfg.train.learning_rate, cfg.train.weight_decay)
+
+    def training_slices(self) -> SliceSet:
+        """This site's training slices, read and preprocessed once per process (a message's handler may
+        evaluate, train and compute prototypes on them)."""
+        if self._slices is None:
+            self._slices = load_slice_set(self.train_cases, self.cfg.data)
+        return self._slices
 
     def shared_state(self) -> dict[str, Tensor]:
         return split_state_dict(self.model)[0]
@@ -81,7 +89,7 @@ class SiteTrainer:
         load_partial_state(self.model, shared)
         tc = self.cfg.train
         start = time.perf_counter()
-        slices = load_slice_set(self.train_cases, self.cfg.data)
+        slices = self.training_slices()
         loaded = time.perf_counter()
         generator = torch.Generator().manual_seed(tc.seed * 100_003 + server_round)
         augment = SliceAugmentation(self.cfg.data, tc.seed + server_round) if self.cfg.data.augment else None
@@ -95,7 +103,6 @@ class SiteTrainer:
             contrastive = MultiScaleContrastive(self.cfg.contrastive, None, other_prototypes, labels)
         stats = train_steps(self.model, batches, self.optimizer, tc, plan, regularizers, contrastive=contrastive,
                             prior=prior)
-        self.last_slices = slices
         stats["load_time_s"] = loaded - start
         stats["train_time_s"] = time.perf_counter() - loaded
         return self.shared_state(), stats["slices"], stats
@@ -103,7 +110,7 @@ class SiteTrainer:
     def train_prior_round(self, autoencoder: ShapeAutoEncoder, offset: int, server_round: int) -> tuple[int, dict]:
         """Stage 1 of the federated prior: the shape auto-encoder learns this site's masks (moved to the union
         label space at `offset`) for prior.steps_per_epoch steps. Returns (training slices, metrics)."""
-        labels = load_slice_set(self.train_cases, self.cfg.data).labels
+        labels = self.training_slices().labels
         stats = train_shape_autoencoder(autoencoder, [labels], [offset], self.cfg.prior,
                                         self.cfg.train.seed + server_round, steps=self.cfg.prior.steps_per_epoch)
         return len(labels), stats
@@ -113,7 +120,7 @@ class SiteTrainer:
         """Per contrastive scale, the mean projected embedding [D] over ALL of this round's training slices
         (no augmentation), and the slice count; None without projection heads or with fewer slices than
         `contrastive.min_prototype_slices` (a mean over few slices could describe single images)."""
-        slices = self.last_slices.images
+        slices = self.training_slices().images
         if not self.model.scales or len(slices) < self.cfg.contrastive.min_prototype_slices:
             return None
         self.model.eval()
@@ -126,7 +133,6 @@ class SiteTrainer:
         re-estimated on its training slices for the global weights) on its evaluation cases: a `results.json`
         site entry."""
         load_partial_state(self.model, shared)
-        slices = load_slice_set(self.train_cases, self.cfg.data)
-        recalibrate_batch_norm(self.model, 0, slices.images, self.cfg.eval.batch_size)
+        recalibrate_batch_norm(self.model, 0, self.training_slices().images, self.cfg.eval.batch_size)
         return evaluate_site(self.model, 0, self.domain.joint, self.eval_cases, self.domain.bones, self.cfg,
                              pred_dir)

@@ -18,10 +18,10 @@ def test_prototypes_are_means_over_all_training_slices(site):
     shared, n, stats = site.train_round(site.shared_state(), 1, 2)
     assert n == 2 * site.cfg.train.batch_size and stats["contrastive_loss"] >= 0
     means, count = site.prototypes()
-    assert count == len(site.last_slices) == 18 >= site.cfg.contrastive.min_prototype_slices
+    assert count == len(site.training_slices()) == 18 >= site.cfg.contrastive.min_prototype_slices
     site.model.eval()
     with torch.no_grad():
-        _, embeddings = site.model.forward_with_embeddings(site.last_slices.images, 0)
+        _, embeddings = site.model.forward_with_embeddings(site.training_slices().images, 0)
     assert len(means) == 3 and all(m.shape == (site.cfg.contrastive.dim,) for m in means)
     for mean, e in zip(means, embeddings):
         torch.testing.assert_close(mean, e.mean(0), rtol=1e-4, atol=1e-5)
