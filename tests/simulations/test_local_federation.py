@@ -140,13 +140,17 @@ def test_ctrl_c_stops_every_process(tmp_path, write_dataset):
     assert processes_using(out) == []
 
 
-def test_contrastive_federation_exchanges_prototypes_only_as_per_joint_means(tmp_path):
+def federate_two_joints(tmp_path, joints, scheme, overrides):
+    """Synthesize two joints (2 training cases each) and run a 2-round tiny federation of `scheme` on them."""
     data = tmp_path / "data"
-    assert pedseg(["data", "synth", str(data), "--joints", "ankle,shoulder", "--train", "2", "--test", "1"]) == 0
-    config = {"preset": "tiny", "scheme": "contrastive", "num-server-rounds": 2,
-              "overrides": "train.steps_per_epoch=2 contrastive.min_prototype_slices=16"}
-    results = federate_local({j: data / j for j in ("ankle", "shoulder")}, tmp_path / "run", config,
-                             threads=1, keep_sent=True, progress=False)
+    assert pedseg(["data", "synth", str(data), "--joints", ",".join(joints), "--train", "2", "--test", "1"]) == 0
+    config = {"preset": "tiny", "scheme": scheme, "num-server-rounds": 2,
+              "overrides": f"train.steps_per_epoch=2 contrastive.min_prototype_slices=16 {overrides}".strip()}
+    return federate_local({j: data / j for j in joints}, tmp_path / "run", config, threads=1, progress=False)
+
+
+def test_contrastive_federation_exchanges_prototypes_only_as_per_joint_means(tmp_path):
+    results = federate_two_joints(tmp_path, ("ankle", "shoulder"), "contrastive", "")
     assert results["scheme"] == "contrastive" and set(results["sites"]) == {"ankle", "shoulder"}
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for line in lines:
@@ -195,12 +199,7 @@ def test_sites_of_one_joint_pool_their_heads_and_keep_their_norms(tmp_path):
 
 
 def test_full_scheme_learns_the_prior_first_then_segments_with_it(tmp_path):
-    data = tmp_path / "data"
-    assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "2", "--test", "1"]) == 0
-    config = {"preset": "tiny", "scheme": "full", "num-server-rounds": 2,
-              "overrides": "train.steps_per_epoch=2 contrastive.min_prototype_slices=16 prior.epochs=2"}
-    results = federate_local({j: data / j for j in ("ankle", "knee")}, tmp_path / "run", config,
-                             threads=1, progress=False)
+    results = federate_two_joints(tmp_path, ("ankle", "knee"), "full", "prior.epochs=2")
     assert results["scheme"] == "full" and set(results["sites"]) == {"ankle", "knee"}
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     prior, segmentation = lines[:2], lines[2:]
