@@ -4,11 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
+REPRO_DIR ?= reproduce
+REPRO_PRESET ?= small
+JOINTS := ankle knee shoulder
 export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: demo test test-slow lint bench clean-demo
+.PHONY: demo reproduce test test-slow lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +22,12 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m simulations.demo --out $(DEMO_DIR)
+
+# The paper's ablation on synthetic data (13 cells; resumes when re-run): see README, "Reproduction".
+reproduce: $(STAMP)
+	test -f $(REPRO_DIR)/data/shoulder/dataset.json || $(BIN)/pedseg data synth $(REPRO_DIR)/data --seed 0
+	$(BIN)/pedseg reproduce $(foreach j,$(JOINTS),--data $(j)=$(REPRO_DIR)/data/$(j)) \
+		--out $(REPRO_DIR)/$(REPRO_PRESET) --preset $(REPRO_PRESET)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from pedseg_core.config import config_from_run_config
+from pedseg_core.data.validate import require_valid_dataset
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
 from pedseg_core.train.private_store import PrivateStore
 from pedseg_core.train.site import SiteTrainer
@@ -35,21 +37,42 @@ def _node_settings(context: Context) -> dict:
     return json.loads(str(context.run_config["sites-json"]))[int(context.node_config["partition-id"])]
 
 
-def _site(context: Context) -> tuple[SiteTrainer, PrivateStore]:
-    """Build the site trainer (validating the site's data) and restore its private layers, preferring the
-    node's memory (`Context.state`) over its disk."""
+_CACHE: OrderedDict[tuple, tuple[SiteTrainer, PrivateStore]] = OrderedDict()
+
+
+def _site(context: Context, config: ConfigRecord | None = None) -> tuple[SiteTrainer, PrivateStore]:
+    """This site's trainer (validating the site's data) with its private layers and Adam state restored,
+    preferring the node's memory (`Context.state`) over its disk. A process that serves several messages (a
+    simulation actor) keeps its last `federation.cached_sites` trainers, with their slices and optimizer, in
+    memory."""
     node = _node_settings(context)
     cfg = config_from_run_config(dict(context.run_config))
     cfg.train.num_threads = int(node.get("threads", cfg.train.num_threads))
+    needs_union = cfg.scheme == "shared" and config is not None and "union-classes" in config
+    union = _union(config, str(node["joint"])) if needs_union else None
+    key = (context.run_id, str(node["site"]), union)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
     site = SiteTrainer(str(node["site"]), str(node["joint"]), Path(str(node["data-dir"])), cfg,
-                       (int(node.get("part", 0)), int(node.get("parts", 1))))
+                       (int(node.get("part", 0)), int(node.get("parts", 1))), union)
     state_dir = Path(str(node.get("state-dir") or Path(str(node["data-dir"])).parent / f".pedseg-{node['site']}"))
     store = PrivateStore(state_dir, str(context.run_id))
     if PRIVATE_KEY in context.state:
         site.load_private(context.state[PRIVATE_KEY].to_torch_state_dict())
     elif (private := store.load()) is not None:
         site.load_private(private)
+    if (optimizer := store.load_optimizer()) is not None:
+        site.load_optimizer_state(optimizer)
+    _CACHE[key] = site, store
+    while len(_CACHE) > cfg.federation.cached_sites:
+        _CACHE.popitem(last=False)
     return site, store
+
+
+def _union(config: ConfigRecord, joint: str) -> tuple[int, int]:
+    """(number of union classes, this joint's offset) sent by the server (the shared scheme and the prior)."""
+    return int(config["union-classes"]), int(json.loads(str(config["union-offsets-json"]))[joint])
 
 
 def _identity(site: SiteTrainer) -> ConfigRecord:
@@ -58,22 +81,18 @@ def _identity(site: SiteTrainer) -> ConfigRecord:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """The site's joint and dataset.json labels (to build the union label space of the prior)."""
-    site, _ = _site(context)
-    identity = _identity(site)
-    identity["labels-json"] = json.dumps(site.domain.labels)
+    """The site's joint and dataset.json labels (to build the union label space); no data leaves."""
+    node = _node_settings(context)
+    dataset = require_valid_dataset(Path(str(node["data-dir"])))
+    identity = ConfigRecord({"site": str(node["site"]), "joint": str(node["joint"]),
+                             "labels-json": json.dumps(dict(dataset.labels))})
     return Message(RecordDict({"site": identity}), reply_to=msg)
-
-
-def _prior_setup(config: ConfigRecord, site: SiteTrainer) -> tuple[int, int]:
-    """(number of union classes, this joint's offset) sent by the server for the anatomical prior."""
-    return int(config["prior-classes"]), int(json.loads(str(config["prior-offsets-json"]))[site.domain.joint])
 
 
 def train_prior(msg: Message, site: SiteTrainer) -> Message:
     """Stage 1 of `full`: one round of the shape auto-encoder on this site's masks (weights out, no data)."""
     config = msg.content["config"]
-    classes, offset = _prior_setup(config, site)
+    classes, offset = _union(config, site.domain.joint)
     autoencoder = ShapeAutoEncoder(classes, site.cfg.prior.channels)
     autoencoder.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     slices, stats = site.train_prior_round(autoencoder, offset, int(config["server-round"]))
@@ -84,7 +103,7 @@ def train_prior(msg: Message, site: SiteTrainer) -> Message:
 def _prior_loss(msg: Message, site: SiteTrainer) -> ShapePriorLoss | None:
     if "prior" not in msg.content:
         return None
-    classes, offset = _prior_setup(msg.content["config"], site)
+    classes, offset = _union(msg.content["config"], site.domain.joint)
     autoencoder = ShapeAutoEncoder(classes, site.cfg.prior.channels)
     autoencoder.load_state_dict(msg.content["prior"].to_torch_state_dict())
     return ShapePriorLoss(autoencoder, [offset], site.cfg.prior.weight)
@@ -93,12 +112,10 @@ def _prior_loss(msg: Message, site: SiteTrainer) -> ShapePriorLoss | None:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
-    site, store = _site(context)
-    if msg.content["config"].get("stage") == "prior":
-        return train_prior(msg, site)
-    if (optimizer := store.load_optimizer()) is not None:
-        site.load_optimizer_state(optimizer)
     config = msg.content["config"]
+    if config.get("stage") == "prior":
+        return train_prior(msg, _site(context)[0])
+    site, store = _site(context, config)
     received = msg.content["arrays"].to_torch_state_dict()
     if "joint-arrays" in msg.content:  # the head pooled over this joint's sites (domain-wise aggregation)
         site.load_private(msg.content["joint-arrays"].to_torch_state_dict())
@@ -142,7 +159,7 @@ def _other_prototypes(msg: Message, site: SiteTrainer) -> list[torch.Tensor] | N
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    site, _ = _site(context)
+    site, _ = _site(context, msg.content["config"])
     result = site.evaluate(msg.content["arrays"].to_torch_state_dict())
     metrics = MetricRecord({"num-examples": result["cases"], "mean-dice": result["mean_dice"] or 0.0})
     identity = _identity(site)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pedseg_core import __version__
-from pedseg_core.config import SCHEMES, load_yaml, parse_overrides
+from pedseg_core.config import FEDERATED_SCHEMES, SCHEMES, load_yaml, parse_overrides
 from pedseg_core.errors import DatasetError, PedsegError
 
 EXIT_USER_ERROR = 2
@@ -104,15 +104,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_federate(args: argparse.Namespace) -> int:
     import importlib
 
-    from pedseg_core.config import FEDERATED_SCHEMES
     from pedseg_core.evaluate.table import results_table
 
     if not (args.local or args.simulation):
         raise PedsegError("choose --local (a SuperLink and one SuperNode per site on 127.0.0.1) or --simulation "
                           "(Flower's simulation engine); for a deployment across hosts see deploy/README.md")
-    if args.scheme not in FEDERATED_SCHEMES:
-        raise PedsegError(f"federated scheme '{args.scheme}' is not available yet "
-                          f"(available: {', '.join(FEDERATED_SCHEMES)})")
     pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
     app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,
                   "num-server-rounds": args.rounds or 0, "overrides": " ".join([*pairs, *args.set])}
@@ -154,6 +150,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(Path(args.json), report)
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    import importlib
+
+    pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
+    # The Flower orchestration lives outside pedseg_core (which never imports Flower code).
+    reproduction = importlib.import_module("simulations.reproduce")
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells else None
+    content = reproduction.reproduce(parse_data_args(args.data), Path(args.out), args.preset, args.folds,
+                                     [*pairs, *args.set], cells)
+    print("\n" + (Path(args.out) / "results.md").read_text())
+    failed = [c["claim"] for c in content["acceptance"] if not c["met"]]
+    print(f"reproduction folder: {args.out}" + (f"  (claims not met: {'; '.join(failed)})" if failed else ""))
     return 0
 
 
@@ -205,8 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
     federate.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
     federate.add_argument("--threads", type=int, default=0,
                           help="torch threads per site (0 = cores / sites, at least 1)")
-    federate.add_argument("--scheme", default="full", choices=("multi-domain", "contrastive", "full"))
+    federate.add_argument("--scheme", default="full", choices=FEDERATED_SCHEMES)
     federate.set_defaults(func=cmd_federate)
+
+    repro = sub.add_parser("reproduce", help="the paper's ablation table, centralized and federated (Flower "
+                           "simulation), on identical splits, with paired tests and plots; a re-run resumes")
+    repro.add_argument("--data", action="append", required=True, metavar="JOINT=DIR",
+                       help="a joint's nnU-Net dataset; repeat for each joint")
+    repro.add_argument("--out", required=True, metavar="DIR", help="reproduction folder (a re-run resumes it)")
+    repro.add_argument("--preset", default="small", help="tiny | demo | small | paper")
+    repro.add_argument("--folds", type=int, default=1,
+                       help="K > 1: K-fold cross-validation over the training cases; 1: the labelsTs split")
+    repro.add_argument("--cells", help="comma-separated subset of cells, e.g. centralized-full,"
+                       "federated-full-fedavg (default: all 13)")
+    repro.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")
+    repro.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one option in every cell, e.g. --set train.epochs=5")
+    repro.set_defaults(func=cmd_reproduce)
 
     predict = sub.add_parser("predict", help="label volumes for images, in the images' own geometry")
     predict.add_argument("--checkpoint", required=True, metavar="CKPT")

@@ -15,9 +15,11 @@ import yaml
 from pedseg_core.errors import PedsegError
 
 SCHEMES = ("individual", "transfer", "shared", "multi-domain", "contrastive", "full")
-IMPLEMENTED_SCHEMES = SCHEMES
 CONTRASTIVE_SCHEMES = ("contrastive", "full")
-FEDERATED_SCHEMES = ("multi-domain", "contrastive", "full")
+# `shared` federated: one norm set and one head over the union of the bones, everything averaged (plain FedAvg,
+# as a stock Flower or NVIDIA FLARE MONAI example does): the peer baseline
+FEDERATED_SCHEMES = ("shared", "multi-domain", "contrastive", "full")
+UNION_LABEL_SCHEMES = ("shared", "full")  # schemes that need the union label space of all joints
 
 
 @dataclass
@@ -55,7 +57,9 @@ class DataConfig:
     image_size: int = 128  # in-plane size every slice is resampled to (multiple of 32)
     lower_percentile: float = 0.5  # robust intensity normalization
     upper_percentile: float = 99.5
-    validation_fraction: float = 0.2  # held-out cases when a dataset has no labelsTs
+    validation_fraction: float = 0.2  # held-out cases when a dataset has no labelsTs (and folds = 1)
+    folds: int = 1  # > 1: k-fold cross-validation over the training cases (labelsTs then unused)
+    fold: int = 0  # which fold is held out (0 .. folds-1)
     foreground_fraction: float = 0.5  # share of sampled slices chosen to show a uniformly drawn bone
     augment: bool = True
     rotate_degrees: float = 15.0
@@ -83,6 +87,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 16
+    recalibration_slices: int = 256  # federated: BatchNorm statistics re-estimated on at most this many slices
 
 
 @dataclass
@@ -94,6 +99,8 @@ class FederationConfig:
     fraction_train: float = 1.0  # share of connected sites asked to train each round
     round_timeout: float = 1800.0  # seconds to wait for the sites' replies in a round
     evaluate_every: int = 1  # sites evaluate their personalized model every N rounds (and after the last)
+    cached_sites: int = 3  # site trainers a client process keeps between messages (a simulation actor serves
+    # several virtual sites; a deployed SuperNode starts a process per message, so nothing is kept there)
 
     def num_rounds(self, train: TrainConfig) -> int:
         return self.rounds or train.epochs
@@ -130,12 +137,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"image_size": 96},
         "train": {"epochs": 8, "steps_per_epoch": 30, "batch_size": 6, "learning_rate": 2e-3},
     },
-    # benchmarks: minutes. 150 local steps per federated round: a round's fixed Flower cost (~18 s on 2 cores)
-    # stays near 10% of the round
+    # benchmarks and `pedseg reproduce` (all 13 cells within an hour on 2 CPU cores): the paper's network at the
+    # synthetic data's own resolution; many short federated rounds keep the sites from drifting apart
     "small": {
         "model": {"backbone": "resnet34"},
         "data": {"image_size": 128},
-        "train": {"epochs": 4, "steps_per_epoch": 150, "batch_size": 8},
+        "train": {"epochs": 15, "steps_per_epoch": 10, "batch_size": 8},
+        "federation": {"evaluate_every": 5},
     },
     # the paper's setting: ResNet-34 U-Net at full resolution (hours on CPU, sensible on a GPU)
     "paper": {
@@ -192,6 +200,8 @@ def _validate(cfg: PedsegConfig) -> None:
         raise PedsegError(f"train.precision must be fp32 or bf16, got '{cfg.train.precision}'")
     if cfg.federation.strategy not in ("fedavg", "fedprox"):
         raise PedsegError(f"federation.strategy must be fedavg or fedprox, got '{cfg.federation.strategy}'")
+    if cfg.data.folds < 1 or not 0 <= cfg.data.fold < cfg.data.folds:
+        raise PedsegError(f"data.fold must lie in 0..data.folds-1, got fold {cfg.data.fold} of {cfg.data.folds}")
     if len(cfg.model.decoder_channels) != 5:
         raise PedsegError("model.decoder_channels must list 5 widths (one per ResNet stage)")
 

@@ -11,10 +11,10 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from pedseg_core.config import PedsegConfig
+from pedseg_core.data.union_labels import union_label_space
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.shape_prior import ShapeAutoEncoder
 from pedseg_core.train.run_dir import RunDir
-from pedseg_core.train.shape_prior import union_label_space
 
 
 def collect_union_labels(grid: Grid, min_nodes: int, timeout: float) -> tuple[dict[str, int], dict[str, int]]:
@@ -47,7 +47,7 @@ def train_prior(grid: Grid, cfg: PedsegConfig, run: RunDir, offsets: dict[str, i
     fed = cfg.federation
     strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=fed.min_nodes, min_available_nodes=fed.min_nodes)
     initial = ArrayRecord(ShapeAutoEncoder(num_classes, cfg.prior.channels).state_dict())
-    config = ConfigRecord({"stage": "prior", "prior-offsets-json": json.dumps(offsets), "prior-classes": num_classes})
+    config = ConfigRecord({"stage": "prior", "union-offsets-json": json.dumps(offsets), "union-classes": num_classes})
     result = strategy.start(grid, initial, num_rounds=cfg.prior.epochs, timeout=fed.round_timeout,
                             train_config=config)
     for server_round, metrics in sorted(result.train_metrics_clientapp.items()):

@@ -51,12 +51,16 @@ class SharedWeightsAggregation:
         self.joint_of_node: dict[int, str] = {}
         self.joint_heads: dict[str, dict[str, np.ndarray]] = {}  # joint -> head pooled over its sites
         self.prior: ArrayRecord | None = None  # the frozen shape auto-encoder of the `full` scheme
+        self.union_config: dict = {}
         self.round_start = time.perf_counter()
 
-    def use_prior(self, autoencoder: ArrayRecord, offsets: dict[str, int], num_classes: int) -> None:
+    def use_union_labels(self, offsets: dict[str, int], num_classes: int) -> None:
+        """Tell every site the union label space (the `shared` scheme's head, the prior's masks)."""
+        self.union_config = {"union-offsets-json": json.dumps(offsets), "union-classes": num_classes}
+
+    def use_prior(self, autoencoder: ArrayRecord) -> None:
         """Send the frozen prior with every training message (stage 2 of the `full` scheme)."""
         self.prior = autoencoder
-        self.prior_config = {"prior-offsets-json": json.dumps(offsets), "prior-classes": num_classes}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -75,9 +79,9 @@ class SharedWeightsAggregation:
         config = ConfigRecord(dict(msg.content["config"].items()))
         joint = self.joint_of_node.get(node)
         config["share-head"] = list(self.joint_of_node.values()).count(joint) > 1
+        config.update(self.union_config)
         if self.prior is not None:
             content["prior"] = self.prior
-            config.update(self.prior_config)
         content["config"] = config
         if self.prototypes:
             content["prototypes"] = ArrayRecord({k: Array(v) for k, v in self.prototypes.items()})
@@ -142,6 +146,7 @@ class SharedWeightsAggregation:
                            grid: Grid) -> Iterable[Message]:
         if server_round != self.num_rounds:
             return []  # earlier rounds are evaluated at the start of the next round's training
+        config.update(self.union_config)
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

@@ -13,6 +13,7 @@ from pedseg_core.data.geometry import voxel_spacing
 from pedseg_core.data.nnunet import Case, RawDataset
 from pedseg_core.data.preprocess import prepare_image, prepare_label
 from pedseg_core.data.sampling import SliceSet
+from pedseg_core.errors import PedsegError
 from pedseg_core.progress import progress_bar
 
 
@@ -37,16 +38,22 @@ def load_slice_set(cases: Sequence[Case], cfg: DataConfig, desc: str | None = No
     return SliceSet(torch.cat(images), torch.cat(labels))
 
 
-def split_cases(dataset: RawDataset, validation_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
-    """(training cases, evaluation cases): the labeled test split when the dataset has one, otherwise a
-    seeded hold-out of `validation_fraction` of the training cases (at least one, never all)."""
-    labeled_test = [c for c in dataset.test if c.label is not None]
-    if labeled_test:
-        return list(dataset.train), labeled_test
+def split_cases(dataset: RawDataset, cfg: DataConfig, seed: int) -> tuple[list[Case], list[Case]]:
+    """(training cases, evaluation cases). With `cfg.folds` > 1: fold `cfg.fold` of a seeded k-fold
+    cross-validation over the training cases. Otherwise the labeled test split when the dataset has one, else a
+    seeded hold-out of `cfg.validation_fraction` of the training cases (at least one, never all)."""
     cases = list(dataset.train)
-    if len(cases) < 2:
-        return cases, cases
     order = np.random.default_rng(seed).permutation(len(cases))
-    n_eval = min(max(1, round(validation_fraction * len(cases))), len(cases) - 1)
-    held = set(order[:n_eval].tolist())
+    if cfg.folds > 1:
+        if len(cases) < cfg.folds:
+            raise PedsegError(f"{dataset.root}: {len(cases)} training cases cannot make {cfg.folds} folds")
+        held = set(order[cfg.fold::cfg.folds].tolist())
+    else:
+        labeled_test = [c for c in dataset.test if c.label is not None]
+        if labeled_test:
+            return cases, labeled_test
+        if len(cases) < 2:
+            return cases, cases
+        n_eval = min(max(1, round(cfg.validation_fraction * len(cases))), len(cases) - 1)
+        held = set(order[:n_eval].tolist())
     return ([c for i, c in enumerate(cases) if i not in held], [c for i, c in enumerate(cases) if i in held])

@@ -1,7 +1,8 @@
 """THE one place that decides what is shared between sites and what stays private to a domain/site.
 
 Decided by module type: every parameter and buffer inside a `DomainModule` (domain norms with their running
-statistics, segmentation heads) is private; everything else (all convolution filters) is shared.
+statistics, segmentation heads) is private; everything else (all convolution filters) is shared. The exception
+is the `shared` scheme, which has nothing domain-specific: there everything is shared.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ def split_state_dict(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Ten
     for key, value in model.state_dict().items():
         (private if is_private(key, prefixes) else shared)[key] = value
     return shared, private
+
+
+def split_for_scheme(model: nn.Module, scheme: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(shared, private) parts in a federation of `scheme`: `shared` averages the whole model (its one norm set
+    and its one union head included); every other scheme keeps the domain modules private."""
+    if scheme == "shared":
+        return dict(model.state_dict()), {}
+    return split_state_dict(model)
 
 
 def load_partial_state(model: nn.Module, part: dict[str, Tensor]) -> None:

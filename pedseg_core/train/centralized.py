@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pedseg_core.config import CONTRASTIVE_SCHEMES, IMPLEMENTED_SCHEMES, PedsegConfig
+from pedseg_core.config import CONTRASTIVE_SCHEMES, SCHEMES, PedsegConfig
 from pedseg_core.data.augment import SliceAugmentation
 from pedseg_core.data.loading import load_slice_set, split_cases
 from pedseg_core.data.nnunet import Case, RawDataset, read_dataset
 from pedseg_core.data.sampling import SliceSet, domain_balanced_batches
+from pedseg_core.data.union_labels import to_union_labels, union_label_space, union_to_joint_lut
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import DatasetError, PedsegError
 from pedseg_core.evaluate.metrics import mean_or_none
@@ -36,7 +37,7 @@ from pedseg_core.model.unet import MultiDomainUNet, build_model
 from pedseg_core.train.loop import StepPlan, train_steps
 from pedseg_core.train.run_dir import RunDir
 from pedseg_core.train.schedule import make_optimizer
-from pedseg_core.train.shape_prior import to_union_labels, train_shape_autoencoder, union_label_space
+from pedseg_core.train.shape_prior import train_shape_autoencoder
 
 
 @dataclass
@@ -62,7 +63,7 @@ def load_joints(data: dict[str, Path], cfg: PedsegConfig) -> list[JointData]:
     joints = []
     for joint, path in data.items():
         dataset = read_dataset(Path(path))
-        train, held = split_cases(dataset, cfg.data.validation_fraction, cfg.train.seed)
+        train, held = split_cases(dataset, cfg.data, cfg.train.seed)
         joints.append(JointData(joint, dataset, train, held))
     return joints
 
@@ -160,9 +161,7 @@ class CentralizedRun:
         union, offsets = self.union()
         luts, shifted = [], []
         for j, offset in zip(self.joints, offsets):
-            lut = np.zeros(len(union), dtype=np.uint8)
-            lut[offset + 1: offset + j.dataset.num_classes] = np.arange(1, j.dataset.num_classes)
-            luts.append(lut)
+            luts.append(union_to_joint_lut(len(union), offset, j.dataset.num_classes))
             s = self.slices(j)
             shifted.append(SliceSet(s.images, to_union_labels(s.labels, offset).to(torch.uint8)))
         model = self.new_model([len(union)])
@@ -170,7 +169,6 @@ class CentralizedRun:
         save_checkpoint(self.run.checkpoints / "final.pt", model, self.cfg,
                         [DomainSpec(name="shared", joint="shared", labels=union)])
         return {j.joint: self.evaluate(model, 0, j, lut) for j, lut in zip(self.joints, luts)}
-
 
     def union(self) -> tuple[dict[str, int], list[int]]:
         return union_label_space([j.dataset.labels for j in self.joints], [j.joint for j in self.joints])
@@ -191,9 +189,9 @@ class CentralizedRun:
 
 def train_centralized(data: dict[str, Path], cfg: PedsegConfig, out: Path, progress: bool = True) -> dict:
     """Train with `cfg.scheme` over all `data` joints; write the run directory; return results.json."""
-    if cfg.scheme not in IMPLEMENTED_SCHEMES:
+    if cfg.scheme not in SCHEMES:
         raise PedsegError(f"scheme '{cfg.scheme}' is not available yet (available: "
-                          f"{', '.join(IMPLEMENTED_SCHEMES)})")
+                          f"{', '.join(SCHEMES)})")
     joints = load_joints(data, cfg)
     run = RunDir(out).create(cfg)
     seed_everything(cfg.train.seed, cfg.train.num_threads)

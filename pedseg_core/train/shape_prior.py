@@ -9,21 +9,8 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 from pedseg_core.config import PriorConfig
+from pedseg_core.data.union_labels import to_union_labels
 from pedseg_core.model.shape_prior import ShapeAutoEncoder
-
-
-def union_label_space(joint_labels: Sequence[dict[str, int]], names: Sequence[str]) -> tuple[dict[str, int], list[int]]:
-    """({"background": 0, "<joint>/<bone>": value, ...}, per joint the offset of its bones in that space)."""
-    union, offsets = {"background": 0}, []
-    for name, labels in zip(names, joint_labels):
-        offsets.append(len(union) - 1)
-        union |= {f"{name}/{bone}": offsets[-1] + v for bone, v in labels.items() if v != 0}
-    return union, offsets
-
-
-def to_union_labels(labels: torch.Tensor, offset: int) -> torch.Tensor:
-    """A joint's label map -> union label values (background stays 0)."""
-    return torch.where(labels > 0, labels.long() + offset, 0)
 
 
 def train_shape_autoencoder(autoencoder: ShapeAutoEncoder, masks: Sequence[torch.Tensor], offsets: Sequence[int],

@@ -17,12 +17,14 @@ from pedseg_core.config import CONTRASTIVE_SCHEMES, PedsegConfig
 from pedseg_core.data.augment import SliceAugmentation
 from pedseg_core.data.loading import load_slice_set, split_cases
 from pedseg_core.data.sampling import SliceSet, domain_balanced_batches
+from pedseg_core.data.union_labels import to_union_labels, union_to_joint_lut
 from pedseg_core.data.validate import require_valid_dataset
+from pedseg_core.errors import PedsegError
 from pedseg_core.evaluate.site import evaluate_site
 from pedseg_core.losses.multiscale import MultiScaleContrastive
 from pedseg_core.losses.proximal import ProximalTerm
 from pedseg_core.model.checkpoint import DomainSpec
-from pedseg_core.model.partition import head_state_dict, load_partial_state, split_state_dict
+from pedseg_core.model.partition import head_state_dict, load_partial_state, split_for_scheme
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
 from pedseg_core.model.unet import build_model
 from pedseg_core.train.centralized import seed_everything
@@ -35,35 +37,43 @@ from pedseg_core.train.shape_prior import train_shape_autoencoder
 class SiteTrainer:
     """A site's model (one domain: its norms and head) over its validated nnU-Net dataset."""
 
-    def __init__(self, site: str, joint: str, data_dir: Path, cfg: PedsegConfig, part: tuple[int, int] = (0, 1)
-                 ) -> None:
+    def __init__(self, site: str, joint: str, data_dir: Path, cfg: PedsegConfig, part: tuple[int, int] = (0, 1),
+                 union: tuple[int, int] | None = None) -> None:
         """`part` = (i, k): this site holds every k-th training case starting at i (a dataset split into k
-        simulated sites of one joint); all of them evaluate on the joint's evaluation cases."""
+        simulated sites of one joint); all of them evaluate on the joint's evaluation cases. `union` = (number
+        of union classes, this joint's offset): the `shared` scheme's one head over the bones of all joints."""
+        if cfg.scheme == "shared" and union is None:
+            raise PedsegError("the shared scheme needs the union label space (sent by the server)")
         self.cfg = cfg
         self.dataset = require_valid_dataset(Path(data_dir))  # DatasetError names every bad file
         self.domain = DomainSpec(name=site, joint=joint, labels=dict(self.dataset.labels))
-        train, self.eval_cases = split_cases(self.dataset, cfg.data.validation_fraction, cfg.train.seed)
+        train, self.eval_cases = split_cases(self.dataset, cfg.data, cfg.train.seed)
         self.train_cases = train[part[0]::part[1]]
         self._slices: SliceSet | None = None
+        self.union = union if cfg.scheme == "shared" else None
         seed_everything(cfg.train.seed, cfg.train.num_threads)
         projection = cfg.contrastive if cfg.scheme in CONTRASTIVE_SCHEMES else None
         # ImageNet initialization (when configured) gives the site's norms their ImageNet statistics too; the
         # filters are replaced by the server's global weights in every round.
-        self.model = build_model([self.dataset.num_classes], cfg.model, projection=projection)
+        classes = self.union[0] if self.union else self.dataset.num_classes
+        self.model = build_model([classes], cfg.model, projection=projection)
         self.optimizer = make_optimizer(self.model, cfg.train.learning_rate, cfg.train.weight_decay)
 
     def training_slices(self) -> SliceSet:
         """This site's training slices, read and preprocessed once per process (a message's handler may
         evaluate, train and compute prototypes on them)."""
         if self._slices is None:
-            self._slices = load_slice_set(self.train_cases, self.cfg.data)
+            slices = load_slice_set(self.train_cases, self.cfg.data)
+            if self.union:  # the shared scheme's head predicts the union of all joints' bones
+                slices = SliceSet(slices.images, to_union_labels(slices.labels, self.union[1]).to(torch.uint8))
+            self._slices = slices
         return self._slices
 
     def shared_state(self) -> dict[str, Tensor]:
-        return split_state_dict(self.model)[0]
+        return split_for_scheme(self.model, self.cfg.scheme)[0]
 
     def private_state(self) -> dict[str, Tensor]:
-        return split_state_dict(self.model)[1]
+        return split_for_scheme(self.model, self.cfg.scheme)[1]
 
     def head_state(self) -> dict[str, Tensor]:
         return head_state_dict(self.model)
@@ -131,8 +141,17 @@ class SiteTrainer:
     def evaluate(self, shared: dict[str, Tensor], pred_dir: Path | None = None) -> dict:
         """The personalized model (global shared weights + this site's private layers, BatchNorm statistics
         re-estimated on its training slices for the global weights) on its evaluation cases: a `results.json`
-        site entry."""
+        site entry. The `shared` scheme has no private layers: the global model as it is, union labels mapped
+        back to the joint's."""
         load_partial_state(self.model, shared)
-        recalibrate_batch_norm(self.model, 0, self.training_slices().images, self.cfg.eval.batch_size)
+        if self.union:
+            lut = union_to_joint_lut(self.union[0], self.union[1], self.dataset.num_classes)
+            return evaluate_site(self.model, 0, self.domain.joint, self.eval_cases, self.domain.bones, self.cfg,
+                                 pred_dir, lut)
+        images = self.training_slices().images
+        if len(images) > self.cfg.eval.recalibration_slices:
+            generator = torch.Generator().manual_seed(self.cfg.train.seed)
+            images = images[torch.randperm(len(images), generator=generator)[:self.cfg.eval.recalibration_slices]]
+        recalibrate_batch_norm(self.model, 0, images, self.cfg.eval.batch_size)
         return evaluate_site(self.model, 0, self.domain.joint, self.eval_cases, self.domain.bones, self.cfg,
                              pred_dir)

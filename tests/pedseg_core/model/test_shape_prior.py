@@ -3,8 +3,9 @@
 import torch
 
 from pedseg_core.config import PriorConfig
+from pedseg_core.data.union_labels import union_label_space
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss, to_union
-from pedseg_core.train.shape_prior import train_shape_autoencoder, union_label_space
+from pedseg_core.train.shape_prior import train_shape_autoencoder
 
 
 def disc_masks(n=24, size=32):

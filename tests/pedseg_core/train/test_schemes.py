@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pedseg_core.cli import main
-from pedseg_core.config import IMPLEMENTED_SCHEMES, build_config
+from pedseg_core.config import SCHEMES, build_config
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.checkpoint import load_checkpoint
 from pedseg_core.train.centralized import train_centralized
@@ -22,7 +22,7 @@ def tiny(scheme):
     return build_config("tiny", overrides={"scheme": scheme, "train": {"epochs": 2, "steps_per_epoch": 2}})
 
 
-@pytest.mark.parametrize("scheme", IMPLEMENTED_SCHEMES)
+@pytest.mark.parametrize("scheme", SCHEMES)
 def test_scheme_trains_evaluates_and_saves(scheme, data, tmp_path):
     results = train_centralized(data, tiny(scheme), tmp_path / "run", progress=False)
     assert results["scheme"] == scheme and set(results["sites"]) == {"ankle", "shoulder"}

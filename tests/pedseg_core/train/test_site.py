@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pedseg_core.config import build_config
+from pedseg_core.errors import PedsegError
 from pedseg_core.train.site import SiteTrainer
 
 
@@ -38,3 +39,16 @@ def test_other_domains_prototypes_enter_the_loss(site):
     _, _, alone = site.train_round(site.shared_state(), 1, 2)
     _, _, with_negatives = site.train_round(site.shared_state(), 2, 2, other_prototypes=others)
     assert with_negatives["contrastive_loss"] != alone["contrastive_loss"]
+
+
+def test_shared_scheme_shares_everything_and_learns_union_labels(write_dataset):
+    cfg = build_config("tiny", overrides={"scheme": "shared", "train": {"steps_per_epoch": 1}})
+    root = write_dataset(n_train=2, shape=(40, 40, 6))
+    with pytest.raises(PedsegError, match="union label space"):
+        SiteTrainer("h1", "knee", root, cfg)
+    site = SiteTrainer("h1", "knee", root, cfg, union=(7, 4))  # this joint's bones are union labels 5 and 6
+    assert site.private_state() == {} and set(site.shared_state()) == set(site.model.state_dict())
+    assert site.model.heads.heads[0].out_channels == 7
+    assert set(torch.unique(site.training_slices().labels).tolist()) == {0, 5, 6}
+    result = site.evaluate(site.shared_state())
+    assert set(result["dice"]) == {"a", "b"}  # union predictions mapped back to the joint's own bones

@@ -1,0 +1,75 @@
+"""The reproduction's PNG figures: Dice per round per site of the federated cells, box plots per bone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from simulations.report import CaseScore  # noqa: E402
+
+
+def dice_per_round(metrics_files: list[Path]) -> dict[str, dict[int, list[float]]]:
+    """site -> round -> the site's mean Dice in each given metrics.jsonl (one per fold) that evaluated it."""
+    curves: dict[str, dict[int, list[float]]] = {}
+    for path in metrics_files:
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            for site, result in record.get("evaluation", {}).get("sites", {}).items():
+                if result.get("mean_dice") is not None:
+                    curves.setdefault(site, {}).setdefault(record["round"], []).append(result["mean_dice"])
+    return curves
+
+
+def plot_rounds(runs: dict[str, list[Path]], out: Path) -> None:
+    """One panel per federated cell: each site's mean Dice against the round (averaged over folds)."""
+    cells = [c for c in runs if dice_per_round(runs[c])]
+    if not cells:
+        return
+    cols = min(3, len(cells))
+    rows = -(-len(cells) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    for ax, cell in zip(axes.flat, cells):
+        for site, by_round in sorted(dice_per_round(runs[cell]).items()):
+            rounds = sorted(by_round)
+            ax.plot(rounds, [sum(by_round[r]) / len(by_round[r]) for r in rounds], marker="o", label=site)
+        ax.set_title(cell, fontsize=9)
+        ax.set_xlabel("round")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean Dice")
+    axes[0][0].legend(fontsize=8)
+    for ax in axes.flat[len(cells):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_boxes(rows: Sequence[CaseScore], cells: Sequence[str], out: Path) -> None:
+    """One panel per bone: the Dice of its test cases under each cell."""
+    bones = list(dict.fromkeys((r.joint, r.bone) for r in rows))
+    if not bones:
+        return
+    cols = min(3, len(bones))
+    nrows = -(-len(bones) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(0.55 * len(cells) * cols + 1, 3.6 * nrows), squeeze=False)
+    for ax, (joint, bone) in zip(axes.flat, bones):
+        values = [[r.dice for r in rows if r.cell == c and r.joint == joint and r.bone == bone and r.dice is not None]
+                  for c in cells]
+        ax.boxplot(values, tick_labels=list(cells))
+        ax.set_title(f"{joint} / {bone}", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes.flat[len(bones):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("Dice")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

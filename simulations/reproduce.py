@@ -1,0 +1,162 @@
+"""`pedseg reproduce`: the paper's ablation, centralized and federated, on identical splits, with statistics.
+
+Cells: the six centralized schemes; the federated `multi-domain`, `contrastive` and `full` schemes with FedAvg
+and FedProx (Flower's simulation engine, one virtual SuperNode per joint); the federated `shared` scheme with
+plain FedAvg (the peer baseline: what a stock Flower or NVIDIA FLARE MONAI example does). Every cell of a fold
+trains with the same preset and the same train/test split (`data.folds`/`data.fold`; with one fold, the
+datasets' labelsTs). Layout of OUT:
+
+    reproduce.json            the settings (a re-run with other settings is refused)
+    runs/fold-F/<cell>/       each cell's run directory (config.yaml, metrics.jsonl, checkpoints/, results.json)
+    cells.jsonl               one line per finished cell: seconds and mean Dice
+    results.md / .csv / .json, cases.csv, dice_per_round.png, dice_boxplots.png
+
+A re-run resumes: finished cells (results.json present) are read, not recomputed; an interrupted cell's
+directory is removed and the cell runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pedseg_core.config import SCHEMES, build_config, parse_overrides
+from pedseg_core.data.validate import check_dataset
+from pedseg_core.errors import DatasetError, PedsegError
+from pedseg_core.train.centralized import train_centralized
+from pedseg_core.train.run_dir import write_json
+from simulations import plots, report
+from simulations.simulation import federate_simulation
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the table: a scheme, centralized or federated (with a strategy)."""
+
+    scheme: str
+    strategy: str | None = None  # None: centralized
+
+    @property
+    def name(self) -> str:
+        return f"centralized-{self.scheme}" if self.strategy is None else f"federated-{self.scheme}-{self.strategy}"
+
+
+CELLS = ([Cell(s) for s in SCHEMES]
+         + [Cell(s, strategy) for s in ("multi-domain", "contrastive", "full") for strategy in ("fedavg", "fedprox")]
+         + [Cell("shared", "fedavg")])
+
+
+# Run first, so the issue's claims (full vs individual, federated vs centralized full) show early.
+FIRST = ("centralized-individual", "centralized-full", "federated-full-fedavg")
+
+
+def select_cells(names: Sequence[str] | None) -> list[Cell]:
+    """All cells, or the named ones (in table order); unknown names are refused."""
+    if not names:
+        return list(CELLS)
+    known = {c.name: c for c in CELLS}
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise PedsegError(f"unknown cell(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    return [c for c in CELLS if c.name in names]
+
+
+def _settings_guard(out: Path, settings: dict) -> None:
+    """Write OUT/reproduce.json, or check that an existing one holds the same settings."""
+    path = out / "reproduce.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise PedsegError(f"{path}: this folder holds a reproduction with other settings "
+                              f"({', '.join(changed)} differ); choose a new --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
+
+
+def _run_cell(cell: Cell, data: dict[str, Path], run_dir: Path, preset: str, pairs: list[str]) -> dict:
+    if cell.strategy is None:
+        cfg = build_config(preset, overrides={**parse_overrides(pairs), "scheme": cell.scheme})
+        return train_centralized(data, cfg, run_dir)
+    app_config = {"preset": preset, "scheme": cell.scheme, "strategy": cell.strategy, "num-server-rounds": 0,
+                  "overrides": " ".join(pairs)}
+    return federate_simulation(data, run_dir, app_config)
+
+
+def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: int = 1,
+              overrides: Sequence[str] = (), cells: Sequence[str] | None = None) -> dict:
+    """Run (or resume) every cell of every fold, then write the report; returns results.json's content."""
+    problems = [p for path in data.values() for p in check_dataset(Path(path)).problems]
+    if problems:
+        raise DatasetError(list(data.values()), problems)
+    plan = select_cells(cells)
+    fold_pairs = [[*overrides, f"data.folds={folds}", f"data.fold={fold}"] for fold in range(folds)]
+    for pairs in fold_pairs:  # every setting is checked before the first cell starts
+        build_config(preset, overrides=parse_overrides(pairs))
+    settings = {"data": {j: str(Path(p).resolve()) for j, p in data.items()}, "preset": preset, "folds": folds,
+                "overrides": list(overrides), "cells": [c.name for c in plan]}
+    _settings_guard(out, settings)
+
+    total, started = folds * len(plan), time.perf_counter()
+    order = sorted(plan, key=lambda c: c.name not in FIRST)  # stable: otherwise the table's order
+    for fold, pairs in enumerate(fold_pairs):
+        for index, cell in enumerate(order):
+            step = fold * len(plan) + index + 1
+            run_dir = out / "runs" / f"fold-{fold}" / cell.name
+            label = f"[{step}/{total}] fold {fold + 1}/{folds} {cell.name}"
+            if (run_dir / "results.json").is_file():
+                print(f"{label}: finished earlier, kept", flush=True)
+                continue
+            if run_dir.exists():  # interrupted earlier: its partial files are this reproduction's own
+                shutil.rmtree(run_dir)
+            print(f"\n{label} (elapsed {_minutes(time.perf_counter() - started)})", flush=True)
+            cell_start = time.perf_counter()
+            results = _run_cell(cell, data, run_dir, preset, pairs)
+            seconds = time.perf_counter() - cell_start
+            with (out / "cells.jsonl").open("a") as f:
+                f.write(json.dumps({"fold": fold, "cell": cell.name, "seconds": round(seconds, 1),
+                                    "mean_dice": results["mean_dice"]}) + "\n")
+            print(f"{label}: mean Dice {results['mean_dice']:.3f} in {_minutes(seconds)}", flush=True)
+    return write_report(out, settings, plan)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def command_line(settings: dict) -> str:
+    data = " ".join(f"--data {j}={p}" for j, p in settings["data"].items())
+    sets = " ".join(f"--set {o}" for o in settings["overrides"])
+    return f"pedseg reproduce {data} --out OUT --preset {settings['preset']} --folds {settings['folds']} {sets}".strip()
+
+
+def write_report(out: Path, settings: dict, plan: list[Cell]) -> dict:
+    """results.md/.csv/.json, cases.csv and the two figures, from the cells' results.json files."""
+    names = [c.name for c in plan]
+    rows = []
+    for fold in range(settings["folds"]):
+        for name in names:
+            results = json.loads((out / "runs" / f"fold-{fold}" / name / "results.json").read_text())
+            rows += report.case_scores(name, fold, results)
+    content = report.build_report(rows, names)
+    timings = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()] \
+        if (out / "cells.jsonl").is_file() else []
+    compute = sum(t["seconds"] for t in timings)
+    content["settings"], content["compute_seconds"] = settings, compute
+    write_json(out / "results.json", content)
+    report.write_csv(out / "results.csv", content["summary"])
+    report.write_csv(out / "cases.csv", content["cases"])
+    n_cases = len({(r.fold, r.joint, r.case) for r in rows})
+    header = (f"## Reproduction: preset `{settings['preset']}`, {settings['folds']} fold(s), {n_cases} test cases\n\n"
+              f"`{command_line(settings)}`\n\nTraining and evaluation time of the cells: {_minutes(compute)}.")
+    (out / "results.md").write_text(report.markdown(content, names, header))
+    federated = {n: [out / "runs" / f"fold-{f}" / n / "metrics.jsonl" for f in range(settings["folds"])]
+                 for n in names if n.startswith("federated-")}
+    plots.plot_rounds(federated, out / "dice_per_round.png")
+    plots.plot_boxes(rows, names, out / "dice_boxplots.png")
+    return content
