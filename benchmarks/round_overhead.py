@@ -6,7 +6,9 @@ for the run) against the size of the shared parameters. "max client s" is the lo
 (set-up, training, saving private state); the rest of a round is Flower's messaging, polling and process
 start. Targets: overhead <= 15% of the round time with the small preset, bytes <= 1.05x the shared parameters.
 
-    python benchmarks/round_overhead.py [--preset small] [--rounds 3] [--steps N] [--out DIR]
+The network is the paper's ResNet-34 U-Net at 128x128 (95 MB of shared weights) unless --backbone says otherwise.
+
+    python benchmarks/round_overhead.py [--preset small] [--backbone resnet34] [--rounds 3] [--steps N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def shared_bytes(preset: str, overrides: list[str]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--backbone", default="resnet34", help="resnet10 | resnet18 | resnet34")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=150,
                         help="local steps per round (150: the fixed Flower cost per round stays near 10%%)")
@@ -45,7 +48,8 @@ def main() -> None:
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pedseg-bench-"))
     data = synthesize(work / "data", JOINTS, args.cases, 1, seed=0)
     steps = args.steps
-    overrides = [f"train.steps_per_epoch={steps}"]
+    overrides = [f"train.steps_per_epoch={steps}", f"model.backbone={args.backbone}", "data.image_size=128",
+                 "model.decoder_channels=[256,128,64,32,16]"]
     config = {"preset": args.preset, "num-server-rounds": args.rounds, "evaluate-every": args.rounds,
               "overrides": " ".join(overrides)}
     federate_local(data, work / "run", config)

@@ -133,7 +133,8 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({"num-examples": slices, "train-loss": stats["loss"], **losses, "lr": stats["lr"],
                             "train-time-s": stats["train_time_s"], "load-time-s": stats["load_time_s"]})
     reply = RecordDict({"arrays": ArrayRecord(shared), "metrics": metrics, "site": identity})
-    if site.cfg.contrastive.share_prototypes and (prototypes := site.prototypes()) is not None:
+    server_round = int(config["server-round"])
+    if site.cfg.contrastive.share_prototypes and (prototypes := site.prototypes(server_round)) is not None:
         means, count = prototypes
         reply["prototypes"] = ArrayRecord({f"{site.domain.joint}{SEP}{s}": m for s, m in enumerate(means)})
         metrics["prototype-slices"] = count

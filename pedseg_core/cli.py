@@ -128,10 +128,12 @@ def cmd_federate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from pedseg_core.device import resolve_device
     from pedseg_core.evaluate.predict import list_images, predict_files
     from pedseg_core.model.checkpoint import find_domain, load_checkpoint
 
     model, cfg, domains = load_checkpoint(Path(args.checkpoint))
+    model.to(resolve_device(args.device))
     domain = find_domain(domains, args.joint, Path(args.checkpoint))
     images = list_images(Path(args.input))
     outputs = predict_files(model, domain, images, Path(args.out), cfg.data, cfg.eval.batch_size,
@@ -240,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, metavar="DIR|FILE")
     predict.add_argument("--out", required=True, metavar="DIR")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one) | cpu | cuda:N")
     predict.set_defaults(func=cmd_predict)
 
     evaluate = sub.add_parser("evaluate", help="Dice, HD95 and ASSD per case and bone")

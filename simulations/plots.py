@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from simulations.report import CaseScore  # noqa: E402
 
@@ -26,8 +27,10 @@ def dice_per_round(metrics_files: list[Path]) -> dict[str, dict[int, list[float]
     return curves
 
 
-def plot_rounds(runs: dict[str, list[Path]], out: Path) -> None:
-    """One panel per federated cell: each site's mean Dice against the round (averaged over folds)."""
+def plot_rounds(runs: dict[str, list[Path]], references: dict[str, dict[str, float]], out: Path) -> None:
+    """One panel per federated cell: each site's mean Dice against the round (averaged over folds), and as a
+    dashed line of the same colour its joint's mean Dice under the centralized scheme (`references`: cell ->
+    joint -> Dice)."""
     cells = [c for c in runs if dice_per_round(runs[c])]
     if not cells:
         return
@@ -37,12 +40,15 @@ def plot_rounds(runs: dict[str, list[Path]], out: Path) -> None:
     for ax, cell in zip(axes.flat, cells):
         for site, by_round in sorted(dice_per_round(runs[cell]).items()):
             rounds = sorted(by_round)
-            ax.plot(rounds, [sum(by_round[r]) / len(by_round[r]) for r in rounds], marker="o", label=site)
+            line, = ax.plot(rounds, [sum(by_round[r]) / len(by_round[r]) for r in rounds], marker="o", label=site)
+            if site in references.get(cell, {}):
+                ax.axhline(references[cell][site], color=line.get_color(), linestyle="--", linewidth=1)
         ax.set_title(cell, fontsize=9)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("mean Dice")
+    axes[0][0].set_ylabel("mean Dice (dashed: centralized)")
     axes[0][0].legend(fontsize=8)
     for ax in axes.flat[len(cells):]:
         ax.axis("off")
@@ -52,7 +58,7 @@ def plot_rounds(runs: dict[str, list[Path]], out: Path) -> None:
 
 
 def plot_boxes(rows: Sequence[CaseScore], cells: Sequence[str], out: Path) -> None:
-    """One panel per bone: the Dice of its test cases under each cell."""
+    """One panel per bone: the Dice of its test cases under each cell (blue: centralized, orange: federated)."""
     bones = list(dict.fromkeys((r.joint, r.bone) for r in rows))
     if not bones:
         return
@@ -62,7 +68,9 @@ def plot_boxes(rows: Sequence[CaseScore], cells: Sequence[str], out: Path) -> No
     for ax, (joint, bone) in zip(axes.flat, bones):
         values = [[r.dice for r in rows if r.cell == c and r.joint == joint and r.bone == bone and r.dice is not None]
                   for c in cells]
-        ax.boxplot(values, tick_labels=list(cells))
+        boxes = ax.boxplot(values, tick_labels=list(cells), patch_artist=True)
+        for box, cell in zip(boxes["boxes"], cells):
+            box.set_facecolor("#9ecae1" if cell.startswith("centralized-") else "#fdae6b")
         ax.set_title(f"{joint} / {bone}", fontsize=9)
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", labelrotation=90, labelsize=7)

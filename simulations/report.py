@@ -58,12 +58,18 @@ def case_means(rows: Sequence[CaseScore], cell: str) -> dict[tuple[int, str, str
     return {k: float(np.mean(v)) for k, v in by_case.items()}
 
 
-def mean_dice(rows: Sequence[CaseScore], cell: str) -> float | None:
-    """A cell's mean Dice: per joint the mean over its test cases (all folds), then the mean over joints."""
+def joint_means(rows: Sequence[CaseScore], cell: str) -> dict[str, float]:
+    """joint -> a cell's mean over the joint's test cases (all folds) of the case's Dice over its bones."""
     per_joint: dict[str, list[float]] = {}
     for (_, joint, _), value in case_means(rows, cell).items():
         per_joint.setdefault(joint, []).append(value)
-    return float(np.mean([np.mean(v) for v in per_joint.values()])) if per_joint else None
+    return {joint: float(np.mean(v)) for joint, v in per_joint.items()}
+
+
+def mean_dice(rows: Sequence[CaseScore], cell: str) -> float | None:
+    """A cell's mean Dice: per joint the mean over its test cases (all folds), then the mean over joints."""
+    per_joint = joint_means(rows, cell)
+    return float(np.mean(list(per_joint.values()))) if per_joint else None
 
 
 def summary(rows: Sequence[CaseScore], cells: Sequence[str]) -> list[dict]:
@@ -112,14 +118,18 @@ def paired_tests(rows: Sequence[CaseScore], cells: Sequence[str]) -> list[dict]:
     return tests
 
 
+def centralized_counterpart(cell: str) -> str:
+    """"federated-full-fedprox" -> "centralized-full"."""
+    return "centralized-" + cell.removeprefix("federated-").rsplit("-", 1)[0]
+
+
 def federated_ratios(rows: Sequence[CaseScore], cells: Sequence[str]) -> list[dict]:
     """Each federated cell's mean Dice over the centralized cell of the same scheme."""
     ratios = []
     for cell in cells:
         if not cell.startswith("federated-"):
             continue
-        scheme = cell.removeprefix("federated-").rsplit("-", 1)[0]
-        central = f"centralized-{scheme}"
+        central = centralized_counterpart(cell)
         fed, ref = mean_dice(rows, cell), mean_dice(rows, central) if central in cells else None
         ratios.append({"cell": cell, "centralized": central, "federated_dice": fed, "centralized_dice": ref,
                        "ratio": fed / ref if fed is not None and ref else None})

@@ -157,6 +157,7 @@ def write_report(out: Path, settings: dict, plan: list[Cell]) -> dict:
     (out / "results.md").write_text(report.markdown(content, names, header))
     federated = {n: [out / "runs" / f"fold-{f}" / n / "metrics.jsonl" for f in range(settings["folds"])]
                  for n in names if n.startswith("federated-")}
-    plots.plot_rounds(federated, out / "dice_per_round.png")
+    references = {n: report.joint_means(rows, report.centralized_counterpart(n)) for n in federated}
+    plots.plot_rounds(federated, references, out / "dice_per_round.png")
     plots.plot_boxes(rows, names, out / "dice_boxplots.png")
     return content

@@ -23,7 +23,9 @@ def predict_volume(model: MultiDomainUNet, domain: int, volume: np.ndarray, spac
     """volume [X, Y, Z] -> uint8 labels [X, Y, Z] (same shape), slicing along the largest spacing."""
     model.eval()
     slices, geometry = prepare_image(volume, tuple(spacing), cfg)
-    logits = torch.cat([model(slices[i:i + batch_size], domain) for i in range(0, len(slices), batch_size)])
+    device = next(model.parameters()).device
+    logits = torch.cat([model(slices[i:i + batch_size].to(device), domain).cpu()
+                        for i in range(0, len(slices), batch_size)])
     return logits_to_volume(logits, geometry)
 
 

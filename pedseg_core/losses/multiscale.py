@@ -28,9 +28,11 @@ class MultiScaleContrastive:
         self.prototype_labels = prototype_labels
 
     def __call__(self, embeddings: Sequence[Tensor], domains: Tensor) -> Tensor:
-        labels = domains if self.domain_labels is None else self.domain_labels[domains]
+        device = domains.device
+        labels = domains if self.domain_labels is None else self.domain_labels.to(device)[domains]
+        prototype_labels = None if self.prototype_labels is None else self.prototype_labels.to(device)
         terms = [supervised_contrastive_loss(e, labels, self.temperature,
-                                             None if self.prototypes is None else self.prototypes[s],
-                                             self.prototype_labels)
+                                             None if self.prototypes is None else self.prototypes[s].to(device),
+                                             prototype_labels)
                  for s, e in enumerate(embeddings)]
         return torch.stack(terms).mean()

@@ -11,7 +11,8 @@ class ProximalTerm:
 
     def __init__(self, model: nn.Module, global_shared: dict[str, Tensor], mu: float) -> None:
         params = dict(model.named_parameters())
-        self.pairs = [(params[k], v.detach().clone()) for k, v in global_shared.items() if k in params]
+        self.pairs = [(params[k], v.detach().to(params[k].device, copy=True)) for k, v in global_shared.items()
+                      if k in params]
         self.mu = mu
 
     def __call__(self, model: nn.Module) -> Tensor:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from pedseg_core.config import CONTRASTIVE_SCHEMES, PedsegConfig, config_from_dict
+from pedseg_core.device import to_cpu
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.unet import MultiDomainUNet
 
@@ -42,7 +43,7 @@ def save_checkpoint(path: Path, model: MultiDomainUNet, cfg: PedsegConfig, domai
                     **extra) -> None:
     """A complete model (all domains' private layers included), usable by `pedseg predict`."""
     _save_atomically(path, {"format": FORMAT, "config": cfg.to_dict(), "domains": [asdict(d) for d in domains],
-                            "state_dict": model.state_dict(), **extra})
+                            "state_dict": to_cpu(model.state_dict()), **extra})
 
 
 def save_shared_checkpoint(path: Path, shared: dict, cfg: PedsegConfig, server_round: int,

@@ -26,6 +26,7 @@ from pedseg_core.data.nnunet import Case, RawDataset, read_dataset
 from pedseg_core.data.sampling import SliceSet, domain_balanced_batches
 from pedseg_core.data.union_labels import to_union_labels, union_label_space, union_to_joint_lut
 from pedseg_core.data.validate import check_dataset
+from pedseg_core.device import resolve_device, to_cpu
 from pedseg_core.errors import DatasetError, PedsegError
 from pedseg_core.evaluate.metrics import mean_or_none
 from pedseg_core.evaluate.site import evaluate_site
@@ -83,7 +84,8 @@ class CentralizedRun:
 
     def new_model(self, num_classes: Sequence[int]) -> MultiDomainUNet:
         contrastive = self.cfg.scheme in CONTRASTIVE_SCHEMES
-        return build_model(num_classes, self.cfg.model, self.cfg.contrastive if contrastive else None)
+        model = build_model(num_classes, self.cfg.model, self.cfg.contrastive if contrastive else None)
+        return model.to(resolve_device(self.cfg.train.device))
 
     def fit(self, model: MultiDomainUNet, slice_sets: list[SliceSet], epochs: range, stage: str,
             domain_map: Sequence[int] | None = None, prior: ShapePriorLoss | None = None) -> None:
@@ -177,12 +179,12 @@ class CentralizedRun:
         """The shape auto-encoder learns the pooled masks of all joints first, then the contrastive
         multi-domain network trains with the frozen prior."""
         union, offsets = self.union()
-        autoencoder = ShapeAutoEncoder(len(union), self.cfg.prior.channels)
+        autoencoder = ShapeAutoEncoder(len(union), self.cfg.prior.channels).to(resolve_device(self.cfg.train.device))
         start = time.perf_counter()
         stats = train_shape_autoencoder(autoencoder, [self.slices(j).labels for j in self.joints], offsets,
                                         self.cfg.prior, self.cfg.train.seed)
         self.run.log({"stage": "prior", **stats, "time_s": round(time.perf_counter() - start, 3)})
-        torch.save({"union_labels": union, "state_dict": autoencoder.state_dict()},
+        torch.save({"union_labels": union, "state_dict": to_cpu(autoencoder.state_dict())},
                    self.run.checkpoints / "shape_prior.pt")
         return self.multi_domain(ShapePriorLoss(autoencoder, offsets, self.cfg.prior.weight))
 

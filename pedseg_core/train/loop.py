@@ -10,6 +10,7 @@ import torch
 
 from pedseg_core.config import TrainConfig
 from pedseg_core.data.sampling import Batch
+from pedseg_core.device import device_of
 from pedseg_core.losses.multiscale import MultiScaleContrastive
 from pedseg_core.losses.segmentation import SegmentationLoss
 from pedseg_core.model.shape_prior import ShapePriorLoss
@@ -30,9 +31,9 @@ class StepPlan:
     total: int
 
 
-def autocast(precision: str):
+def autocast(precision: str, device: torch.device):
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -43,12 +44,14 @@ def batch_loss(model: MultiDomainUNet, batch: Batch, loss_fn: SegmentationLoss, 
     asked (unweighted). Each domain's slices go through that domain's norms and head and weigh by their share
     of the batch; the contrastive term sees the embeddings of all domains together. `domain_map` maps batch
     domain ids to model domains (identity when None)."""
+    device = device_of(model)
+    batch = Batch(*(t.to(device, non_blocking=True) for t in (batch.images, batch.labels, batch.domains)))
     terms = {"seg_loss": batch.images.new_zeros(())} | ({"prior_loss": batch.images.new_zeros(())} if prior else {})
     images = batch.images.to(memory_format=torch.channels_last) if cfg.channels_last else batch.images
     scales: list[list[torch.Tensor]] = []
     for d, idx in domain_slices(batch.domains):
         domain = d if domain_map is None else domain_map[d]
-        with autocast(cfg.precision):
+        with autocast(cfg.precision, device):
             logits, embeddings = model.forward_with_embeddings(images[idx], domain)
         share = len(batch.domains[idx]) / len(batch.domains)
         terms["seg_loss"] = terms["seg_loss"] + loss_fn(logits, batch.labels[idx]) * share

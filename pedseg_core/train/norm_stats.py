@@ -27,8 +27,9 @@ def recalibrate_batch_norm(model: MultiDomainUNet, domain: int, images: torch.Te
         m.momentum = None  # cumulative average over all batches
     was_training = model.training
     model.train()
+    device = next(model.parameters()).device
     for start in range(0, len(images), batch_size):
-        model(images[start:start + batch_size], domain)
+        model(images[start:start + batch_size].to(device), domain)
     model.train(was_training)
     for m, (momentum, count) in zip(norms, saved):
         m.momentum = momentum

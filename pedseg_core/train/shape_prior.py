@@ -10,6 +10,7 @@ from monai.losses import DiceCELoss
 
 from pedseg_core.config import PriorConfig
 from pedseg_core.data.union_labels import to_union_labels
+from pedseg_core.device import device_of
 from pedseg_core.model.shape_prior import ShapeAutoEncoder
 
 
@@ -22,10 +23,11 @@ def train_shape_autoencoder(autoencoder: ShapeAutoEncoder, masks: Sequence[torch
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     per_joint = max(1, cfg.batch_size // len(masks))
     autoencoder.train()
+    device = device_of(autoencoder)
     losses = []
     for _ in range(steps if steps is not None else cfg.epochs * cfg.steps_per_epoch):
         batch = torch.cat([to_union_labels(m[torch.randint(len(m), (per_joint,), generator=generator)], o)
-                           for m, o in zip(masks, offsets)])
+                           for m, o in zip(masks, offsets)]).to(device)
         one_hot = F.one_hot(batch, autoencoder.num_classes).permute(0, 3, 1, 2).float()
         loss = loss_fn(autoencoder(one_hot), batch[:, None])
         optimizer.zero_grad(set_to_none=True)

@@ -19,6 +19,7 @@ from pedseg_core.data.loading import load_slice_set, split_cases
 from pedseg_core.data.sampling import SliceSet, domain_balanced_batches
 from pedseg_core.data.union_labels import to_union_labels, union_to_joint_lut
 from pedseg_core.data.validate import require_valid_dataset
+from pedseg_core.device import resolve_device, to_cpu
 from pedseg_core.errors import PedsegError
 from pedseg_core.evaluate.site import evaluate_site
 from pedseg_core.losses.multiscale import MultiScaleContrastive
@@ -56,7 +57,8 @@ class SiteTrainer:
         # ImageNet initialization (when configured) gives the site's norms their ImageNet statistics too; the
         # filters are replaced by the server's global weights in every round.
         classes = self.union[0] if self.union else self.dataset.num_classes
-        self.model = build_model([classes], cfg.model, projection=projection)
+        self.device = resolve_device(cfg.train.device)
+        self.model = build_model([classes], cfg.model, projection=projection).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg.train.learning_rate, cfg.train.weight_decay)
 
     def training_slices(self) -> SliceSet:
@@ -70,13 +72,13 @@ class SiteTrainer:
         return self._slices
 
     def shared_state(self) -> dict[str, Tensor]:
-        return split_for_scheme(self.model, self.cfg.scheme)[0]
+        return to_cpu(split_for_scheme(self.model, self.cfg.scheme)[0])
 
     def private_state(self) -> dict[str, Tensor]:
-        return split_for_scheme(self.model, self.cfg.scheme)[1]
+        return to_cpu(split_for_scheme(self.model, self.cfg.scheme)[1])
 
     def head_state(self) -> dict[str, Tensor]:
-        return head_state_dict(self.model)
+        return to_cpu(head_state_dict(self.model))
 
     def load_private(self, private: dict[str, Tensor]) -> None:
         load_partial_state(self.model, private)
@@ -106,6 +108,8 @@ class SiteTrainer:
         batches = domain_balanced_batches([slices], tc.batch_size, generator, augment,
                                           self.cfg.data.foreground_fraction)
         regularizers = [ProximalTerm(self.model, shared, proximal_mu)] if proximal_mu > 0 else []
+        if prior is not None:
+            prior.autoencoder.to(self.device)
         plan = StepPlan(tc.steps_per_epoch, (server_round - 1) * tc.steps_per_epoch, num_rounds * tc.steps_per_epoch)
         contrastive = None
         if self.model.scales:
@@ -121,22 +125,26 @@ class SiteTrainer:
         """Stage 1 of the federated prior: the shape auto-encoder learns this site's masks (moved to the union
         label space at `offset`) for prior.steps_per_epoch steps. Returns (training slices, metrics)."""
         labels = self.training_slices().labels
-        stats = train_shape_autoencoder(autoencoder, [labels], [offset], self.cfg.prior,
+        stats = train_shape_autoencoder(autoencoder.to(self.device), [labels], [offset], self.cfg.prior,
                                         self.cfg.train.seed + server_round, steps=self.cfg.prior.steps_per_epoch)
+        autoencoder.cpu()
         return len(labels), stats
 
     @torch.no_grad()
-    def prototypes(self) -> tuple[list[Tensor], int] | None:
-        """Per contrastive scale, the mean projected embedding [D] over ALL of this round's training slices
-        (no augmentation), and the slice count; None without projection heads or with fewer slices than
+    def prototypes(self, server_round: int = 0) -> tuple[list[Tensor], int] | None:
+        """Per contrastive scale, the mean projected embedding [D] over this site's training slices (all of
+        them, or a random `contrastive.max_prototype_slices` of them drawn anew each round; no augmentation),
+        and the slice count; None without projection heads or with fewer slices than
         `contrastive.min_prototype_slices` (a mean over few slices could describe single images)."""
         slices = self.training_slices().images
         if not self.model.scales or len(slices) < self.cfg.contrastive.min_prototype_slices:
             return None
+        slices = seeded_subset(slices, self.cfg.contrastive.max_prototype_slices, self.cfg.train.seed + server_round)
         self.model.eval()
         batch = self.cfg.eval.batch_size
-        parts = [self.model.forward_with_embeddings(slices[i:i + batch], 0)[1] for i in range(0, len(slices), batch)]
-        return [torch.cat([p[s] for p in parts]).mean(0) for s in range(len(self.model.scales))], len(slices)
+        parts = [self.model.forward_with_embeddings(slices[i:i + batch].to(self.device), 0)[1]
+                 for i in range(0, len(slices), batch)]
+        return [torch.cat([p[s] for p in parts]).mean(0).cpu() for s in range(len(self.model.scales))], len(slices)
 
     def evaluate(self, shared: dict[str, Tensor], pred_dir: Path | None = None) -> dict:
         """The personalized model (global shared weights + this site's private layers, BatchNorm statistics
@@ -148,10 +156,14 @@ class SiteTrainer:
             lut = union_to_joint_lut(self.union[0], self.union[1], self.dataset.num_classes)
             return evaluate_site(self.model, 0, self.domain.joint, self.eval_cases, self.domain.bones, self.cfg,
                                  pred_dir, lut)
-        images = self.training_slices().images
-        if len(images) > self.cfg.eval.recalibration_slices:
-            generator = torch.Generator().manual_seed(self.cfg.train.seed)
-            images = images[torch.randperm(len(images), generator=generator)[:self.cfg.eval.recalibration_slices]]
+        images = seeded_subset(self.training_slices().images, self.cfg.eval.recalibration_slices, self.cfg.train.seed)
         recalibrate_batch_norm(self.model, 0, images, self.cfg.eval.batch_size)
         return evaluate_site(self.model, 0, self.domain.joint, self.eval_cases, self.domain.bones, self.cfg,
                              pred_dir)
+
+
+def seeded_subset(images: Tensor, limit: int, seed: int) -> Tensor:
+    """images [N, ...] -> at most `limit` of them, a random subset fixed by `seed` (all N when N <= limit)."""
+    if len(images) <= limit:
+        return images
+    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:limit]]

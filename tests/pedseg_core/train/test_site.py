@@ -5,7 +5,7 @@ import torch
 
 from pedseg_core.config import build_config
 from pedseg_core.errors import PedsegError
-from pedseg_core.train.site import SiteTrainer
+from pedseg_core.train.site import SiteTrainer, seeded_subset
 
 
 @pytest.fixture
@@ -26,6 +26,18 @@ def test_prototypes_are_means_over_all_training_slices(site):
     assert len(means) == 3 and all(m.shape == (site.cfg.contrastive.dim,) for m in means)
     for mean, e in zip(means, embeddings):
         torch.testing.assert_close(mean, e.mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_prototypes_of_many_slices_are_means_over_a_subset_drawn_per_round(site):
+    site.cfg.contrastive.max_prototype_slices = 12
+    (first, *_), count = site.prototypes(server_round=1)
+    assert count == 12
+    subset = seeded_subset(site.training_slices().images, 12, site.cfg.train.seed + 1)
+    site.model.eval()
+    with torch.no_grad():
+        _, (embedding, *_) = site.model.forward_with_embeddings(subset, 0)
+    torch.testing.assert_close(first, embedding.mean(0), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(site.prototypes(server_round=2)[0][0], first)
 
 
 def test_no_prototype_below_the_minimum_number_of_slices(site):
@@ -52,3 +64,14 @@ def test_shared_scheme_shares_everything_and_learns_union_labels(write_dataset):
     assert set(torch.unique(site.training_slices().labels).tolist()) == {0, 5, 6}
     result = site.evaluate(site.shared_state())
     assert set(result["dice"]) == {"a", "b"}  # union predictions mapped back to the joint's own bones
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device tool's machines have one)")
+def test_a_round_on_the_gpu_returns_cpu_weights(write_dataset):
+    cfg = build_config("tiny", overrides={"scheme": "full", "train": {"steps_per_epoch": 2, "device": "cuda",
+                                                                     "precision": "bf16"}})
+    site = SiteTrainer("h1", "knee", write_dataset(n_train=2, shape=(40, 40, 6)), cfg)
+    shared, _, stats = site.train_round(site.shared_state(), 1, 2, proximal_mu=0.01,
+                                        other_prototypes=[torch.randn(1, cfg.contrastive.dim) for _ in range(3)])
+    assert all(v.device.type == "cpu" for v in shared.values()) and stats["loss"] > 0
+    assert site.evaluate(shared)["cases"] == 1
