@@ -47,7 +47,9 @@ class ContrastiveConfig:
 class PriorConfig:
     weight: float = 0.1  # weight of the anatomical prior loss (distance between auto-encoder codes)
     channels: tuple[int, ...] = (16, 32, 64, 64)  # auto-encoder widths, each halving the resolution
-    epochs: int = 4  # auto-encoder pre-training on the masks (before the segmentation network)
+    # auto-encoder pre-training on the masks (before the segmentation network); federated: rounds x local steps.
+    # 600 steps reconstruct the synthetic bones with Dice 0.91-0.98 (200 steps: 0 for most small bones)
+    epochs: int = 12
     steps_per_epoch: int = 50
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -145,8 +147,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "model": {"backbone": "resnet18", "decoder_channels": (128, 64, 32, 16, 16)},
         "data": {"image_size": 96},
-        "train": {"epochs": 24, "steps_per_epoch": 10, "batch_size": 6, "learning_rate": 2e-3},
-        "federation": {"evaluate_every": 6},
+        "train": {"epochs": 32, "steps_per_epoch": 10, "batch_size": 6, "learning_rate": 2e-3},
+        "federation": {"evaluate_every": 8},
     },
     # the paper's setting: ResNet-34 U-Net at full resolution (hours on CPU, sensible on a GPU)
     "paper": {

@@ -144,9 +144,9 @@ def write_report(out: Path, settings: dict, plan: list[Cell]) -> dict:
             results = json.loads((out / "runs" / f"fold-{fold}" / name / "results.json").read_text())
             rows += report.case_scores(name, fold, results)
     content = report.build_report(rows, names)
-    timings = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()] \
-        if (out / "cells.jsonl").is_file() else []
-    compute = sum(t["seconds"] for t in timings)
+    lines = (out / "cells.jsonl").read_text().splitlines() if (out / "cells.jsonl").is_file() else []
+    seconds = {(t["fold"], t["cell"]): t["seconds"] for t in map(json.loads, lines)}  # a re-run cell: its last
+    compute = sum(seconds.get((fold, name), 0.0) for fold in range(settings["folds"]) for name in names)
     content["settings"], content["compute_seconds"] = settings, compute
     write_json(out / "results.json", content)
     report.write_csv(out / "results.csv", content["summary"])

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import psutil
+import torch
 
 from client.flower_processes import stop_process_tree
 from simulations.local import LocalFederation, prepare_run_dir, submit_and_follow, valid_sites
@@ -35,13 +36,16 @@ def virtual_sites(data: dict[str, Path], joints: dict[str, str], sites_per_joint
     return table
 
 
-def write_simulation_connection(cli_home: Path, num_supernodes: int, cpus_per_site: int, cpus: int) -> None:
-    """A `:local:` connection: `flwr run` starts a simulation SuperLink with this many virtual SuperNodes."""
+def write_simulation_connection(cli_home: Path, num_supernodes: int, cpus_per_site: int, cpus: int,
+                                gpus: int = 0) -> None:
+    """A `:local:` connection: `flwr run` starts a simulation SuperLink with this many virtual SuperNodes. With
+    GPUs, the virtual sites share them (Ray hides GPUs from actors that reserve none)."""
     cli_home.mkdir(parents=True, exist_ok=True)
+    gpu_share = f"options.backend.client-resources.num-gpus = {gpus / num_supernodes}\n" if gpus else ""
     (cli_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = ":local:"\n'
         f"options.num-supernodes = {num_supernodes}\n"
-        f"options.backend.client-resources.num-cpus = {cpus_per_site}\n"
+        f"options.backend.client-resources.num-cpus = {cpus_per_site}\n{gpu_share}"
         f"options.backend.init-args.num-cpus = {cpus}\n")
 
 
@@ -65,7 +69,7 @@ def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, 
     table = virtual_sites({s: data[s] for s in good}, joints or {}, sites_per_joint, out,
                           threads=cpus_per_site)
     fed = LocalFederation(out, connection=CONNECTION, extra_env=RAY_LOOPBACK_ENV)
-    write_simulation_connection(fed.cli_home, len(table), cpus_per_site, cpus)
+    write_simulation_connection(fed.cli_home, len(table), cpus_per_site, cpus, torch.cuda.device_count())
     config = {**app_config, "min-nodes": len(table), "out-dir": str(out), "sites-json": json.dumps(table)}
     try:
         return submit_and_follow(fed, config, [], rounds, progress)

@@ -21,6 +21,11 @@ def test_zero_rounds_means_the_presets_epochs():
     assert cfg.federation.num_rounds(cfg.train) == cfg.train.epochs
 
 
+def test_zero_evaluate_every_keeps_the_presets_and_other_values_win():
+    assert config_from_run_config({"preset": "small", "evaluate-every": 0}).federation.evaluate_every == 8
+    assert config_from_run_config({"preset": "small", "evaluate-every": 2}).federation.evaluate_every == 2
+
+
 @pytest.mark.parametrize("values, message", [
     ({"strategy": "fedyogi"}, "federation.strategy"),
     ({"overrides": "data.image_size=100"}, "multiple of 32"),
