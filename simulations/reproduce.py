@@ -12,7 +12,8 @@ datasets' labelsTs). Layout of OUT:
     results.md / .csv / .json, cases.csv, dice_per_round.png, dice_boxplots.png
 
 A re-run resumes: finished cells (results.json present) are read, not recomputed; an interrupted cell's
-directory is removed and the cell runs again.
+directory is removed and the cell runs again. The cells behind the issue's claims (individual, full, federated
+full) run first.
 """
 
 from __future__ import annotations

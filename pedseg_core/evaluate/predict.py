@@ -12,6 +12,7 @@ import torch
 from pedseg_core.config import DataConfig
 from pedseg_core.data.geometry import voxel_spacing
 from pedseg_core.data.preprocess import logits_to_volume, prepare_image
+from pedseg_core.device import device_of
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.unet import MultiDomainUNet
 from pedseg_core.progress import progress_bar
@@ -23,7 +24,7 @@ def predict_volume(model: MultiDomainUNet, domain: int, volume: np.ndarray, spac
     """volume [X, Y, Z] -> uint8 labels [X, Y, Z] (same shape), slicing along the largest spacing."""
     model.eval()
     slices, geometry = prepare_image(volume, tuple(spacing), cfg)
-    device = next(model.parameters()).device
+    device = device_of(model)
     logits = torch.cat([model(slices[i:i + batch_size].to(device), domain).cpu()
                         for i in range(0, len(slices), batch_size)])
     return logits_to_volume(logits, geometry)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from pedseg_core.device import device_of
 from pedseg_core.model.domain_norm import DomainNorm
 from pedseg_core.model.unet import MultiDomainUNet
 
@@ -27,7 +28,7 @@ def recalibrate_batch_norm(model: MultiDomainUNet, domain: int, images: torch.Te
         m.momentum = None  # cumulative average over all batches
     was_training = model.training
     model.train()
-    device = next(model.parameters()).device
+    device = device_of(model)
     for start in range(0, len(images), batch_size):
         model(images[start:start + batch_size].to(device), domain)
     model.train(was_training)
