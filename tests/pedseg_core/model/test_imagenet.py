@@ -55,7 +55,8 @@ def checkpoint(tmp_path):
 @pytest.mark.parametrize("norm", ["batch", "group"])
 def test_every_encoder_tensor_is_loaded(checkpoint, norm):
     path, state = checkpoint
-    cfg = build_config("small", overrides={"model": {"norm": norm, "encoder_weights": str(path)}})
+    cfg = build_config("small", overrides={"model": {"backbone": "resnet34", "norm": norm,
+                                                     "encoder_weights": str(path)}})
     model = build_model([4, 3], cfg.model)
     own = model.encoder.state_dict()
     # the RGB stem is summed into one channel
@@ -69,7 +70,7 @@ def test_every_encoder_tensor_is_loaded(checkpoint, norm):
 
 def test_counts_report_what_group_norm_cannot_use(checkpoint):
     path, _ = checkpoint
-    cfg = build_config("small", overrides={"model": {"norm": "group"}})
+    cfg = build_config("small", overrides={"model": {"backbone": "resnet34", "norm": "group"}})
     model = MultiDomainUNet([4], cfg.model)
     counts = init_encoder(model.encoder, str(path))
     assert counts["tensors"] == TORCHVISION_RESNET34_KEYS - 2  # all but the classifier
@@ -78,7 +79,7 @@ def test_counts_report_what_group_norm_cannot_use(checkpoint):
 
 def test_wrong_architecture_is_refused(checkpoint, tmp_path):
     path, state = checkpoint
-    cfg = build_config("small")
+    cfg = build_config("small", overrides={"model": {"backbone": "resnet34"}})
     model = MultiDomainUNet([4], cfg.model)
     partial = {k: v for k, v in state.items() if not k.startswith("layer4.2.")}
     torch.save(partial, tmp_path / "partial.pth")
