@@ -122,7 +122,8 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: in
             with (out / "cells.jsonl").open("a") as f:
                 f.write(json.dumps({"fold": fold, "cell": cell.name, "seconds": round(seconds, 1),
                                     "mean_dice": results["mean_dice"]}) + "\n")
-            print(f"{label}: mean Dice {results['mean_dice']:.3f} in {_minutes(seconds)}", flush=True)
+            dice = "–" if results["mean_dice"] is None else f"{results['mean_dice']:.3f}"
+            print(f"{label}: mean Dice {dice} in {_minutes(seconds)}", flush=True)
     return write_report(out, settings, plan)
 
 
