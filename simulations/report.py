@@ -105,9 +105,9 @@ def paired_tests(rows: Sequence[CaseScore], cells: Sequence[str]) -> list[dict]:
                 continue
             theirs = case_means(rows, other)
             keys = sorted(set(ref) & set(theirs))
-            diff = np.array([ref[k] - theirs[k] for k in keys])
-            if len(keys) == 0:
+            if not keys:
                 continue
+            diff = np.array([ref[k] - theirs[k] for k in keys])
             if np.allclose(diff, 0.0):
                 statistic, p = 0.0, 1.0
             else:

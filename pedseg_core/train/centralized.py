@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pedseg_core.config import CONTRASTIVE_SCHEMES, SCHEMES, PedsegConfig
+from pedseg_core.config import CONTRASTIVE_SCHEMES, PedsegConfig
 from pedseg_core.data.augment import SliceAugmentation
 from pedseg_core.data.loading import load_slice_set, split_cases
 from pedseg_core.data.nnunet import Case, RawDataset, read_dataset
@@ -81,11 +81,12 @@ class CentralizedRun:
 
     def __init__(self, joints: list[JointData], cfg: PedsegConfig, run: RunDir, progress: bool) -> None:
         self.joints, self.cfg, self.run, self.progress = joints, cfg, run, progress
+        self.device = resolve_device(cfg.train.device)
 
     def new_model(self, num_classes: Sequence[int]) -> MultiDomainUNet:
         contrastive = self.cfg.scheme in CONTRASTIVE_SCHEMES
         model = build_model(num_classes, self.cfg.model, self.cfg.contrastive if contrastive else None)
-        return model.to(resolve_device(self.cfg.train.device))
+        return model.to(self.device)
 
     def fit(self, model: MultiDomainUNet, slice_sets: list[SliceSet], epochs: range, stage: str,
             domain_map: Sequence[int] | None = None, prior: ShapePriorLoss | None = None) -> None:
@@ -179,7 +180,7 @@ class CentralizedRun:
         """The shape auto-encoder learns the pooled masks of all joints first, then the contrastive
         multi-domain network trains with the frozen prior."""
         union, offsets = self.union()
-        autoencoder = ShapeAutoEncoder(len(union), self.cfg.prior.channels).to(resolve_device(self.cfg.train.device))
+        autoencoder = ShapeAutoEncoder(len(union), self.cfg.prior.channels).to(self.device)
         start = time.perf_counter()
         stats = train_shape_autoencoder(autoencoder, [self.slices(j).labels for j in self.joints], offsets,
                                         self.cfg.prior, self.cfg.train.seed)
@@ -191,9 +192,6 @@ class CentralizedRun:
 
 def train_centralized(data: dict[str, Path], cfg: PedsegConfig, out: Path, progress: bool = True) -> dict:
     """Train with `cfg.scheme` over all `data` joints; write the run directory; return results.json."""
-    if cfg.scheme not in SCHEMES:
-        raise PedsegError(f"scheme '{cfg.scheme}' is not available yet (available: "
-                          f"{', '.join(SCHEMES)})")
     joints = load_joints(data, cfg)
     run = RunDir(out).create(cfg)
     seed_everything(cfg.train.seed, cfg.train.num_threads)
