@@ -97,10 +97,14 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: in
         raise DatasetError(list(data.values()), problems)
     plan = select_cells(cells)
     fold_pairs = [[*overrides, f"data.folds={folds}", f"data.fold={fold}"] for fold in range(folds)]
-    for pairs in fold_pairs:  # every setting is checked before the first cell starts
-        build_config(preset, overrides=parse_overrides(pairs))
+    configs = [build_config(preset, overrides=parse_overrides(pairs)) for pairs in fold_pairs]  # checked first
+    # The resolved configuration (what the preset and options mean in this version of pedseg) is part of the
+    # settings: a folder trained with another version's preset is refused, not resumed into a mixed table.
+    resolved = {k: v for k, v in configs[0].to_dict().items() if k != "scheme"}
+    resolved["data"] = {k: v for k, v in resolved["data"].items() if k != "fold"}
     settings = {"data": {j: str(Path(p).resolve()) for j, p in data.items()}, "preset": preset, "folds": folds,
-                "overrides": list(overrides), "cells": [c.name for c in plan]}
+                "overrides": list(overrides), "cells": [c.name for c in plan],
+                "config": json.loads(json.dumps(resolved))}  # as reproduce.json holds it (tuples as lists)
     _settings_guard(out, settings)
 
     total, started = folds * len(plan), time.perf_counter()

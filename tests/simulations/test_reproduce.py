@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pedseg_core.cli import main as pedseg
+from pedseg_core.config import PRESETS
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.checkpoint import load_checkpoint
 from simulations.reproduce import CELLS, reproduce, select_cells
@@ -88,4 +89,11 @@ def test_other_settings_in_the_same_folder_are_refused(reproduction, capsys):
             "--preset", "tiny", "--cells", ",".join(CELL_NAMES), *(a for s in SETTINGS for a in ("--set", s)),
             "--set", "train.learning_rate=0.1"]
     assert pedseg(args) == 2
-    assert "other settings (overrides differ); choose a new --out" in capsys.readouterr().err
+    assert "other settings (config, overrides differ); choose a new --out" in capsys.readouterr().err
+
+
+def test_a_folder_trained_with_another_meaning_of_the_preset_is_refused(reproduction, monkeypatch):
+    data, out, _ = reproduction  # as if a newer pedseg changed the `tiny` preset
+    monkeypatch.setitem(PRESETS["tiny"]["train"], "learning_rate", 0.1)
+    with pytest.raises(PedsegError, match=r"other settings \(config differ\)"):
+        reproduce(data, out, "tiny", 1, SETTINGS, CELL_NAMES)
