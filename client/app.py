@@ -3,7 +3,8 @@
 Node config (set by `pedseg-client`): site, joint, data-dir, state-dir, threads.
 Replies carry only the shared arrays, `num-examples` and metrics (plus, when asked: the joint's prototypes, and
 the head when other sites hold the same joint); the private layers stay in
-`Context.state` and in `<state-dir>/run-<run id>/private.pt`, the site's Adam state in `optimizer.pt` beside.
+`Context.state` and in `<state-dir>/run-<run id>/private.pt`, the site's Adam state in `optimizer.pt` beside,
+and each evaluation leaves the personalized model it scored in `model.pt` (for `pedseg predict`).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def train(msg: Message, context: Context) -> Message:
         site.load_private(msg.content["joint-arrays"].to_torch_state_dict())
     identity = _identity(site)
     if config.get("evaluate-first"):  # the personalized model on the global weights of the previous round
-        identity["result-json"] = json.dumps(site.evaluate(received))
+        identity["result-json"] = json.dumps(_evaluate(site, store, received, int(config["server-round"]) - 1))
     shared, slices, stats = site.train_round(received, int(config["server-round"]), int(config["num-rounds"]),
                                              float(config.get("proximal-mu", 0.0)), _other_prototypes(msg, site),
                                              _prior_loss(msg, site))
@@ -158,10 +159,20 @@ def _other_prototypes(msg: Message, site: SiteTrainer) -> list[torch.Tensor] | N
     return [torch.stack([arrays[f"{j}{SEP}{s}"] for j in joints]) for s in range(len(site.model.scales))]
 
 
+def _evaluate(site: SiteTrainer, store: PrivateStore, shared: dict[str, torch.Tensor], server_round: int) -> dict:
+    """The site's evaluation of its personalized model on the global weights of `server_round`; the model it
+    scored is kept at the site as `model.pt` (the shared scheme has none: its head is the union of all bones)."""
+    result = site.evaluate(shared)
+    if not site.union:
+        site.save_model(store.model_path, server_round)
+    return result
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    site, _ = _site(context, msg.content["config"])
-    result = site.evaluate(msg.content["arrays"].to_torch_state_dict())
+    config = msg.content["config"]
+    site, store = _site(context, config)
+    result = _evaluate(site, store, msg.content["arrays"].to_torch_state_dict(), int(config["server-round"]))
     metrics = MetricRecord({"num-examples": result["cases"], "mean-dice": result["mean_dice"] or 0.0})
     identity = _identity(site)
     identity["result-json"] = json.dumps(result)

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
     p.add_argument("--auth-key", metavar="KEY", help="this SuperNode's private EC key (SuperNode authentication)")
     p.add_argument("--state-dir", metavar="DIR",
-                   help="where the site keeps its private layers and Flower state (default: DATA/../.pedseg-SITE)")
+                   help="where the site keeps its private layers, its personalized model (run-ID/model.pt) and Flower "
+                        "state (default: DATA/../.pedseg-SITE)")
     p.add_argument("--port", type=int, default=0, help="local port of the SuperNode's runtime API (0 = free port)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for training (0 = torch's default)")
     p.add_argument("--keep-sent", action="store_true",

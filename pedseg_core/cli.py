@@ -123,6 +123,10 @@ def cmd_federate(args: argparse.Namespace) -> int:
         local = importlib.import_module("simulations.local")
         results = local.federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads)
     print(results_table(results))
+    for site_dir in sorted((Path(args.out) / "sites").glob("*")):
+        models = sorted(site_dir.glob("run-*/model.pt"), key=lambda path: path.stat().st_mtime)
+        if models:
+            print(f"personalized model of {site_dir.name}: {models[-1]}")
     print(f"run directory: {args.out}")
     return 0
 

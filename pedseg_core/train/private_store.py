@@ -1,5 +1,6 @@
-"""A site's own records on its own disk: its private layers (so a restarted site node continues with them)
-and, when asked, an audit copy of exactly what it sent to the server each round."""
+"""A site's own records on its own disk: its private layers (so a restarted site node continues with them),
+its personalized model as last evaluated (for `pedseg predict`) and, when asked, an audit copy of exactly what
+it sent to the server each round."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from torch import Tensor
 
 
 class PrivateStore:
-    """`<state_dir>/<run>/private.pt`: one file per run, written atomically (temporary file, then rename)."""
+    """`<state_dir>/run-<run>/`: `private.pt`, `optimizer.pt`, `model.pt` and `sent/`, each file written
+    atomically (temporary file, then rename)."""
 
     def __init__(self, state_dir: Path, run: str) -> None:
         self.path = Path(state_dir) / f"run-{run}" / "private.pt"
         self.optimizer_path = self.path.parent / "optimizer.pt"
+        self.model_path = self.path.parent / "model.pt"  # a complete pedseg checkpoint, written by the site
         self.sent_dir = self.path.parent / "sent"
 
     def load(self) -> dict[str, Tensor] | None:

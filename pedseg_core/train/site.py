@@ -24,7 +24,7 @@ from pedseg_core.errors import PedsegError
 from pedseg_core.evaluate.site import evaluate_site
 from pedseg_core.losses.multiscale import MultiScaleContrastive
 from pedseg_core.losses.proximal import ProximalTerm
-from pedseg_core.model.checkpoint import DomainSpec
+from pedseg_core.model.checkpoint import DomainSpec, save_checkpoint
 from pedseg_core.model.partition import head_state_dict, load_partial_state, split_for_scheme
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
 from pedseg_core.model.unet import build_model
@@ -160,6 +160,14 @@ class SiteTrainer:
         recalibrate_batch_norm(self.model, 0, images, self.cfg.eval.batch_size)
         return evaluate_site(self.model, 0, self.domain.joint, self.eval_cases, self.domain.bones, self.cfg,
                              pred_dir)
+
+    def save_model(self, path: Path, server_round: int) -> None:
+        """The personalized model as `evaluate` left it (global shared weights of `server_round`, this site's
+        norms, recalibrated statistics and head) as a complete checkpoint for `pedseg predict`. The `shared`
+        scheme has no personalized model (its one head predicts the union of all joints' bones)."""
+        if self.union:
+            raise PedsegError("the shared scheme has no personalized model to save")
+        save_checkpoint(path, self.model, self.cfg, [self.domain], round=server_round)
 
 
 def seeded_subset(images: Tensor, limit: int, seed: int) -> Tensor:

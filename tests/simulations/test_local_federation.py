@@ -99,6 +99,23 @@ def test_private_layers_differ_between_sites_and_persist_across_rounds(federatio
     assert not torch.equal(privates["ankle"][key], privates["knee"][key])
 
 
+def test_each_site_keeps_the_personalized_model_it_evaluated_for_pedseg_predict(federation, tmp_path):
+    out, results, truncated = federation
+    data = truncated.parents[2]
+    for joint in JOINTS:
+        (run,) = (out / "sites" / joint).glob("run-*")
+        model = run / "model.pt"
+        assert torch.load(model, weights_only=True)["round"] == ROUNDS
+        predictions, report = tmp_path / joint, tmp_path / f"{joint}.json"
+        assert pedseg(["predict", "--checkpoint", str(model), "--joint", joint,
+                       "--input", str(data / joint / "imagesTs"), "--out", str(predictions)]) == 0
+        assert pedseg(["evaluate", "--pred", str(predictions), "--ref", str(data / joint / "labelsTs"),
+                       "--json", str(report)]) == 0
+        # the same model on the same cases: the site's own score in results.json
+        scored = json.loads(report.read_text())
+        assert scored["mean_dice"] == pytest.approx(results["sites"][joint]["mean_dice"], abs=1e-6)
+
+
 def test_broken_site_is_refused_with_a_clear_message(federation, capfd):
     out, results, truncated = federation
     assert "broken" not in results["sites"]
