@@ -140,12 +140,18 @@ def test_no_process_is_left_behind(federation):
     assert processes_using(out) == []
 
 
+def take_ctrl_c() -> None:
+    """Let the child act on SIGINT even when the test suite runs as a background job of a non-interactive shell
+    (which starts it with SIGINT ignored, and Python keeps an inherited "ignore")."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_process(tmp_path, write_dataset):
     sites = [f"--data={name}={write_dataset(shape=(40, 40, 5))}" for name in ("a", "b")]
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local", *sites,
                              "--out", str(out), "--preset", "tiny", "--rounds", "50"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=take_ctrl_c)
     connection = out / ".flower" / "cli" / "config.toml"
     deadline = time.monotonic() + 120
     while not connection.exists() and time.monotonic() < deadline:
