@@ -123,10 +123,8 @@ def cmd_federate(args: argparse.Namespace) -> int:
         local = importlib.import_module("simulations.local")
         results = local.federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads)
     print(results_table(results))
-    for site_dir in sorted((Path(args.out) / "sites").glob("*")):
-        models = sorted(site_dir.glob("run-*/model.pt"), key=lambda path: path.stat().st_mtime)
-        if models:
-            print(f"personalized model of {site_dir.name}: {models[-1]}")
+    for model in sorted((Path(args.out) / "sites").glob("*/run-*/model.pt")):  # RUN was empty: one run per site
+        print(f"personalized model of {model.parents[1].name}: {model}")
     print(f"run directory: {args.out}")
     return 0
 
