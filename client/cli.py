@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.flower_processes import flower_env, flower_tool, free_port, split_address, stop_process_tree, wait_for_port
+from client.flower_processes import flower_env, flower_tool, free_port, split_address, wait_for_port
+from client.process_guard import start_guarded, stop_guarded
+from client.supernode_log import SupernodeLog
 from pedseg_core.cli import EXIT_USER_ERROR, report_error
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import PedsegError
 
 PROG = "pedseg-client"
+POLL_SECONDS = 0.2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,27 +86,40 @@ def run(args: argparse.Namespace) -> int:
     if not report.ok:
         raise PedsegError("\n".join(f"site {args.site}: {p}" for p in report.problems))
     print(f"{PROG}: site {args.site} ({args.joint}): {report.n_train} training cases, data OK", flush=True)
+    if args.insecure:
+        print(f"{PROG}: warning: --insecure: no TLS; the SuperLink is not verified and the traffic can be read",
+              flush=True)
     state_dir = Path(args.state_dir or Path(args.data).resolve().parent / f".pedseg-{args.site}").resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    if not wait_for_port(host, port, args.connect_timeout):
+    stop: list[str] = []  # signal names; a plain list, since a handler must not take locks
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, _frame: stop.append(signal.Signals(signum).name))
+    if not wait_for_port(host, port, args.connect_timeout, stop=stop):
+        if stop:
+            return stopped(args.site)
         raise PedsegError(f"cannot reach the SuperLink at {args.superlink} (retried for {args.connect_timeout:.0f} s);"
                           " check the address, the firewall and that flower-superlink is running")
-    proc = subprocess.Popen(supernode_command(args, state_dir), env=flower_env(state_dir / "flwr-home"))
-    stop = {"signal": None}
-
-    def forward(signum, _frame):
-        stop["signal"] = signum
-        stop_process_tree(proc)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, forward)
-    code = proc.wait()
-    if stop["signal"] is not None:
-        print(f"{PROG}: site {args.site} stopped", flush=True)
-        return 0
+    # The SuperNode and everything it starts run under a guard: they end with this process, however it ends.
+    command = supernode_command(args, state_dir)
+    print(f"{PROG}: $ {shlex.join(command)}", flush=True)
+    supernode = start_guarded(command, env=flower_env(state_dir / "flwr-home"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    log = SupernodeLog(supernode.stdout, args.superlink)
+    while supernode.poll() is None and not stop and not log.fatal.is_set():
+        time.sleep(POLL_SECONDS)
+    code = stop_guarded(supernode)
+    log.join()
+    if stop:
+        return stopped(args.site)
+    if log.cause is not None:
+        raise PedsegError(f"site {args.site}: {log.cause}")
     if code != 0:
-        raise PedsegError(f"the SuperNode of site {args.site} exited with status {code} "
-                          f"(SuperLink {args.superlink} unreachable or refused this node?)")
+        raise PedsegError(f"site {args.site}: its SuperNode exited with status {code}; see the lines above")
+    return 0
+
+
+def stopped(site: str) -> int:
+    print(f"{PROG}: site {site} stopped", flush=True)
     return 0
 
 

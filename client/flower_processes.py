@@ -51,10 +51,11 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def wait_for_port(host: str, port: int, timeout: float, first_delay: float = 0.5) -> bool:
-    """Try to open a TCP connection with exponential back-off (capped at 10 s) until `timeout`."""
+def wait_for_port(host: str, port: int, timeout: float, first_delay: float = 0.5, stop: list | None = None) -> bool:
+    """Try to open a TCP connection with exponential back-off (capped at 10 s) until `timeout`, or until `stop`
+    (a list that a signal handler appends to) is not empty."""
     deadline, delay = time.monotonic() + timeout, first_delay
-    while True:
+    while not stop:
         try:
             with socket.create_connection((host, port), timeout=min(5.0, timeout)):
                 return True
@@ -62,8 +63,11 @@ def wait_for_port(host: str, port: int, timeout: float, first_delay: float = 0.5
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            time.sleep(min(delay, remaining))
+            pause_until = time.monotonic() + min(delay, remaining)
+            while not stop and time.monotonic() < pause_until:
+                time.sleep(0.2)
             delay = min(delay * 2, 10.0)
+    return False
 
 
 def stop_process_tree(proc: subprocess.Popen | psutil.Process, timeout: float = 20.0) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from pedseg_core.errors import DatasetError, PedsegError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # names files and processes of the site
 
 
 def parse_data_args(values: Sequence[str]) -> dict[str, Path]:
@@ -37,6 +39,9 @@ def parse_site_args(values: Sequence[str]) -> tuple[dict[str, Path], dict[str, s
     sites, joints = {}, {}
     for name, path in data.items():
         site, _, joint = name.partition(":")
+        if not SITE_NAME.fullmatch(site):
+            raise PedsegError(f"--data {name}={path}: site name '{site}' may hold only letters, digits, '.', '_' "
+                              "and '-'")
         if site in sites:
             raise PedsegError(f"--data {name}={path}: site '{site}' is given twice")
         sites[site], joints[site] = path, joint or site
@@ -118,10 +123,11 @@ def cmd_federate(args: argparse.Namespace) -> int:
         simulation = importlib.import_module("simulations.simulation")
         results = simulation.federate_simulation(sites, Path(args.out), app_config, joints=joints,
                                                  sites_per_joint=args.sites_per_joint,
-                                                 cpus_per_site=args.cpus_per_site)
+                                                 cpus_per_site=args.cpus_per_site, insecure=args.insecure)
     else:
         local = importlib.import_module("simulations.local")
-        results = local.federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads)
+        results = local.federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads,
+                                       insecure=args.insecure)
     print(results_table(results))
     for model in sorted((Path(args.out) / "sites").glob("*/run-*/model.pt")):  # RUN was empty: one run per site
         print(f"personalized model of {model.parents[1].name}: {model}")
@@ -221,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     federate.add_argument("--threads", type=int, default=0,
                           help="torch threads per site (0 = cores / sites, at least 1)")
     federate.add_argument("--scheme", default="full", choices=FEDERATED_SCHEMES)
+    federate.add_argument("--insecure", action="store_true",
+                          help="no TLS and no SuperNode authentication (default: both, with a private CA and one "
+                               "key per site in RUN/pki/)")
     federate.set_defaults(func=cmd_federate)
 
     repro = sub.add_parser("reproduce", help="the paper's ablation table, centralized and federated (Flower "

@@ -1,15 +1,18 @@
 """`pedseg federate --local`: a real Flower deployment on 127.0.0.1.
 
-Starts `flower-superlink` and one `pedseg-client` per site (free ports, private FLWR_HOMEs under RUN/), submits
-the app with `flwr run`, shows round progress, and stops every process it started, also on Ctrl-C and on
-failure. The ServerApp writes the run directory (config.yaml, metrics.jsonl, checkpoints/, results.json)
-into RUN; process logs go to RUN/logs/.
+Starts `flower-superlink` and one `pedseg-client` per site (free ports, private FLWR_HOMEs under RUN/), by
+default with TLS and SuperNode authentication from a private PKI in RUN/pki/; submits the app with `flwr run`,
+shows round progress, and stops every process it started, also on Ctrl-C and on failure (and, when this process
+dies, the kernel stops them). The ServerApp writes the run directory (config.yaml, metrics.jsonl, checkpoints/,
+results.json) into RUN; process logs go to RUN/logs/.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import ssl
 import subprocess
 import sys
 import time
@@ -17,11 +20,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.flower_processes import flower_env, flower_tool, free_port, stop_process_tree
+from client.flower_processes import flower_env, flower_tool, free_port
+from client.process_guard import start_guarded, stop_guarded
 from pedseg_core.config import config_from_run_config
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import PedsegError
 from pedseg_core.progress import progress_bar
+from simulations.run_pki import RunPKI, make_run_pki
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the project root: pyproject.toml with [tool.flwr.app]
 CONNECTION = "pedseg-local"
@@ -47,36 +52,97 @@ class LocalFederation:
     def cli_home(self) -> Path:
         return self.run_dir / ".flower" / "cli"
 
+    @property
+    def superlink_home(self) -> Path:
+        return self.run_dir / ".flower" / "superlink"
+
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.logs[name] = self.log_dir / f"{name}.log"
         with self.logs[name].open("w") as log:
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            proc = start_guarded(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.processes[name] = proc
         return proc
 
     def stop_all(self) -> None:
-        for proc in reversed(self.processes.values()):  # sites first, then the SuperLink
-            stop_process_tree(proc)
+        """Stop the sites together, then the SuperLink; each guard takes its whole process tree with it."""
+        sites = [proc for name, proc in self.processes.items() if name != "superlink"]
+        for group in (sites, [self.processes[name] for name in ("superlink",) if name in self.processes]):
+            for proc in group:
+                proc.stdin.close()
+            for proc in group:
+                stop_guarded(proc)
+
+    def flwr_env(self) -> dict[str, str]:
+        """Environment of the `flwr` CLI: its FLWR_HOME holds the connection to this federation's SuperLink."""
+        return flower_env(self.cli_home, self.extra_env)
+
+    @staticmethod
+    def flwr_command(*args: str) -> list[str]:
+        return [flower_tool("flwr"), *args]
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """A `flwr` CLI command against this federation's SuperLink."""
-        return subprocess.run([flower_tool("flwr"), *args], env=flower_env(self.cli_home, self.extra_env),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(self.flwr_command(*args), env=self.flwr_env(), capture_output=True, text=True,
+                              timeout=timeout)
 
 
-def wait_for_health(port: int, proc: subprocess.Popen, log: Path) -> None:
+def wait_for_health(port: int, proc: subprocess.Popen, log: Path, ca: Path | None) -> None:
+    """Wait until the SuperLink answers on /health (over TLS, verified with `ca`, unless `ca` is None)."""
+    url = f"{'https' if ca else 'http'}://127.0.0.1:{port}/health"
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise PedsegError(f"flower-superlink exited with status {proc.returncode}; see {log}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+            with urllib.request.urlopen(url, timeout=2, context=context) as reply:
                 if reply.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
     raise PedsegError(f"flower-superlink did not become ready in {STARTUP_TIMEOUT:.0f} s; see {log}")
+
+
+def superlink_command(port: int, pki: RunPKI | None, simulation: bool = False) -> list[str]:
+    """flower-superlink on 127.0.0.1:`port`: TLS and (unless it simulates the sites) SuperNode authentication
+    with `pki`, neither without."""
+    security = ["--insecure"] if pki is None else pki.superlink_tls_args()
+    if pki is not None and not simulation:
+        security.append("--enable-supernode-auth")
+    return [flower_tool("flower-superlink"), *security, "--host", "127.0.0.1", "--port", str(port),
+            "--disable-runtime-dependency-installation", *(["--simulation"] if simulation else [])]
+
+
+def start_superlink(fed: LocalFederation, pki: RunPKI | None, simulation: bool = False,
+                    connection_extra: str = "") -> int:
+    """Start the federation's SuperLink on a free port, wait until it serves, write the `flwr` connection to it
+    (with `connection_extra` TOML lines); returns the port."""
+    port = free_port()
+    superlink = fed.start("superlink", superlink_command(port, pki, simulation),
+                          flower_env(fed.superlink_home, fed.extra_env))
+    wait_for_health(port, superlink, fed.logs["superlink"], pki.ca if pki else None)
+    write_connection(fed.cli_home, fed.connection, port, pki, connection_extra)
+    return port
+
+
+def register_sites(fed: LocalFederation, pki: RunPKI, sites: list[str]) -> None:
+    """`flwr supernode register` each site's public key with the SuperLink, all at once."""
+    commands = {site: fed.flwr_command("supernode", "register", str(pki.site_public_key(site)), fed.connection,
+                                       "--name", site) for site in sites}
+    running = {site: subprocess.Popen(cmd, env=fed.flwr_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True) for site, cmd in commands.items()}
+    for site, proc in running.items():
+        output, _ = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            detail = output.strip().splitlines() or [f"exit status {proc.returncode}"]
+            raise PedsegError(f"could not register the key of site {site}: {detail[-1]}")
+
+
+INSECURE_WARNING = ("warning: --insecure: no TLS and no SuperNode authentication; anything on this host can read "
+                    "the federation's traffic or join it as a site")
 
 
 def run_config(values: dict[str, object]) -> str:
@@ -110,28 +176,30 @@ def valid_sites(data: dict[str, Path]) -> list[str]:
 
 def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, object],
                    joints: dict[str, str] | None = None, threads: int = 0, keep_sent: bool = False,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, insecure: bool = False) -> dict:
     """Run a loopback federation with one site per `data` entry (site -> dataset; `joints` maps sites to
-    joints, default: the site's name); returns results.json."""
+    joints, default: the site's name); returns results.json. By default the SuperLink runs TLS with a private CA
+    in RUN/pki/ and admits only the sites whose keys it registered; `insecure` turns both off."""
     sites = valid_sites(data)
     out, rounds = prepare_run_dir(out, app_config)
+    if insecure:
+        print(f"pedseg federate: {INSECURE_WARNING}", file=sys.stderr)
     fed = LocalFederation(out)
     try:
-        port = free_port()
-        superlink = fed.start("superlink", [
-            flower_tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-            "--disable-runtime-dependency-installation",  # in-memory state: a local run is not resumed
-        ], flower_env(out / ".flower" / "superlink"))
-        wait_for_health(port, superlink, fed.logs["superlink"])
+        pki = None if insecure else make_run_pki(out / "pki", list(data))
+        port = start_superlink(fed, pki)
+        if pki is not None:
+            register_sites(fed, pki, list(data))
         for site, path in data.items():
+            security = ["--insecure"] if pki is None else ["--root-certificates", str(pki.ca),
+                                                           "--auth-key", str(pki.site_key(site))]
             fed.start(f"site-{site}", [
                 sys.executable, "-m", "client.cli", "--site", site, "--joint", (joints or {}).get(site, site),
-                "--data", str(Path(path).resolve()), "--superlink", f"127.0.0.1:{port}", "--insecure",
+                "--data", str(Path(path).resolve()), "--superlink", f"127.0.0.1:{port}", *security,
                 "--state-dir", str(out / "sites" / site), "--connect-timeout", "30",
                 "--threads", str(threads or max(1, (os.cpu_count() or 1) // len(data))),
                 *(["--keep-sent"] if keep_sent else []),
             ], flower_env(out / "sites" / site / "flwr-home"))
-        write_connection(fed.cli_home, port)
         return submit_and_follow(fed, {**app_config, "min-nodes": len(sites), "out-dir": str(out)}, sites, rounds,
                                  progress)
     finally:
@@ -169,12 +237,14 @@ def submit_and_follow(fed: LocalFederation, config: dict[str, object], sites: li
     return json.loads((fed.run_dir / "results.json").read_text())
 
 
-def write_connection(cli_home: Path, port: int) -> None:
-    """The `flwr` CLI's connection to this SuperLink, in `$FLWR_HOME/config.toml`."""
+def write_connection(cli_home: Path, name: str, port: int, pki: RunPKI | None, extra: str = "") -> None:
+    """The `flwr` CLI's connection `name` to the SuperLink on 127.0.0.1:`port`, in `$FLWR_HOME/config.toml`
+    (TLS verified with the run's CA, or insecure); `extra`: more TOML lines for it."""
     cli_home.mkdir(parents=True, exist_ok=True)
+    security = "insecure = true" if pki is None else f"root-certificates = {json.dumps(str(pki.ca))}"
     (cli_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
+        f'address = "127.0.0.1:{port}"\n{security}\n{extra}')
 
 
 def parse_run_id(proc: subprocess.CompletedProcess) -> str:

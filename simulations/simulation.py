@@ -2,21 +2,32 @@
 
 Virtual SuperNodes know only their partition id; the run config's `sites-json` table maps each one to a site
 (name, joint, dataset, and which share of the joint's training cases it holds when a joint's dataset is split
-into several sites). Ray is kept on 127.0.0.1 with its usage statistics off, and every process the run started
-(the local SuperLink that `flwr run` launches for `:local:`, Ray) is stopped afterwards.
+into several sites). The simulation SuperLink serves on a free port of 127.0.0.1, by default over TLS with the
+run's private CA (RUN/pki/): there are no SuperNodes to authenticate, so TLS protects what the `flwr` CLI
+exchanges with it (the app, the run config, the logs). Ray is kept on 127.0.0.1 with its usage statistics off,
+and every process the run started (the SuperLink, Ray) is stopped afterwards.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import psutil
 import torch
 
 from client.flower_processes import stop_process_tree
-from simulations.local import LocalFederation, prepare_run_dir, submit_and_follow, valid_sites
+from simulations.local import (
+    INSECURE_WARNING,
+    LocalFederation,
+    prepare_run_dir,
+    start_superlink,
+    submit_and_follow,
+    valid_sites,
+)
+from simulations.run_pki import make_run_pki
 
 CONNECTION = "pedseg-simulation"
 # Ray treats a machine as a single-node "cluster" on its loopback address when clusters are disabled.
@@ -36,17 +47,13 @@ def virtual_sites(data: dict[str, Path], joints: dict[str, str], sites_per_joint
     return table
 
 
-def write_simulation_connection(cli_home: Path, num_supernodes: int, cpus_per_site: int, cpus: int,
-                                gpus: int = 0) -> None:
-    """A `:local:` connection: `flwr run` starts a simulation SuperLink with this many virtual SuperNodes. With
+def simulation_options(num_supernodes: int, cpus_per_site: int, cpus: int, gpus: int = 0) -> str:
+    """The connection's simulation options (TOML lines): this many virtual SuperNodes and their resources. With
     GPUs, the virtual sites share them (Ray hides GPUs from actors that reserve none)."""
-    cli_home.mkdir(parents=True, exist_ok=True)
     gpu_share = f"options.backend.client-resources.num-gpus = {gpus / num_supernodes}\n" if gpus else ""
-    (cli_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = ":local:"\n'
-        f"options.num-supernodes = {num_supernodes}\n"
-        f"options.backend.client-resources.num-cpus = {cpus_per_site}\n{gpu_share}"
-        f"options.backend.init-args.num-cpus = {cpus}\n")
+    return (f"options.num-supernodes = {num_supernodes}\n"
+            f"options.backend.client-resources.num-cpus = {cpus_per_site}\n{gpu_share}"
+            f"options.backend.init-args.num-cpus = {cpus}\n")
 
 
 def stop_processes_using(flwr_home: Path) -> None:
@@ -61,17 +68,22 @@ def stop_processes_using(flwr_home: Path) -> None:
 
 def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, object],
                         joints: dict[str, str] | None = None, sites_per_joint: int = 1,
-                        cpus_per_site: int = 1, progress: bool = True) -> dict:
+                        cpus_per_site: int = 1, progress: bool = True, insecure: bool = False) -> dict:
     """Run the federation on Flower's simulation engine; returns results.json (as `pedseg federate --local`)."""
     good = valid_sites(data)
     out, rounds = prepare_run_dir(out, app_config)
+    if insecure:
+        print(f"pedseg federate: {INSECURE_WARNING}", file=sys.stderr)
     cpus = os.cpu_count() or 1
     table = virtual_sites({s: data[s] for s in good}, joints or {}, sites_per_joint, out,
                           threads=cpus_per_site)
     fed = LocalFederation(out, connection=CONNECTION, extra_env=RAY_LOOPBACK_ENV)
-    write_simulation_connection(fed.cli_home, len(table), cpus_per_site, cpus, torch.cuda.device_count())
     config = {**app_config, "min-nodes": len(table), "out-dir": str(out), "sites-json": json.dumps(table)}
     try:
+        pki = None if insecure else make_run_pki(out / "pki", [])
+        start_superlink(fed, pki, simulation=True, connection_extra=simulation_options(
+            len(table), cpus_per_site, cpus, torch.cuda.device_count()))
         return submit_and_follow(fed, config, [], rounds, progress)
     finally:
-        stop_processes_using(fed.cli_home)
+        fed.stop_all()
+        stop_processes_using(fed.superlink_home)

@@ -6,7 +6,7 @@ import json
 import psutil
 
 from pedseg_core.cli import main as pedseg
-from simulations.simulation import federate_simulation, virtual_sites, write_simulation_connection
+from simulations.simulation import federate_simulation, simulation_options, virtual_sites
 
 
 def test_virtual_sites_split_each_joint(tmp_path):
@@ -42,8 +42,6 @@ def started_here(proc, out):
         return False
 
 
-def test_virtual_sites_share_the_gpus_when_there_are_some(tmp_path):
-    write_simulation_connection(tmp_path / "none", 3, 1, 2)
-    assert "num-gpus" not in (tmp_path / "none" / "config.toml").read_text()
-    write_simulation_connection(tmp_path / "gpu", 4, 1, 16, gpus=1)
-    assert "options.backend.client-resources.num-gpus = 0.25\n" in (tmp_path / "gpu" / "config.toml").read_text()
+def test_virtual_sites_share_the_gpus_when_there_are_some():
+    assert "num-gpus" not in simulation_options(3, 1, 2)
+    assert "options.backend.client-resources.num-gpus = 0.25\n" in simulation_options(4, 1, 16, gpus=1)
