@@ -18,6 +18,7 @@ from pedseg_core.config import build_config
 from pedseg_core.model.partition import split_state_dict
 from pedseg_core.model.unet import MultiDomainUNet
 from simulations.local import federate_local
+from tests.process_checks import family, wait_gone
 
 JOINTS = ("ankle", "knee", "shoulder")
 STEPS = 3
@@ -123,6 +124,29 @@ def test_broken_site_is_refused_with_a_clear_message(federation, capfd):
     assert f"{truncated}: cannot read NIfTI" in log and "Traceback" not in log
 
 
+def test_the_default_federation_runs_tls_and_admits_only_registered_site_keys(federation):
+    out, _, _ = federation
+    pki = out / "pki"
+    assert all((pki / name).is_file() for name in ("ca.crt", "server.crt", "server.key"))
+    superlink_log = (out / "logs" / "superlink.log").read_text()
+    command = superlink_log.splitlines()[0]
+    assert "--enable-supernode-auth" in command and "--ssl-certfile" in command and "--insecure" not in command
+    assert "Uvicorn running on https://127.0.0.1:" in superlink_log
+    for site in (*JOINTS, "broken"):
+        assert (pki / "sites" / f"{site}.key").is_file()
+        log = (out / "logs" / f"site-{site}.log").read_text()
+        assert "--insecure" not in log
+        assert f"--root-certificates {pki / 'ca.crt'} --auth-key {pki / 'sites' / f'{site}.key'}" in log
+    for site in JOINTS:  # each valid site's SuperNode started with the CA and its own key, and was admitted
+        log = (out / "logs" / f"site-{site}.log").read_text()
+        key = pki / "sites" / f"{site}.key"
+        assert f"--root-certificates {pki / 'ca.crt'} --auth-supernode-private-key {key}" in log
+        assert "SuperNode ID:" in log
+    assert superlink_log.count("Activated node_id=") >= len(JOINTS)
+    connection = (out / ".flower" / "cli" / "config.toml").read_text()
+    assert f'root-certificates = "{pki / "ca.crt"}"' in connection and "insecure" not in connection
+
+
 def processes_using(path):
     """Command lines of running processes that mention `path`."""
     found = []
@@ -146,11 +170,11 @@ def take_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_stops_every_process(tmp_path, write_dataset):
+def test_ctrl_c_stops_every_process_of_an_insecure_run(tmp_path, write_dataset):
     sites = [f"--data={name}={write_dataset(shape=(40, 40, 5))}" for name in ("a", "b")]
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local", *sites,
-                             "--out", str(out), "--preset", "tiny", "--rounds", "50"],
+                             "--out", str(out), "--preset", "tiny", "--rounds", "50", "--insecure"],
                             stderr=subprocess.PIPE, text=True, preexec_fn=take_ctrl_c)
     connection = out / ".flower" / "cli" / "config.toml"
     deadline = time.monotonic() + 120
@@ -160,6 +184,36 @@ def test_ctrl_c_stops_every_process(tmp_path, write_dataset):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert "warning: --insecure: no TLS and no SuperNode authentication" in err
+    assert "--insecure" in (out / "logs" / "superlink.log").read_text().splitlines()[0]
+    assert not (out / "pki").exists()
+    assert processes_using(out) == []
+
+
+def clientapp_running(pids: set[int]) -> bool:
+    names = set()
+    for pid in pids:
+        try:
+            names.add(" ".join(psutil.Process(pid).cmdline()))
+        except psutil.Error:
+            pass
+    return any("flwr-clientapp" in name for name in names) and any("flwr-serverapp" in name for name in names)
+
+
+def test_a_killed_orchestrator_takes_every_process_of_its_run_with_it(tmp_path, write_dataset):
+    sites = [f"--data={name}={write_dataset(shape=(40, 40, 5))}" for name in ("a", "b")]
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local", *sites,
+                             "--out", str(out), "--preset", "tiny", "--rounds", "50"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, pids = time.monotonic() + 240, set()
+    while not clientapp_running(pids) and time.monotonic() < deadline:  # a site trains: every process is up
+        time.sleep(0.5)
+        pids = family(proc.pid)  # the guards, the SuperLink with its SuperExec and ServerApp, each site's tree
+    assert clientapp_running(pids)
+    proc.kill()
+    proc.wait()
+    assert wait_gone(pids, timeout=60) == set()
     assert processes_using(out) == []
 
 
