@@ -117,6 +117,8 @@ def cmd_federate(args: argparse.Namespace) -> int:
     pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
     app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,
                   "num-server-rounds": args.rounds or 0, "overrides": " ".join([*pairs, *args.set])}
+    if args.min_sites is not None:
+        app_config["min-nodes"] = args.min_sites
     sites, joints = parse_site_args(args.data)
     # The Flower orchestration lives outside pedseg_core (which never imports Flower code).
     if args.simulation:
@@ -227,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     federate.add_argument("--threads", type=int, default=0,
                           help="torch threads per site (0 = cores / sites, at least 1)")
     federate.add_argument("--scheme", default="full", choices=FEDERATED_SCHEMES)
+    federate.add_argument("--min-sites", type=int, metavar="K",
+                          help="the quorum: a round starts once K sites are connected, and the run goes on while "
+                               "K remain (default: every site with a valid dataset)")
     federate.add_argument("--insecure", action="store_true",
                           help="no TLS and no SuperNode authentication (default: both, with a private CA and one "
                                "key per site in RUN/pki/)")

@@ -99,9 +99,11 @@ class FederationConfig:
     rounds: int = 0  # 0 = train.epochs (one local epoch of train.steps_per_epoch steps per round)
     strategy: str = "fedavg"  # fedavg | fedprox
     proximal_mu: float = 0.01  # FedProx: weight of the proximal term on the shared parameters
-    min_nodes: int = 2  # sites that must be connected before a round starts
+    min_nodes: int = 2  # the quorum: sites that must be connected before a round starts
+    quorum_timeout: float = 600.0  # seconds a round waits for the quorum; then the run ends with a clear message
     fraction_train: float = 1.0  # share of connected sites asked to train each round
-    round_timeout: float = 1800.0  # seconds to wait for the sites' replies in a round
+    round_timeout: float = 1800.0  # seconds to wait for the sites' replies in a round (a dead site's reply
+    # comes sooner: the SuperLink answers for it once it misses its heartbeats, within about 60 s)
     evaluate_every: int = 1  # sites evaluate their personalized model every N rounds (and after the last)
     cached_sites: int = 3  # site trainers a client process keeps between messages (a simulation actor serves
     # several virtual sites; a deployed SuperNode starts a process per message, so nothing is kept there)
@@ -212,6 +214,21 @@ def _validate(cfg: PedsegConfig) -> None:
         raise PedsegError(f"data.fold must lie in 0..data.folds-1, got fold {cfg.data.fold} of {cfg.data.folds}")
     if len(cfg.model.decoder_channels) != 5:
         raise PedsegError("model.decoder_channels must list 5 widths (one per ResNet stage)")
+    _validate_federation(cfg.federation)
+
+
+def _validate_federation(fed: FederationConfig) -> None:
+    bounds = [("rounds", fed.rounds >= 0, "0 (the preset's train.epochs) or more"),
+              ("proximal_mu", fed.proximal_mu >= 0, "0 or more"),
+              ("min_nodes", fed.min_nodes >= 1, "at least 1"),
+              ("quorum_timeout", fed.quorum_timeout > 0, "more than 0 seconds"),
+              ("fraction_train", 0 < fed.fraction_train <= 1, "in (0, 1]"),
+              ("round_timeout", fed.round_timeout > 0, "more than 0 seconds"),
+              ("evaluate_every", fed.evaluate_every >= 1, "at least 1"),
+              ("cached_sites", fed.cached_sites >= 0, "0 or more")]
+    for name, ok, expected in bounds:
+        if not ok:
+            raise PedsegError(f"federation.{name} must be {expected}, got {getattr(fed, name)}")
 
 
 def build_config(preset: str = "small", yaml_path: Path | None = None,
@@ -251,6 +268,7 @@ RUN_CONFIG_FIELDS = {
     "strategy": "federation.strategy",
     "proximal-mu": "federation.proximal_mu",
     "min-nodes": "federation.min_nodes",
+    "quorum-timeout": "federation.quorum_timeout",
     "fraction-train": "federation.fraction_train",
     "round-timeout": "federation.round_timeout",
     "evaluate-every": "federation.evaluate_every",
@@ -264,10 +282,10 @@ ZERO_MEANS_PRESET = ("evaluate-every",)
 
 def config_from_run_config(run_config: dict[str, Any]) -> PedsegConfig:
     """THE adapter from a Flower run config to the typed config: `preset`, the keys of RUN_CONFIG_FIELDS, and
-    `overrides` ("section.key=value section.key=value ...")."""
-    pairs = str(run_config.get("overrides", "")).split()
-    pairs += [f"{target}={run_config[key]}" for key, target in RUN_CONFIG_FIELDS.items()
-              if key in run_config and not (key in ZERO_MEANS_PRESET and run_config[key] == 0)]
+    `overrides` ("section.key=value section.key=value ..."), which win: the keys carry pyproject's defaults."""
+    pairs = [f"{target}={run_config[key]}" for key, target in RUN_CONFIG_FIELDS.items()
+             if key in run_config and not (key in ZERO_MEANS_PRESET and run_config[key] == 0)]
+    pairs += str(run_config.get("overrides", "")).split()
     return build_config(str(run_config.get("preset", "small")), overrides=parse_overrides(pairs))
 
 

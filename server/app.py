@@ -13,13 +13,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from pedseg_core.config import CONTRASTIVE_SCHEMES, UNION_LABEL_SCHEMES, config_from_run_config
+from pedseg_core.config import CONTRASTIVE_SCHEMES, UNION_LABEL_SCHEMES, PedsegConfig, config_from_run_config
 from pedseg_core.evaluate.metrics import mean_or_none
 from pedseg_core.model.checkpoint import DomainSpec, save_checkpoint, save_shared_checkpoint
 from pedseg_core.model.partition import split_for_scheme
 from pedseg_core.model.unet import build_model
 from pedseg_core.train.run_dir import RunDir
 from server.prior_stage import collect_union_labels, train_prior
+from server.quorum import QuorumNotReached
 from server.strategy import SharedFedAvg, SharedFedProx
 
 app = ServerApp()
@@ -28,9 +29,19 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = config_from_run_config(dict(context.run_config))
-    fed = cfg.federation
     out = str(context.run_config.get("out-dir", "")) or f"pedseg-runs/run-{context.run_id}"
     run = RunDir(Path(out)).create(cfg)
+    try:
+        federate(grid, cfg, run)
+    except QuorumNotReached as err:
+        run.log({"event": "run-ended", "reason": str(err)})  # metrics.jsonl says why, then the run fails
+        raise
+
+
+def federate(grid: Grid, cfg: PedsegConfig, run: RunDir) -> None:
+    """The federated run: the label query and the prior's stage when the scheme needs them, then the rounds,
+    checkpoints and results.json."""
+    fed = cfg.federation
     num_rounds = fed.num_rounds(cfg.train)
 
     projection = cfg.contrastive if cfg.scheme in CONTRASTIVE_SCHEMES else None
@@ -40,10 +51,11 @@ def main(grid: Grid, context: Context) -> None:
         strategy = SharedFedProx(fraction_train=fed.fraction_train, proximal_mu=fed.proximal_mu, **nodes)
     else:
         strategy = SharedFedAvg(fraction_train=fed.fraction_train, **nodes)
+    strategy.quorum_timeout = fed.quorum_timeout
     strategy.setup_run(run, fed.evaluate_every, num_rounds)
     head_classes = 2  # the heads' sizes do not matter when heads stay private
     if cfg.scheme in UNION_LABEL_SCHEMES:  # the joints' labels, for the shared head or the prior's masks
-        union, offsets = collect_union_labels(grid, fed.min_nodes, fed.round_timeout)
+        union, offsets = collect_union_labels(grid, fed.min_nodes, fed.quorum_timeout, fed.round_timeout)
         strategy.use_union_labels(offsets, len(union))
         head_classes = len(union)
     if cfg.scheme == "full":  # stage 1: the anatomical prior, learned by all sites before the segmentation

@@ -18,12 +18,14 @@ from logging import WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from pedseg_core.evaluate.metrics import mean_or_none
 from pedseg_core.train.run_dir import RunDir
+from server.quorum import BoundedQuorum
 
 
 def weighted_mean(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
@@ -52,6 +54,7 @@ class SharedWeightsAggregation:
         self.joint_heads: dict[str, dict[str, np.ndarray]] = {}  # joint -> head pooled over its sites
         self.prior: ArrayRecord | None = None  # the frozen shape auto-encoder of the `full` scheme
         self.union_config: dict = {}
+        self.sent: list[Message] = []  # this round's training messages (Flower sets their ids when it sends them)
         self.round_start = time.perf_counter()
 
     def use_union_labels(self, offsets: dict[str, int], num_classes: int) -> None:
@@ -69,7 +72,8 @@ class SharedWeightsAggregation:
         self.record = {"round": server_round, "sites": {}, "errors": []}
         config["num-rounds"] = self.num_rounds
         config["evaluate-first"] = server_round > 1 and (server_round - 1) % self.evaluate_every == 0
-        return [self._for_node(m) for m in super().configure_train(server_round, arrays, config, grid)]
+        self.sent = [self._for_node(m) for m in super().configure_train(server_round, arrays, config, grid)]
+        return self.sent
 
     def _for_node(self, msg: Message) -> Message:
         """A node's own copy of the round's message: the shared arrays and config, the joints' prototypes,
@@ -94,6 +98,7 @@ class SharedWeightsAggregation:
         valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
         self._note_errors(errors)
         valid = [m for m in valid if "arrays" in m.content and "metrics" in m.content]
+        self._note_missing(valid, errors)
         if not valid:
             return None, None
         started = time.perf_counter()
@@ -193,15 +198,36 @@ class SharedWeightsAggregation:
         self.joint_of_node[msg.metadata.src_node_id] = str(msg.content["site"]["joint"])
         return site
 
+    def _note_missing(self, valid: list[Message], errors: list[Message]) -> None:
+        """Name the sites asked this round whose update does not count: an error reply (e.g. a dead site, which
+        the SuperLink answers for once it misses its heartbeats) or no reply within the round timeout."""
+        failed = {self._node_of(m) for m in errors}
+        counted = {m.metadata.src_node_id for m in valid}
+        missing = [{"site": self._name(node),
+                    "reason": "error reply" if node in failed else "no reply within round-timeout"}
+                   for node in {m.metadata.dst_node_id for m in self.sent} - counted]
+        self.record["missing"] = sorted(missing, key=lambda entry: entry["site"])
+
+    def _node_of(self, reply: Message) -> int:
+        """The node a reply answers for: its sender, or for an error the SuperLink wrote in a node's stead (a
+        dead node), the destination of the message it replies to."""
+        if reply.metadata.src_node_id != SUPERLINK_NODE_ID:
+            return reply.metadata.src_node_id
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent}
+        return sent_to.get(reply.metadata.reply_to_message_id, SUPERLINK_NODE_ID)
+
+    def _name(self, node: int) -> str:
+        return self.site_of_node.get(node, f"node {node}")
+
     def _note_errors(self, errors: list[Message]) -> None:
         for msg in errors:
-            node = self.site_of_node.get(msg.metadata.src_node_id, f"node {msg.metadata.src_node_id}")
-            self.record.setdefault("errors", []).append({"site": node, "reason": msg.error.reason})
+            self.record.setdefault("errors", []).append({"site": self._name(self._node_of(msg)),
+                                                         "reason": msg.error.reason})
 
 
-class SharedFedAvg(SharedWeightsAggregation, FedAvg):
+class SharedFedAvg(SharedWeightsAggregation, BoundedQuorum, FedAvg):
     """FedAvg over the shared weights only."""
 
 
-class SharedFedProx(SharedWeightsAggregation, FedProx):
+class SharedFedProx(SharedWeightsAggregation, BoundedQuorum, FedProx):
     """FedProx over the shared weights only (sites add the proximal term on shared parameters)."""

@@ -181,6 +181,7 @@ def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, objec
     joints, default: the site's name); returns results.json. By default the SuperLink runs TLS with a private CA
     in RUN/pki/ and admits only the sites whose keys it registered; `insecure` turns both off."""
     sites = valid_sites(data)
+    min_nodes = quorum(app_config, sites)
     out, rounds = prepare_run_dir(out, app_config)
     if insecure:
         print(f"pedseg federate: {INSECURE_WARNING}", file=sys.stderr)
@@ -200,10 +201,20 @@ def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, objec
                 "--threads", str(threads or max(1, (os.cpu_count() or 1) // len(data))),
                 *(["--keep-sent"] if keep_sent else []),
             ], flower_env(out / "sites" / site / "flwr-home"))
-        return submit_and_follow(fed, {**app_config, "min-nodes": len(sites), "out-dir": str(out)}, sites, rounds,
+        return submit_and_follow(fed, {**app_config, "min-nodes": min_nodes, "out-dir": str(out)}, sites, rounds,
                                  progress)
     finally:
         fed.stop_all()
+
+
+def quorum(app_config: dict[str, object], sites: list[str]) -> int:
+    """The run's `min-nodes`: the `--min-sites` asked for (at most the valid sites), or every valid site."""
+    asked = int(app_config.get("min-nodes", len(sites)))
+    if asked < 1:
+        raise PedsegError(f"--min-sites {asked}: the quorum must be at least 1 site")
+    if asked > len(sites):
+        raise PedsegError(f"--min-sites {asked}: only {len(sites)} site(s) have a valid dataset")
+    return asked
 
 
 def prepare_run_dir(out: Path, app_config: dict[str, object]) -> tuple[Path, int]:
@@ -232,9 +243,17 @@ def submit_and_follow(fed: LocalFederation, config: dict[str, object], sites: li
     (fed.log_dir / "run-status.json").write_text(json.dumps(status, indent=2))
     (fed.log_dir / "serverapp.log").write_text(fed.flwr("log", run_id, fed.connection, "--show", timeout=60).stdout)
     if status["status"] != "finished:completed":
-        raise PedsegError(f"the federated run {run_id} ended as {status['status']}: "
-                          f"{status.get('status-details', '')}; logs in {fed.log_dir}")
+        reason = run_end_reason(fed.run_dir) or status.get("status-details", "")
+        raise PedsegError(f"the federated run {run_id} ended as {status['status']}: {reason}; logs in {fed.log_dir}")
     return json.loads((fed.run_dir / "results.json").read_text())
+
+
+def run_end_reason(run_dir: Path) -> str | None:
+    """Why the ServerApp ended the run early, from the last line of RUN/metrics.jsonl (e.g. no quorum)."""
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    last = json.loads(lines[-1]) if lines else {}
+    return last.get("reason") if last.get("event") == "run-ended" else None
 
 
 def write_connection(cli_home: Path, name: str, port: int, pki: RunPKI | None, extra: str = "") -> None:
@@ -260,9 +279,10 @@ def parse_run_id(proc: subprocess.CompletedProcess) -> str:
 
 
 def follow_run(fed: LocalFederation, run_id: str, sites: list[str], rounds: int, progress: bool) -> dict:
-    """Poll the run's status until it finishes, with a progress bar over the rounds of metrics.jsonl; fail
-    early when a valid site's process dies."""
+    """Poll the run's status until it finishes, with a progress bar over the rounds of metrics.jsonl. A site
+    whose process ends is reported once; the run goes on while the quorum holds (the ServerApp decides)."""
     bar = progress_bar(None, "federated rounds", progress, total=rounds, unit="round")
+    gone: set[str] = set()
     try:
         while True:
             listing = fed.flwr("ls", fed.connection, "--run-id", run_id, "--format", "json")
@@ -274,10 +294,10 @@ def follow_run(fed: LocalFederation, run_id: str, sites: list[str], rounds: int,
             bar.update(done - bar.n)
             for site in sites:
                 proc = fed.processes[f"site-{site}"]
-                if proc.poll() is not None:
-                    fed.flwr("stop", run_id, fed.connection, timeout=30)
-                    raise PedsegError(f"site {site} stopped unexpectedly (status {proc.returncode}); "
-                                      f"see {fed.logs[f'site-{site}']}")
+                if site not in gone and proc.poll() is not None:
+                    gone.add(site)
+                    print(f"pedseg federate: site {site} stopped (status {proc.returncode}; see "
+                          f"{fed.logs[f'site-{site}']}); the run goes on while the quorum holds", file=sys.stderr)
             time.sleep(POLL_SECONDS)
     finally:
         bar.close()

@@ -23,6 +23,7 @@ from simulations.local import (
     INSECURE_WARNING,
     LocalFederation,
     prepare_run_dir,
+    quorum,
     start_superlink,
     submit_and_follow,
     valid_sites,
@@ -78,7 +79,8 @@ def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, 
     table = virtual_sites({s: data[s] for s in good}, joints or {}, sites_per_joint, out,
                           threads=cpus_per_site)
     fed = LocalFederation(out, connection=CONNECTION, extra_env=RAY_LOOPBACK_ENV)
-    config = {**app_config, "min-nodes": len(table), "out-dir": str(out), "sites-json": json.dumps(table)}
+    config = {**app_config, "min-nodes": quorum(app_config, [site["site"] for site in table]), "out-dir": str(out),
+              "sites-json": json.dumps(table)}
     try:
         pki = None if insecure else make_run_pki(out / "pki", [])
         start_superlink(fed, pki, simulation=True, connection_extra=simulation_options(

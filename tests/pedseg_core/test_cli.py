@@ -107,6 +107,12 @@ def test_train_refuses_a_broken_dataset_naming_the_file(data, tmp_path, capsys):
     (["train", "--data", "ankle=D", "--out", "X", "--preset", "huge"], "preset 'huge' is unknown"),
     (["predict", "--checkpoint", "none.pt", "--joint", "knee", "--input", "D", "--out", "X"], "checkpoint not found"),
     (["evaluate", "--pred", "P", "--ref", "R"], "no dataset.json"),
+    (["federate", "--local", "--data", "ankle=D", "--out", "X", "--rounds", "-1"], "federation.rounds must be 0"),
+    (["federate", "--local", "--data", "ankle=D", "--out", "X", "--set", "federation.evaluate_every=0"],
+     "federation.evaluate_every must be at least 1, got 0"),
+    (["federate", "--local", "--data", "ankle=D", "--out", "X", "--min-sites", "2"],
+     "--min-sites 2: only 1 site(s) have a valid dataset"),
+    (["federate", "--local", "--data", "a/b:ankle=D", "--out", "X"], "site name 'a/b' may hold only"),
 ])
 def test_bad_options_give_one_clear_line(args, message, data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
