@@ -47,12 +47,11 @@ def forwarded_headers(headers: httpx.Headers | dict) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
-def build_app(superlink: str, ca_certfile: Path | None) -> Starlette:
-    """An ASGI app that forwards the Fleet API (and /health) to `superlink` (https://HOST:PORT, verified with
-    `ca_certfile`; plain http when it is None) and refuses everything else."""
+def build_app(superlink: str, ca_certfile: Path) -> Starlette:
+    """An ASGI app that forwards the Fleet API (and /health) to `superlink` (https://HOST:PORT, its certificate
+    verified with `ca_certfile`) and refuses everything else."""
     allowed = fleet_routes() | {HEALTH}
-    upstream = httpx.AsyncClient(base_url=f"{'https' if ca_certfile else 'http'}://{superlink}",
-                                 verify=str(ca_certfile) if ca_certfile else False, timeout=None)
+    upstream = httpx.AsyncClient(base_url=f"https://{superlink}", verify=str(ca_certfile), timeout=None)
 
     async def forward(request: Request) -> Response:
         caller = request.client.host if request.client else "?"

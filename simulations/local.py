@@ -2,9 +2,9 @@
 
 Starts `flower-superlink` and one `pedseg-client` per site (free ports, private FLWR_HOMEs under RUN/), by
 default with TLS and SuperNode authentication from a private PKI in RUN/pki/; submits the app with `flwr run`,
-shows round progress, and stops every process it started, also on Ctrl-C and on failure (and, when this process
-dies, the kernel stops them). The ServerApp writes the run directory (config.yaml, metrics.jsonl, checkpoints/,
-results.json) into RUN; process logs go to RUN/logs/.
+shows round progress, and stops every process it started, also on Ctrl-C and on failure, and when this process
+is killed (each process tree runs under a guard that ends with it). The ServerApp writes the run directory
+(config.yaml, metrics.jsonl, checkpoints/, results.json) into RUN; process logs go to RUN/logs/.
 """
 
 from __future__ import annotations
