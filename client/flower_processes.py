@@ -1,17 +1,14 @@
-"""Starting and stopping Flower's own processes (flower-superlink, flower-supernode) the same way everywhere:
-telemetry, update checks and runtime dependency installation off, a private FLWR_HOME, whole process trees
-stopped."""
+"""Starting Flower's own processes (flower-superlink, flower-supernode) the same way everywhere: telemetry,
+update checks and runtime dependency installation off, a private FLWR_HOME, this Python's scripts on PATH
+(process_guard.py stops their whole trees)."""
 
 from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-import psutil
 
 QUIET_FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -68,27 +65,3 @@ def wait_for_port(host: str, port: int, timeout: float, first_delay: float = 0.5
                 time.sleep(0.2)
             delay = min(delay * 2, 10.0)
     return False
-
-
-def stop_process_tree(proc: subprocess.Popen | psutil.Process, timeout: float = 20.0) -> None:
-    """SIGTERM a process and every descendant (Flower's own children start new sessions), wait, then
-    SIGKILL whatever is left."""
-    try:
-        root = psutil.Process(proc.pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in family:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(family, timeout=timeout)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    if isinstance(proc, subprocess.Popen):
-        proc.wait(timeout=5)

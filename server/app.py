@@ -46,12 +46,11 @@ def federate(grid: Grid, cfg: PedsegConfig, run: RunDir) -> None:
 
     projection = cfg.contrastive if cfg.scheme in CONTRASTIVE_SCHEMES else None
     nodes = {"min_train_nodes": fed.min_nodes, "min_evaluate_nodes": fed.min_nodes,
-             "min_available_nodes": fed.min_nodes}
+             "min_available_nodes": fed.min_nodes, "quorum_timeout": fed.quorum_timeout}
     if fed.strategy == "fedprox":
         strategy = SharedFedProx(fraction_train=fed.fraction_train, proximal_mu=fed.proximal_mu, **nodes)
     else:
         strategy = SharedFedAvg(fraction_train=fed.fraction_train, **nodes)
-    strategy.quorum_timeout = fed.quorum_timeout
     strategy.setup_run(run, fed.evaluate_every, num_rounds)
     head_classes = 2  # the heads' sizes do not matter when heads stay private
     if cfg.scheme in UNION_LABEL_SCHEMES:  # the joints' labels, for the shared head or the prior's masks

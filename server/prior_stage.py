@@ -51,8 +51,8 @@ def train_prior(grid: Grid, cfg: PedsegConfig, run: RunDir, offsets: dict[str, i
     same keys); one `stage: prior` line per round in metrics.jsonl (the sites' example-weighted reconstruction
     losses). Returns the final auto-encoder weights."""
     fed = cfg.federation
-    strategy = QuorumFedAvg(fraction_evaluate=0.0, min_train_nodes=fed.min_nodes, min_available_nodes=fed.min_nodes)
-    strategy.quorum_timeout = fed.quorum_timeout
+    strategy = QuorumFedAvg(fraction_evaluate=0.0, min_train_nodes=fed.min_nodes, min_available_nodes=fed.min_nodes,
+                            quorum_timeout=fed.quorum_timeout)
     initial = ArrayRecord(ShapeAutoEncoder(num_classes, cfg.prior.channels).state_dict())
     config = ConfigRecord({"stage": "prior", "union-offsets-json": json.dumps(offsets), "union-classes": num_classes})
     result = strategy.start(grid, initial, num_rounds=cfg.prior.epochs, timeout=fed.round_timeout,

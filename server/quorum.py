@@ -34,7 +34,9 @@ class BoundedQuorum:
     """Mixin for a Flower strategy (before it in the bases): each round's sampling first waits, at most
     `quorum_timeout` seconds, for its `min_available_nodes`."""
 
-    quorum_timeout: float = 600.0
+    def __init__(self, *args, quorum_timeout: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.quorum_timeout = quorum_timeout
 
     def configure_train(self, server_round, arrays, config, grid):
         wait_for_quorum(grid, self.min_available_nodes, self.quorum_timeout, f"round {server_round}")

@@ -69,7 +69,8 @@ class LocalFederation:
     def stop_all(self) -> None:
         """Stop the sites together, then the SuperLink; each guard takes its whole process tree with it."""
         sites = [proc for name, proc in self.processes.items() if name != "superlink"]
-        for group in (sites, [self.processes[name] for name in ("superlink",) if name in self.processes]):
+        superlink = [proc for name, proc in self.processes.items() if name == "superlink"]
+        for group in (sites, superlink):
             for proc in group:
                 proc.stdin.close()
             for proc in group:

@@ -15,10 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-import psutil
 import torch
 
-from client.flower_processes import stop_process_tree
 from simulations.local import (
     INSECURE_WARNING,
     LocalFederation,
@@ -57,16 +55,6 @@ def simulation_options(num_supernodes: int, cpus_per_site: int, cpus: int, gpus:
             f"options.backend.init-args.num-cpus = {cpus}\n")
 
 
-def stop_processes_using(flwr_home: Path) -> None:
-    """Stop every process started with this FLWR_HOME (the simulation SuperLink, Ray and their children)."""
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("FLWR_HOME") == str(flwr_home) and proc.pid != os.getpid():
-                stop_process_tree(proc)
-        except psutil.Error:
-            pass
-
-
 def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, object],
                         joints: dict[str, str] | None = None, sites_per_joint: int = 1,
                         cpus_per_site: int = 1, progress: bool = True, insecure: bool = False) -> dict:
@@ -87,5 +75,4 @@ def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, 
             len(table), cpus_per_site, cpus, torch.cuda.device_count()))
         return submit_and_follow(fed, config, [], rounds, progress)
     finally:
-        fed.stop_all()
-        stop_processes_using(fed.superlink_home)
+        fed.stop_all()  # the SuperLink's guard also stops Ray's processes, which are re-parented to it
