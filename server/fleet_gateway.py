@@ -64,7 +64,8 @@ def build_app(superlink: str, ca_certfile: Path) -> Starlette:
         except httpx.HTTPError as err:
             log.error("SuperLink %s unreachable for %s %s: %s", superlink, request.method, request.url.path, err)
             return PlainTextResponse("SuperLink unreachable\n", status_code=502)
-        return Response(reply.content, status_code=reply.status_code, headers=forwarded_headers(reply.headers))
+        headers = {k: v for k, v in forwarded_headers(reply.headers).items() if k.lower() != "content-encoding"}
+        return Response(reply.content, status_code=reply.status_code, headers=headers)  # httpx decoded the body
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette):
