@@ -109,11 +109,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_federate(args: argparse.Namespace) -> int:
     import importlib
 
-    from pedseg_core.evaluate.table import results_table
-
-    if not (args.local or args.simulation):
+    if not (args.local or args.simulation or args.resume):
         raise PedsegError("choose --local (a SuperLink and one SuperNode per site on 127.0.0.1) or --simulation "
                           "(Flower's simulation engine); for a deployment across hosts see deploy/README.md")
+    if args.resume:
+        if args.data or args.out:
+            raise PedsegError("--resume RUN continues with the run's own sites and directory: drop --data/--out")
+        results = importlib.import_module("simulations.local").resume_local(Path(args.resume))
+        return _report_federation(results, Path(args.resume))
+    if not (args.data and args.out):
+        raise PedsegError("federate needs --data (one per site) and --out RUN")
     pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
     app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,
                   "num-server-rounds": args.rounds or 0, "overrides": " ".join([*pairs, *args.set])}
@@ -130,10 +135,16 @@ def cmd_federate(args: argparse.Namespace) -> int:
         local = importlib.import_module("simulations.local")
         results = local.federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads,
                                        insecure=args.insecure)
+    return _report_federation(results, Path(args.out))
+
+
+def _report_federation(results: dict, out: Path) -> int:
+    from pedseg_core.evaluate.table import results_table
+
     print(results_table(results))
-    for model in sorted((Path(args.out) / "sites").glob("*/run-*/model.pt")):  # RUN was empty: one run per site
+    for model in sorted((out / "sites").glob("*/run-*/model.pt")):  # RUN was empty: one run per site
         print(f"personalized model of {model.parents[1].name}: {model}")
-    print(f"run directory: {args.out}")
+    print(f"run directory: {out}")
     return 0
 
 
@@ -180,6 +191,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_options(required: bool) -> argparse.ArgumentParser:
+    """The options of a training run: data, run directory and configuration (`federate --resume` needs neither
+    data nor a new run directory)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", action="append", required=required, metavar="JOINT=DIR",
+                        help="a joint's nnU-Net dataset; repeat for each joint")
+    common.add_argument("--out", required=required, metavar="RUN", help="new run directory")
+    common.add_argument("--preset", default="small", help="tiny | demo | small | paper")
+    common.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")
+    common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one option, e.g. --set train.epochs=5")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pedseg", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pedseg {__version__}")
@@ -202,24 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     montage.add_argument("--out", required=True, help="PNG file to write")
     montage.set_defaults(func=cmd_montage)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data", action="append", required=True, metavar="JOINT=DIR",
-                        help="a joint's nnU-Net dataset; repeat for each joint")
-    common.add_argument("--out", required=True, metavar="RUN", help="new run directory")
-    common.add_argument("--preset", default="small", help="tiny | demo | small | paper")
-    common.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")
-    common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one option, e.g. --set train.epochs=5")
+    common, federate_common = (run_options(required) for required in (True, False))
 
     train = sub.add_parser("train", parents=[common], help="centralized training")
     train.add_argument("--scheme", default="multi-domain", choices=SCHEMES)
     train.set_defaults(func=cmd_train)
 
-    federate = sub.add_parser("federate", parents=[common], help="federated training on Flower; --data takes "
+    federate = sub.add_parser("federate", parents=[federate_common], help="federated training on Flower; --data takes "
                               "JOINT=DIR or SITE:JOINT=DIR (several sites may hold one joint)")
     mode = federate.add_mutually_exclusive_group()
     mode.add_argument("--local", action="store_true", help="SuperLink and SuperNodes on 127.0.0.1")
     mode.add_argument("--simulation", action="store_true", help="Flower's simulation engine (Ray, 127.0.0.1)")
+    mode.add_argument("--resume", metavar="RUN", help="continue a stopped or killed --local run from its last "
+                      "completed round, with its own sites, data and settings")
     federate.add_argument("--sites-per-joint", type=int, default=1,
                           help="simulation: split each joint's training cases into K sites")
     federate.add_argument("--cpus-per-site", type=int, default=1,

@@ -105,6 +105,10 @@ class FederationConfig:
     round_timeout: float = 1800.0  # seconds to wait for the sites' replies in a round (a dead site's reply
     # comes sooner: the SuperLink answers for it once it misses its heartbeats, within about 60 s)
     evaluate_every: int = 1  # sites evaluate their personalized model every N rounds (and after the last)
+    norm_bound: float = 10.0  # a training update (its shared weights minus the global ones) whose L2 norm exceeds
+    # this many times the median of the other replies' norms in the round is rejected; 0 = no bound
+    aggregation: str = "mean"  # shared weights: mean (example-weighted) | median | trimmed-mean (coordinate-wise)
+    trim_fraction: float = 0.2  # trimmed-mean: the share of values cut at each end, per coordinate
     cached_sites: int = 3  # site trainers a client process keeps between messages (a simulation actor serves
     # several virtual sites; a deployed SuperNode starts a process per message, so nothing is kept there)
 
@@ -217,6 +221,10 @@ def _validate(cfg: PedsegConfig) -> None:
     _validate_federation(cfg.federation)
 
 
+STRATEGIES = ("fedavg", "fedprox")
+AGGREGATIONS = ("mean", "median", "trimmed-mean")
+
+
 def _validate_federation(fed: FederationConfig) -> None:
     bounds = [("rounds", fed.rounds >= 0, "0 (the preset's train.epochs) or more"),
               ("proximal_mu", fed.proximal_mu >= 0, "0 or more"),
@@ -225,7 +233,10 @@ def _validate_federation(fed: FederationConfig) -> None:
               ("fraction_train", 0 < fed.fraction_train <= 1, "in (0, 1]"),
               ("round_timeout", fed.round_timeout > 0, "more than 0 seconds"),
               ("evaluate_every", fed.evaluate_every >= 1, "at least 1"),
-              ("cached_sites", fed.cached_sites >= 0, "0 or more")]
+              ("cached_sites", fed.cached_sites >= 0, "0 or more"),
+              ("norm_bound", fed.norm_bound == 0 or fed.norm_bound >= 1, "0 (no bound) or at least 1"),
+              ("aggregation", fed.aggregation in AGGREGATIONS, f"one of {', '.join(AGGREGATIONS)}"),
+              ("trim_fraction", 0 <= fed.trim_fraction < 0.5, "in [0, 0.5)")]
     for name, ok, expected in bounds:
         if not ok:
             raise PedsegError(f"federation.{name} must be {expected}, got {getattr(fed, name)}")
@@ -272,6 +283,8 @@ RUN_CONFIG_FIELDS = {
     "fraction-train": "federation.fraction_train",
     "round-timeout": "federation.round_timeout",
     "evaluate-every": "federation.evaluate_every",
+    "norm-bound": "federation.norm_bound",
+    "aggregation": "federation.aggregation",
     "share-prototypes": "contrastive.share_prototypes",
 }
 

@@ -2,7 +2,8 @@
 
 Run config (pyproject `[tool.flwr.app.config]`, overridable with `flwr run --run-config`): see
 `pedseg_core.config.config_from_run_config`, plus `out-dir` (where the run directory is written; default
-`pedseg-runs/run-<run id>` under the SuperLink's working directory).
+`pedseg-runs/run-<run id>` under the SuperLink's working directory) and `resume-from` (a run directory whose
+run this one continues from its last completed round, with the same settings; see `server.run_state`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from pedseg_core.config import CONTRASTIVE_SCHEMES, UNION_LABEL_SCHEMES, PedsegConfig, config_from_run_config
+from pedseg_core.errors import PedsegError
 from pedseg_core.evaluate.metrics import mean_or_none
 from pedseg_core.model.checkpoint import DomainSpec, save_checkpoint, save_shared_checkpoint
 from pedseg_core.model.partition import split_for_scheme
 from pedseg_core.model.unet import build_model
 from pedseg_core.train.run_dir import RunDir
-from server.prior_stage import collect_union_labels, train_prior
-from server.quorum import QuorumNotReached
+from server.prior_stage import train_prior
+from server.run_state import RunState, load_run_state, save_run_state
+from server.site_query import query_sites, union_labels
 from server.strategy import SharedFedAvg, SharedFedProx
 
 app = ServerApp()
@@ -29,18 +32,25 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = config_from_run_config(dict(context.run_config))
-    out = str(context.run_config.get("out-dir", "")) or f"pedseg-runs/run-{context.run_id}"
-    run = RunDir(Path(out)).create(cfg)
+    resume = str(context.run_config.get("resume-from", ""))
+    if resume:
+        state = load_run_state(Path(resume))
+        run = RunDir(Path(resume)).reopen(cfg, state.metrics_bytes)
+        run.log({"event": "resumed", "after_round": state.completed_round, "flower_run": context.run_id})
+    else:
+        state = RunState(federation_run=str(context.run_id), completed_round=0, arrays={}, strategy={})
+        out = str(context.run_config.get("out-dir", "")) or f"pedseg-runs/run-{context.run_id}"
+        run = RunDir(Path(out)).create(cfg)
     try:
-        federate(grid, cfg, run)
-    except QuorumNotReached as err:
+        federate(grid, cfg, run, state)
+    except PedsegError as err:
         run.log({"event": "run-ended", "reason": str(err)})  # metrics.jsonl says why, then the run fails
         raise
 
 
-def federate(grid: Grid, cfg: PedsegConfig, run: RunDir) -> None:
-    """The federated run: the label query and the prior's stage when the scheme needs them, then the rounds,
-    checkpoints and results.json."""
+def federate(grid: Grid, cfg: PedsegConfig, run: RunDir, state: RunState) -> None:
+    """The federated run from `state` on (a new run: nothing done): the site query and the prior's stage when
+    the scheme needs them, then the rounds, a server state after each, checkpoints and results.json."""
     fed = cfg.federation
     num_rounds = fed.num_rounds(cfg.train)
 
@@ -51,33 +61,48 @@ def federate(grid: Grid, cfg: PedsegConfig, run: RunDir) -> None:
         strategy = SharedFedProx(fraction_train=fed.fraction_train, proximal_mu=fed.proximal_mu, **nodes)
     else:
         strategy = SharedFedAvg(fraction_train=fed.fraction_train, **nodes)
-    strategy.setup_run(run, fed.evaluate_every, num_rounds)
+    strategy.setup_run(run, fed, num_rounds)
+    strategy.federation_run = state.federation_run
+    strategy.rounds_done = done = state.completed_round
+    if state.strategy:
+        strategy.load_state_dict(state.strategy)
+    if cfg.scheme in UNION_LABEL_SCHEMES or done:  # who is who (a resumed run pools heads from its first round)
+        sites = query_sites(grid, fed.min_nodes, fed.quorum_timeout, fed.round_timeout)
+        strategy.know_sites({node: (s.site, s.joint) for node, s in sites.items()})
+        if cfg.scheme in UNION_LABEL_SCHEMES and state.union is None:  # the shared head's or the prior's labels
+            state.union, state.offsets = union_labels(sites)
     head_classes = 2  # the heads' sizes do not matter when heads stay private
-    if cfg.scheme in UNION_LABEL_SCHEMES:  # the joints' labels, for the shared head or the prior's masks
-        union, offsets = collect_union_labels(grid, fed.min_nodes, fed.quorum_timeout, fed.round_timeout)
-        strategy.use_union_labels(offsets, len(union))
-        head_classes = len(union)
-    if cfg.scheme == "full":  # stage 1: the anatomical prior, learned by all sites before the segmentation
-        prior = train_prior(grid, cfg, run, offsets, len(union))
-        torch.save({"union_labels": union, "state_dict": prior.to_torch_state_dict()},
-                   run.checkpoints / "shape_prior.pt")
-        strategy.use_prior(prior)
-    # The initial global weights (random or ImageNet encoder): the shared part, i.e. all of the `shared` scheme.
-    shared, _ = split_for_scheme(build_model([head_classes], cfg.model, projection), cfg.scheme)
+    if state.union is not None:
+        strategy.use_union_labels(state.offsets, len(state.union))
+        head_classes = len(state.union)
+    if cfg.scheme == "full" and state.prior is None:  # stage 1: the prior, learned by all sites first
+        state.prior = train_prior(grid, cfg, run, state.offsets, len(state.union)).to_torch_state_dict()
+        torch.save({"union_labels": state.union, "state_dict": state.prior}, run.checkpoints / "shape_prior.pt")
+    if state.prior is not None:
+        strategy.use_prior(ArrayRecord(state.prior))
+    if not state.arrays:  # the initial global weights (random or ImageNet encoder): the shared part
+        state.arrays, _ = split_for_scheme(build_model([head_classes], cfg.model, projection), cfg.scheme)
 
-    def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        save_shared_checkpoint(run.checkpoints / "global_last.pt", arrays.to_torch_state_dict(), cfg, server_round)
-        strategy.end_round(server_round)
+    def end_of_round(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """After each round (Flower counts from 1 in this run; round 0: before the first): its metrics line,
+        then the state a resume continues from."""
+        if flower_round == 0 and done:
+            return None  # the state of round `done` is on disk already
+        state.completed_round = flower_round + done
+        strategy.end_round(state.completed_round)
+        state.arrays, state.strategy = arrays.to_torch_state_dict(), strategy.state_dict()
+        state.metrics_bytes = run.metrics_bytes()
+        save_run_state(run.path, state)
         return None
 
-    result = strategy.start(grid, ArrayRecord(shared), num_rounds=num_rounds, timeout=fed.round_timeout,
-                            train_config=ConfigRecord({}), evaluate_fn=end_of_round)
-    save_shared_checkpoint(run.checkpoints / "global_final.pt", result.arrays.to_torch_state_dict(), cfg,
-                           num_rounds, joint_heads=strategy.joint_heads)
+    strategy.start(grid, ArrayRecord(state.arrays), num_rounds=num_rounds - done, timeout=fed.round_timeout,
+                   train_config=ConfigRecord({}), evaluate_fn=end_of_round)
+    save_shared_checkpoint(run.checkpoints / "global_final.pt", state.arrays, cfg, num_rounds,
+                           joint_heads=strategy.joint_heads)
     if cfg.scheme == "shared":  # the whole model is global: a checkpoint `pedseg predict --joint shared` reads
         model = build_model([head_classes], cfg.model)
-        model.load_state_dict(result.arrays.to_torch_state_dict())
-        save_checkpoint(run.checkpoints / "final.pt", model, cfg, [DomainSpec("shared", "shared", union)])
+        model.load_state_dict(state.arrays)
+        save_checkpoint(run.checkpoints / "final.pt", model, cfg, [DomainSpec("shared", "shared", state.union)])
     sites = dict(sorted(strategy.last_evaluation.items()))
     run.write_results({"mode": "federated", "scheme": cfg.scheme, "strategy": fed.strategy, "rounds": num_rounds,
                        "sites": sites, "mean_dice": mean_or_none(s["mean_dice"] for s in sites.values())})

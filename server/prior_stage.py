@@ -1,44 +1,19 @@
-"""Stage 1 of the federated `full` scheme: the union label space from the sites' dataset.json labels, then
-the shape auto-encoder of the anatomical prior trained with FedAvg on the sites' own masks."""
+"""Stage 1 of the federated `full` scheme: the shape auto-encoder of the anatomical prior, trained with FedAvg
+on the sites' own masks in the union label space (see `server.site_query`)."""
 
 from __future__ import annotations
 
 import json
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from pedseg_core.config import PedsegConfig
-from pedseg_core.data.union_labels import union_label_space
-from pedseg_core.errors import PedsegError
 from pedseg_core.model.shape_prior import ShapeAutoEncoder
+from pedseg_core.protocol import STAGE, STAGE_PRIOR, UNION_CLASSES, UNION_OFFSETS_JSON
 from pedseg_core.train.run_dir import RunDir
-from server.quorum import BoundedQuorum, wait_for_quorum
-
-
-def collect_union_labels(grid: Grid, min_nodes: int, quorum_timeout: float, timeout: float
-                         ) -> tuple[dict[str, int], dict[str, int]]:
-    """Once the quorum is connected, ask every connected site for its joint and labels (a query message; no
-    data leaves) -> (union label space, offset of each joint's bones in it). Sites of one joint must declare
-    the same labels."""
-    node_ids = wait_for_quorum(grid, min_nodes, quorum_timeout, "the label query")
-    replies = grid.send_and_receive([Message(RecordDict({"config": ConfigRecord({"ask": "labels"})}),
-                                             message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids],
-                                    timeout=timeout)
-    labels_of: dict[str, dict[str, int]] = {}
-    for reply in replies:
-        if reply.has_error():
-            continue
-        joint = str(reply.content["site"]["joint"])
-        labels = json.loads(str(reply.content["site"]["labels-json"]))
-        if labels_of.setdefault(joint, labels) != labels:
-            raise PedsegError(f"sites of joint '{joint}' declare different labels: {labels_of[joint]} vs {labels}")
-    if not labels_of:
-        raise PedsegError("no site answered the label query")
-    joints = sorted(labels_of)
-    union, offsets = union_label_space([labels_of[j] for j in joints], joints)
-    return union, dict(zip(joints, offsets))
+from server.quorum import BoundedQuorum
 
 
 class QuorumFedAvg(BoundedQuorum, FedAvg):
@@ -54,7 +29,7 @@ def train_prior(grid: Grid, cfg: PedsegConfig, run: RunDir, offsets: dict[str, i
     strategy = QuorumFedAvg(fraction_evaluate=0.0, min_train_nodes=fed.min_nodes, min_available_nodes=fed.min_nodes,
                             quorum_timeout=fed.quorum_timeout)
     initial = ArrayRecord(ShapeAutoEncoder(num_classes, cfg.prior.channels).state_dict())
-    config = ConfigRecord({"stage": "prior", "union-offsets-json": json.dumps(offsets), "union-classes": num_classes})
+    config = ConfigRecord({STAGE: STAGE_PRIOR, UNION_OFFSETS_JSON: json.dumps(offsets), UNION_CLASSES: num_classes})
     result = strategy.start(grid, initial, num_rounds=cfg.prior.epochs, timeout=fed.round_timeout,
                             train_config=config)
     for server_round, metrics in sorted(result.train_metrics_clientapp.items()):

@@ -1,8 +1,10 @@
 """Flower strategies that aggregate only the shared weights and log each round into the run directory.
 
 Flower's stock FedAvg refuses replies whose array keys differ (sites of different joints have different
-heads). Here, every reply is cut down to the keys of the global shared weights the server sent, so a key
-that is not shared can never enter the global model, and each key is averaged weighted by `num-examples`.
+heads). Here, every reply must carry exactly the keys of the global shared weights the server sent (see
+`server.update_checks`: a reply with any other key is rejected, so a private tensor can never enter the global
+model), and each key is aggregated over the replies that passed: weighted by `num-examples`, or robustly
+(`server.aggregation`). The message flow is that of `pedseg_core.protocol`.
 
 Evaluation rides on the training message: in round r the server asks the sites (`evaluate-first`) to evaluate
 their personalized model on the global weights they just received (the result of round r-1) before training,
@@ -17,34 +19,54 @@ from collections.abc import Iterable
 from logging import WARNING
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from pedseg_core.config import FederationConfig
 from pedseg_core.evaluate.metrics import mean_or_none
+from pedseg_core.protocol import (
+    ARRAYS,
+    CONFIG,
+    EVALUATE_FIRST,
+    FEDERATION_RUN,
+    HEAD,
+    JOINT,
+    METRICS,
+    NUM_EXAMPLES,
+    NUM_ROUNDS,
+    PRIOR,
+    PROTOTYPE_SEP,
+    PROTOTYPE_SLICES,
+    PROTOTYPES,
+    RESULT_JSON,
+    SHARE_HEAD,
+    SITE,
+    SITE_NAME,
+    TRAIN_LOSS,
+    UNION_CLASSES,
+    UNION_OFFSETS_JSON,
+)
 from pedseg_core.train.run_dir import RunDir
+from server.aggregation import aggregate, weighted_mean
 from server.quorum import BoundedQuorum
-
-
-def weighted_mean(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Example-weighted mean of same-shaped arrays, in the dtype of the first (integers rounded)."""
-    w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
-    mean = sum(wi * a.astype(np.float64) for wi, a in zip(w, arrays))
-    dtype = arrays[0].dtype
-    return np.asarray(np.rint(mean) if np.issubdtype(dtype, np.integer) else mean).astype(dtype)
+from server.update_checks import UpdateChecks, check_evaluation
 
 
 class SharedWeightsAggregation:
     """Mixin for a Flower FedAvg-family strategy: shared-key aggregation, per-joint prototypes and heads,
     per-site logging into the run directory."""
 
-    def setup_run(self, run: RunDir, evaluate_every: int, num_rounds: int) -> None:
+    def setup_run(self, run: RunDir, fed: FederationConfig, num_rounds: int) -> None:
         self.run = run
-        self.evaluate_every = evaluate_every
+        self.evaluate_every = fed.evaluate_every
+        self.aggregation, self.trim_fraction = fed.aggregation, fed.trim_fraction
+        self.checks = UpdateChecks(fed.norm_bound)
         self.num_rounds = num_rounds
-        self.global_keys: set[str] = set()
+        self.global_arrays = ArrayRecord()
         self.record: dict = {}
         self.awaiting_evaluation: dict | None = None  # the last round's record, until its evaluation arrives
         self.last_evaluation: dict[str, dict] = {}
@@ -54,12 +76,34 @@ class SharedWeightsAggregation:
         self.joint_heads: dict[str, dict[str, np.ndarray]] = {}  # joint -> head pooled over its sites
         self.prior: ArrayRecord | None = None  # the frozen shape auto-encoder of the `full` scheme
         self.union_config: dict = {}
-        self.sent: list[Message] = []  # this round's training messages (Flower sets their ids when it sends them)
+        self.sent: list[Message] = []  # this round's messages (Flower sets their ids when it sends them)
         self.round_start = time.perf_counter()
+        self.federation_run = ""  # names the sites' private stores: the first Flower run id of this run
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs of this strategy (torch-saveable: tensors, strings, numbers)."""
+        return {"prototypes": {k: torch.from_numpy(v) for k, v in self.prototypes.items()},
+                "joint_heads": {j: {k: torch.from_numpy(v) for k, v in h.items()} for j, h in self.joint_heads.items()},
+                "awaiting_evaluation": json.dumps(self.awaiting_evaluation),
+                "last_evaluation": json.dumps(self.last_evaluation),
+                "declared_examples": json.dumps(self.checks.declared)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prototypes = {k: v.numpy() for k, v in state["prototypes"].items()}
+        self.joint_heads = {j: {k: v.numpy() for k, v in h.items()} for j, h in state["joint_heads"].items()}
+        self.awaiting_evaluation = json.loads(state["awaiting_evaluation"])
+        self.last_evaluation = json.loads(state["last_evaluation"])
+        self.checks.declared = json.loads(state["declared_examples"])
+
+    def know_sites(self, sites: dict[int, tuple[str, str]]) -> None:
+        """The connected nodes' (site, joint), from the label query, before any round's reply names them."""
+        for node, (site, joint) in sites.items():
+            self.site_of_node[node] = site
+            self.joint_of_node[node] = joint
 
     def use_union_labels(self, offsets: dict[str, int], num_classes: int) -> None:
         """Tell every site the union label space (the `shared` scheme's head, the prior's masks)."""
-        self.union_config = {"union-offsets-json": json.dumps(offsets), "union-classes": num_classes}
+        self.union_config = {UNION_OFFSETS_JSON: json.dumps(offsets), UNION_CLASSES: num_classes}
 
     def use_prior(self, autoencoder: ArrayRecord) -> None:
         """Send the frozen prior with every training message (stage 2 of the `full` scheme)."""
@@ -67,11 +111,12 @@ class SharedWeightsAggregation:
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.global_keys = set(arrays.keys())
+        self.global_arrays = arrays
         self.round_start = time.perf_counter()
-        self.record = {"round": server_round, "sites": {}, "errors": []}
-        config["num-rounds"] = self.num_rounds
-        config["evaluate-first"] = server_round > 1 and (server_round - 1) % self.evaluate_every == 0
+        self.record = {"round": server_round, "sites": {}, "errors": [], "rejected": []}
+        config[NUM_ROUNDS] = self.num_rounds
+        config[FEDERATION_RUN] = self.federation_run
+        config[EVALUATE_FIRST] = server_round > 1 and (server_round - 1) % self.evaluate_every == 0
         self.sent = [self._for_node(m) for m in super().configure_train(server_round, arrays, config, grid)]
         return self.sent
 
@@ -80,68 +125,72 @@ class SharedWeightsAggregation:
         and for a joint held by several sites their pooled head (domain-wise aggregation)."""
         node = msg.metadata.dst_node_id
         content = RecordDict(dict(msg.content.items()))
-        config = ConfigRecord(dict(msg.content["config"].items()))
+        config = ConfigRecord(dict(msg.content[CONFIG].items()))
         joint = self.joint_of_node.get(node)
-        config["share-head"] = list(self.joint_of_node.values()).count(joint) > 1
+        config[SHARE_HEAD] = list(self.joint_of_node.values()).count(joint) > 1
         config.update(self.union_config)
         if self.prior is not None:
-            content["prior"] = self.prior
-        content["config"] = config
+            content[PRIOR] = self.prior
+        content[CONFIG] = config
         if self.prototypes:
-            content["prototypes"] = ArrayRecord({k: Array(v) for k, v in self.prototypes.items()})
+            content[PROTOTYPES] = ArrayRecord({k: Array(v) for k, v in self.prototypes.items()})
         if joint in self.joint_heads:
-            content["joint-arrays"] = ArrayRecord({k: Array(v) for k, v in self.joint_heads[joint].items()})
+            content[HEAD] = ArrayRecord({k: Array(v) for k, v in self.joint_heads[joint].items()})
         return Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
+        """Check every reply (`server.update_checks`), then aggregate the shared weights, prototypes and heads
+        of those that passed; the round's record names contributors, missing sites and rejected updates."""
+        replies = list(replies)
+        errors = [m for m in replies if m.has_error()]
         self._note_errors(errors)
-        valid = [m for m in valid if "arrays" in m.content and "metrics" in m.content]
-        self._note_missing(valid, errors)
+        heads = {j: {k: Array(v) for k, v in h.items()} for j, h in self.joint_heads.items()}
+        valid, rejected, norms = self.checks.screen([m for m in replies if not m.has_error()], self.global_arrays,
+                                                    heads, self.prototypes)
+        self._note_rejected(rejected)
+        self.record["update_norms"] = norms
+        self._note_missing(valid, errors, [m for m, _ in rejected])
         if not valid:
             return None, None
         started = time.perf_counter()
-        weights = [float(m.content["metrics"]["num-examples"]) for m in valid]
-        records = [m.content["arrays"] for m in valid]
-        foreign = {k for r in records for k in r.keys()} - self.global_keys
-        if foreign:
-            log(WARNING, "ignored %d array keys that are not shared weights, e.g. %s", len(foreign),
-                sorted(foreign)[:3])
-        keys = [k for k in records[0].keys() if k in self.global_keys and all(k in r for r in records)]
-        aggregated = ArrayRecord({k: Array(weighted_mean([r[k].numpy() for r in records], weights))
-                                  for k in keys})
+        weights = [float(m.content[METRICS][NUM_EXAMPLES]) for m in valid]
+        records = [m.content[ARRAYS] for m in valid]
+        aggregated = ArrayRecord({k: Array(aggregate([r[k].numpy() for r in records], weights, self.aggregation,
+                                                     self.trim_fraction))
+                                  for k in self.global_arrays.keys()})
         for msg in valid:
             site = self._site(msg)
-            self.record["sites"][site] = {"joint": msg.content["site"]["joint"],
-                                          **{k: v for k, v in msg.content["metrics"].items()}}
+            self.record["sites"][site] = {"joint": msg.content[SITE][JOINT],
+                                          **{k: v for k, v in msg.content[METRICS].items()}}
         self._note_evaluations(server_round - 1, valid)
         self._aggregate_prototypes(valid)
         self._aggregate_heads(valid, weights)
         total = float(sum(weights))
-        loss = sum(w * float(m.content["metrics"]["train-loss"]) for m, w in zip(valid, weights)) / total
+        loss = sum(w * float(m.content[METRICS][TRAIN_LOSS]) for m, w in zip(valid, weights)) / total
         self.record["train_loss"] = loss
         self.record["examples"] = total
-        self.record["aggregated_keys"] = len(keys)
+        self.record["aggregated_keys"] = len(aggregated)
+        self.record["aggregation"] = self.aggregation
         self.record["aggregation_s"] = round(time.perf_counter() - started, 4)
-        return aggregated, MetricRecord({"train-loss": loss, "num-examples": total})
+        return aggregated, MetricRecord({TRAIN_LOSS: loss, NUM_EXAMPLES: total})
 
     def _aggregate_prototypes(self, replies: list[Message]) -> None:
         """Per joint and scale, the slice-weighted mean of the sites' prototypes (sites of one joint pool)."""
-        sent = [(m.content["prototypes"], float(m.content["metrics"]["prototype-slices"]))
-                for m in replies if "prototypes" in m.content]
+        sent = [(m.content[PROTOTYPES], float(m.content[METRICS][PROTOTYPE_SLICES]))
+                for m in replies if PROTOTYPES in m.content]
         keys = {k for record, _ in sent for k in record.keys()}
         self.prototypes = {k: weighted_mean([r[k].numpy() for r, _ in sent if k in r],
                                              [w for r, w in sent if k in r]) for k in sorted(keys)}
-        self.record["prototype_joints"] = sorted({k.split("|")[0] for k in keys})
+        self.record["prototype_joints"] = sorted({k.split(PROTOTYPE_SEP)[0] for k in keys})
 
     def _aggregate_heads(self, replies: list[Message], weights: list[float]) -> None:
         """Per joint, the example-weighted mean of the heads its sites sent (only joints with several sites
         are asked to send them)."""
         by_joint: dict[str, list[tuple[ArrayRecord, float]]] = {}
         for msg, w in zip(replies, weights):
-            if "joint-arrays" in msg.content:
-                by_joint.setdefault(str(msg.content["site"]["joint"]), []).append((msg.content["joint-arrays"], w))
+            if HEAD in msg.content:
+                by_joint.setdefault(str(msg.content[SITE][JOINT]), []).append((msg.content[HEAD], w))
         for joint, sent in by_joint.items():
             self.joint_heads[joint] = {k: weighted_mean([r[k].numpy() for r, _ in sent], [w for _, w in sent])
                                        for k in sent[0][0].keys()}
@@ -152,19 +201,27 @@ class SharedWeightsAggregation:
         if server_round != self.num_rounds:
             return []  # earlier rounds are evaluated at the start of the next round's training
         config.update(self.union_config)
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        config[FEDERATION_RUN] = self.federation_run
+        self.sent = list(super().configure_evaluate(server_round, arrays, config, grid))
+        return self.sent
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        valid, errors = self._check_and_log_replies(replies, is_train=False, validate=False)
-        self._note_errors(errors)
-        mean = self._note_evaluations(server_round, valid)
+        replies = list(replies)
+        self._note_errors([m for m in replies if m.has_error()])
+        mean = self._note_evaluations(server_round, [m for m in replies if not m.has_error()])
         return None if mean is None else MetricRecord({"mean-dice": mean})
 
     def _note_evaluations(self, evaluated_round: int, replies: list[Message]) -> float | None:
         """Collect the site results that replies carry into this round's record (as the evaluation of the
-        global model of `evaluated_round`); returns their mean Dice."""
-        results = {self._site(m): json.loads(m.content["site"]["result-json"])
-                   for m in replies if "result-json" in m.content["site"]}
+        global model of `evaluated_round`); returns their mean Dice. A malformed result is rejected."""
+        results = {}
+        for msg in replies:
+            if SITE in msg.content.config_records and RESULT_JSON in msg.content[SITE]:
+                result, problem = check_evaluation(msg)
+                if problem:
+                    self._note_rejected([(msg, problem)])
+                else:
+                    results[self._site(msg)] = result
         if not results:
             return None
         self.last_evaluation = results
@@ -193,16 +250,24 @@ class SharedWeightsAggregation:
             self.run.log(self.record)
 
     def _site(self, msg: Message) -> str:
-        site = str(msg.content["site"]["site"])
+        """The site of a checked reply (and the node it answers from, from now on)."""
+        site = str(msg.content[SITE][SITE_NAME])
         self.site_of_node[msg.metadata.src_node_id] = site
-        self.joint_of_node[msg.metadata.src_node_id] = str(msg.content["site"]["joint"])
+        self.joint_of_node[msg.metadata.src_node_id] = str(msg.content[SITE][JOINT])
         return site
 
-    def _note_missing(self, valid: list[Message], errors: list[Message]) -> None:
-        """Name the sites asked this round whose update does not count: an error reply (e.g. a dead site, which
-        the SuperLink answers for once it misses its heartbeats) or no reply within the round timeout."""
+    def _note_rejected(self, rejected: list[tuple[Message, str]]) -> None:
+        for msg, reason in rejected:
+            claimed = msg.content[SITE].get(SITE_NAME) if SITE in msg.content.config_records else None
+            site = self.site_of_node.get(msg.metadata.src_node_id) or str(claimed or f"node {msg.metadata.src_node_id}")
+            log(WARNING, "rejected the update of %s: %s", site, reason)
+            self.record.setdefault("rejected", []).append({"site": site, "reason": reason})
+
+    def _note_missing(self, valid: list[Message], errors: list[Message], rejected: list[Message]) -> None:
+        """Name the sites asked this round that did not answer in time or answered with an error (e.g. a dead
+        site, which the SuperLink answers for once it misses its heartbeats); rejected replies are listed apart."""
         failed = {self._node_of(m) for m in errors}
-        counted = {m.metadata.src_node_id for m in valid}
+        counted = {m.metadata.src_node_id for m in valid + rejected}
         missing = [{"site": self._name(node),
                     "reason": "error reply" if node in failed else "no reply within round-timeout"}
                    for node in {m.metadata.dst_node_id for m in self.sent} - counted]
@@ -225,9 +290,28 @@ class SharedWeightsAggregation:
                                                          "reason": msg.error.reason})
 
 
-class SharedFedAvg(SharedWeightsAggregation, BoundedQuorum, FedAvg):
+class ContinuedRounds:
+    """Mixin for a Flower strategy (first in the bases): Flower's loop numbers its rounds from 1, a resumed run
+    continues after the `rounds_done` rounds it already has, so every round number is shifted by those."""
+
+    rounds_done = 0
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return super().configure_train(server_round + self.rounds_done, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        return super().aggregate_train(server_round + self.rounds_done, replies)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return super().configure_evaluate(server_round + self.rounds_done, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):
+        return super().aggregate_evaluate(server_round + self.rounds_done, replies)
+
+
+class SharedFedAvg(ContinuedRounds, SharedWeightsAggregation, BoundedQuorum, FedAvg):
     """FedAvg over the shared weights only."""
 
 
-class SharedFedProx(SharedWeightsAggregation, BoundedQuorum, FedProx):
+class SharedFedProx(ContinuedRounds, SharedWeightsAggregation, BoundedQuorum, FedProx):
     """FedProx over the shared weights only (sites add the proximal term on shared parameters)."""

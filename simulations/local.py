@@ -4,7 +4,9 @@ Starts `flower-superlink` and one `pedseg-client` per site (free ports, private 
 default with TLS and SuperNode authentication from a private PKI in RUN/pki/; submits the app with `flwr run`,
 shows round progress, and stops every process it started, also on Ctrl-C and on failure, and when this process
 is killed (each process tree runs under a guard that ends with it). The ServerApp writes the run directory
-(config.yaml, metrics.jsonl, checkpoints/, results.json) into RUN; process logs go to RUN/logs/.
+(config.yaml, metrics.jsonl, checkpoints/, results.json) into RUN; process logs go to RUN/logs/, and what was
+asked (sites, data, settings) to RUN/federation.json, from which `pedseg federate --resume RUN` continues a
+stopped or killed run after its last completed round.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from client.flower_processes import flower_env, flower_tool, free_port
@@ -26,6 +28,8 @@ from pedseg_core.config import config_from_run_config
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import PedsegError
 from pedseg_core.progress import progress_bar
+from pedseg_core.train.run_dir import write_json
+from server.run_state import load_run_state
 from simulations.run_pki import RunPKI, make_run_pki
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the project root: pyproject.toml with [tool.flwr.app]
@@ -59,7 +63,7 @@ class LocalFederation:
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.logs[name] = self.log_dir / f"{name}.log"
-        with self.logs[name].open("w") as log:
+        with self.logs[name].open("a") as log:  # a resumed run's processes log after the first ones
             log.write(f"$ {shlex.join(cmd)}\n")
             log.flush()
             proc = start_guarded(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -175,34 +179,91 @@ def valid_sites(data: dict[str, Path]) -> list[str]:
     return good
 
 
+LAUNCH_FILE = "federation.json"
+
+
+@dataclass
+class LocalLaunch:
+    """What `pedseg federate --local` was asked: recorded in RUN/federation.json, so that `--resume RUN` runs
+    the same sites on the same data with the same settings."""
+
+    data: dict[str, str]  # site -> dataset directory
+    joints: dict[str, str]  # site -> joint
+    app_config: dict[str, object]
+    threads: int = 0
+    keep_sent: bool = False
+    insecure: bool = False
+    app_dir: str = str(APP_DIR)  # the Flower app: pedseg's own, or a project that extends it
+
+    def save(self, run_dir: Path) -> None:
+        write_json(run_dir / LAUNCH_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> LocalLaunch:
+        path = Path(run_dir) / LAUNCH_FILE
+        if not path.is_file():
+            raise PedsegError(f"{path}: not found: {run_dir} is not a run of `pedseg federate --local`")
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as err:
+            raise PedsegError(f"{path}: not a pedseg launch record: {err}") from None
+
+
 def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, object],
                    joints: dict[str, str] | None = None, threads: int = 0, keep_sent: bool = False,
-                   progress: bool = True, insecure: bool = False) -> dict:
+                   progress: bool = True, insecure: bool = False, app_dir: Path = APP_DIR) -> dict:
     """Run a loopback federation with one site per `data` entry (site -> dataset; `joints` maps sites to
     joints, default: the site's name); returns results.json. By default the SuperLink runs TLS with a private CA
-    in RUN/pki/ and admits only the sites whose keys it registered; `insecure` turns both off."""
+    in RUN/pki/ and admits only the sites whose keys it registered; `insecure` turns both off. `app_dir`: the
+    Flower app to run (a directory with its pyproject.toml)."""
     sites = valid_sites(data)
-    min_nodes = quorum(app_config, sites)
+    app_config = {**app_config, "min-nodes": quorum(app_config, sites)}
     out, rounds = prepare_run_dir(out, app_config)
-    if insecure:
+    launch = LocalLaunch({site: str(Path(path).resolve()) for site, path in data.items()},
+                         {site: (joints or {}).get(site, site) for site in data}, app_config, threads, keep_sent,
+                         insecure, str(Path(app_dir).resolve()))
+    launch.save(out)
+    pki = None if insecure else make_run_pki(out / "pki", list(data))
+    return run_local(launch, out, pki, sites, rounds, progress, {"out-dir": str(out)})
+
+
+def resume_local(run_dir: Path, progress: bool = True) -> dict:
+    """Continue the `pedseg federate --local` run in `run_dir` (stopped or killed) from its last completed round:
+    the same sites, data, settings and PKI, a new SuperLink; returns results.json."""
+    out = Path(run_dir).resolve()
+    launch = LocalLaunch.load(out)
+    state = load_run_state(out)  # one clear line when there is nothing to continue from
+    sites = valid_sites({site: Path(path) for site, path in launch.data.items()})
+    quorum(launch.app_config, sites)
+    cfg = config_from_run_config(launch.app_config)
+    rounds = cfg.federation.num_rounds(cfg.train)
+    print(f"pedseg federate: resuming {out} after round {state.completed_round} of {rounds}", file=sys.stderr)
+    pki = None if launch.insecure else RunPKI(out / "pki")
+    return run_local(launch, out, pki, sites, rounds, progress, {"resume-from": str(out)})
+
+
+def run_local(launch: LocalLaunch, out: Path, pki: RunPKI | None, sites: list[str], rounds: int, progress: bool,
+              run_dir_config: dict[str, str]) -> dict:
+    """Start the SuperLink and the sites of `launch`, run the app with `run_dir_config` (where the run directory
+    is: a new one, or the one to continue), stop them all; returns results.json."""
+    if launch.insecure:
         print(f"pedseg federate: {INSECURE_WARNING}", file=sys.stderr)
     fed = LocalFederation(out)
     try:
-        pki = None if insecure else make_run_pki(out / "pki", list(data))
         port = start_superlink(fed, pki)
         if pki is not None:
-            register_sites(fed, pki, list(data))
-        for site, path in data.items():
+            register_sites(fed, pki, list(launch.data))
+        for site, path in launch.data.items():
             security = ["--insecure"] if pki is None else ["--root-certificates", str(pki.ca),
                                                            "--auth-key", str(pki.site_key(site))]
             fed.start(f"site-{site}", [
-                sys.executable, "-m", "client.cli", "--site", site, "--joint", (joints or {}).get(site, site),
-                "--data", str(Path(path).resolve()), "--superlink", f"127.0.0.1:{port}", *security,
+                sys.executable, "-m", "client.cli", "--site", site, "--joint", launch.joints[site],
+                "--data", path, "--superlink", f"127.0.0.1:{port}", *security,
                 "--state-dir", str(out / "sites" / site), "--connect-timeout", "30",
-                "--threads", str(threads or max(1, (os.cpu_count() or 1) // len(data))),
-                *(["--keep-sent"] if keep_sent else []),
+                "--threads", str(launch.threads or max(1, (os.cpu_count() or 1) // len(launch.data))),
+                *(["--keep-sent"] if launch.keep_sent else []),
             ], flower_env(out / "sites" / site / "flwr-home"))
-        return submit_and_follow(fed, {**app_config, "min-nodes": min_nodes, "out-dir": str(out)}, sites, rounds,
+        return submit_and_follow(fed, Path(launch.app_dir), {**launch.app_config, **run_dir_config}, sites, rounds,
                                  progress)
     finally:
         fed.stop_all()
@@ -229,11 +290,12 @@ def prepare_run_dir(out: Path, app_config: dict[str, object]) -> tuple[Path, int
     return out, cfg.federation.num_rounds(cfg.train)
 
 
-def submit_and_follow(fed: LocalFederation, config: dict[str, object], sites: list[str], rounds: int,
-                      progress: bool) -> dict:
-    """`flwr run` the app with this run config, follow it to its end (Ctrl-C stops the run), keep its status
-    and the ServerApp's log in RUN/logs, and return results.json; PedsegError if the run did not complete."""
-    run_id = parse_run_id(fed.flwr("run", str(APP_DIR), fed.connection, "--run-config", run_config(config),
+def submit_and_follow(fed: LocalFederation, app_dir: Path, config: dict[str, object], sites: list[str],
+                      rounds: int, progress: bool) -> dict:
+    """`flwr run` the app in `app_dir` with this run config, follow it to its end (Ctrl-C stops the run), keep its
+    status and the ServerApp's log in RUN/logs, and return results.json; PedsegError if the run did not
+    complete."""
+    run_id = parse_run_id(fed.flwr("run", str(app_dir), fed.connection, "--run-config", run_config(config),
                                    "--format", "json"))
     try:
         status = follow_run(fed, run_id, sites, rounds, progress)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from simulations.local import (
+    APP_DIR,
     INSECURE_WARNING,
     LocalFederation,
     prepare_run_dir,
@@ -73,6 +74,6 @@ def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, 
         pki = None if insecure else make_run_pki(out / "pki", [])
         start_superlink(fed, pki, simulation=True, connection_extra=simulation_options(
             len(table), cpus_per_site, cpus, torch.cuda.device_count()))
-        return submit_and_follow(fed, config, [], rounds, progress)
+        return submit_and_follow(fed, APP_DIR, config, [], rounds, progress)
     finally:
         fed.stop_all()  # the SuperLink's guard also stops Ray's processes, which are re-parented to it

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from pedseg_core.config import CONTRASTIVE_SCHEMES, PedsegConfig, config_from_di
 from pedseg_core.device import to_cpu
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.unet import MultiDomainUNet
+from pedseg_core.torch_files import load_torch_file, save_atomically
 
 FORMAT = "pedseg-checkpoint/1"
 SHARED_FORMAT = "pedseg-shared-weights/1"
@@ -30,19 +30,10 @@ class DomainSpec:
         return {k: v for k, v in self.labels.items() if v != 0}
 
 
-def _save_atomically(path: Path, payload: dict) -> None:
-    """Temporary file, then rename: an interrupted save never leaves a broken file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: Path, model: MultiDomainUNet, cfg: PedsegConfig, domains: list[DomainSpec],
                     **extra) -> None:
     """A complete model (all domains' private layers included), usable by `pedseg predict`."""
-    _save_atomically(path, {"format": FORMAT, "config": cfg.to_dict(), "domains": [asdict(d) for d in domains],
+    save_atomically(path, {"format": FORMAT, "config": cfg.to_dict(), "domains": [asdict(d) for d in domains],
                             "state_dict": to_cpu(model.state_dict()), **extra})
 
 
@@ -51,19 +42,13 @@ def save_shared_checkpoint(path: Path, shared: dict, cfg: PedsegConfig, server_r
     """The global shared weights of a federation (no norm layer: those exist only at the sites), and the
     heads pooled per joint over the sites that share it (domain-wise aggregation), if any."""
     heads = {j: {k: torch.as_tensor(v) for k, v in h.items()} for j, h in (joint_heads or {}).items()}
-    _save_atomically(path, {"format": SHARED_FORMAT, "config": cfg.to_dict(), "round": server_round,
+    save_atomically(path, {"format": SHARED_FORMAT, "config": cfg.to_dict(), "round": server_round,
                             "shared_state_dict": shared, "joint_heads": heads})
 
 
 def load_checkpoint(path: Path) -> tuple[MultiDomainUNet, PedsegConfig, list[DomainSpec]]:
     """Rebuild the model in eval mode; PedsegError for a missing, unreadable or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise PedsegError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing line
-        raise PedsegError(f"{path}: cannot read checkpoint: {str(err).splitlines()[0]}") from None
+    payload = load_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise PedsegError(f"{path}: not a pedseg checkpoint (expected format {FORMAT})")
     cfg = config_from_dict(payload["config"])

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.domain_norm import DomainNorm
+from pedseg_core.torch_files import load_torch_file
 
 IMAGENET_URLS = {
     "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
@@ -38,12 +39,7 @@ def init_encoder(encoder: nn.Module, weights: str) -> dict[str, int]:
 
 
 def read_checkpoint(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise PedsegError(f"{path}: ImageNet checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing line
-        raise PedsegError(f"{path}: cannot read checkpoint: {err}") from None
+    state = load_torch_file(path, "ImageNet checkpoint")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

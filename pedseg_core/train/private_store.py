@@ -4,11 +4,12 @@ it sent to the server each round."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from pedseg_core.torch_files import save_atomically
 
 
 class PrivateStore:
@@ -27,22 +28,15 @@ class PrivateStore:
         return torch.load(self.path, map_location="cpu", weights_only=True)
 
     def save(self, private: dict[str, Tensor]) -> None:
-        _save(self.path, private)
+        save_atomically(self.path, private)
 
     def load_optimizer(self) -> dict | None:
         return torch.load(self.optimizer_path, map_location="cpu", weights_only=True) \
             if self.optimizer_path.is_file() else None
 
     def save_optimizer(self, state: dict) -> None:
-        _save(self.optimizer_path, state)
+        save_atomically(self.optimizer_path, state)
 
     def save_sent(self, server_round: int, sent: dict[str, dict[str, Tensor]], num_examples: int) -> None:
         """`sent/round-NNN.pt`: every array record of this round's reply (by name) and its example count."""
-        _save(self.sent_dir / f"round-{server_round:03d}.pt", {**sent, "num_examples": num_examples})
-
-
-def _save(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
-    os.replace(tmp, path)
+        save_atomically(self.sent_dir / f"round-{server_round:03d}.pt", {**sent, "num_examples": num_examples})

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pedseg_core.config import PedsegConfig, save_yaml
+from pedseg_core.config import PedsegConfig, config_from_dict, load_yaml, save_yaml
 from pedseg_core.errors import PedsegError
 
 
@@ -54,10 +54,29 @@ class RunDir:
         save_yaml(cfg, self.path / "config.yaml")
         return self
 
+    def reopen(self, cfg: PedsegConfig, metrics_bytes: int) -> RunDir:
+        """The run directory of a run that continues: its config.yaml must be `cfg` (the same settings), and
+        metrics.jsonl is cut back to its first `metrics_bytes` bytes (the rounds that completed)."""
+        recorded = config_from_dict(load_yaml(self.path / "config.yaml")).to_dict()
+        differ = sorted(f"{section}.{key}" for section, values in cfg.to_dict().items()
+                        for key, value in (values.items() if isinstance(values, dict) else [("", values)])
+                        if (recorded[section].get(key) if key else recorded[section]) != value)
+        if differ:
+            raise PedsegError(f"{self.path / 'config.yaml'}: the run to continue was started with other settings "
+                              f"({', '.join(differ)}); resume it with its own run config")
+        if self.metrics_path.exists():
+            with self.metrics_path.open("r+b") as f:
+                f.truncate(metrics_bytes)
+        return self
+
     def log(self, record: dict[str, Any]) -> None:
         """Append one line to metrics.jsonl (flushed at once, so progress survives a crash)."""
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
+
+    def metrics_bytes(self) -> int:
+        """The length of metrics.jsonl so far (a resumed run continues after it)."""
+        return self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
 
     def write_results(self, results: dict[str, Any]) -> None:
         write_json(self.path / "results.json", results)

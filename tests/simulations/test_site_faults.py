@@ -16,8 +16,20 @@ import psutil
 import pytest
 import torch
 
-from client.flower_processes import flower_env
+from client.flower_processes import flower_env, free_port
 from pedseg_core.cli import main as pedseg
+from simulations.local import (
+    APP_DIR,
+    LocalFederation,
+    follow_run,
+    parse_run_id,
+    register_sites,
+    run_config,
+    superlink_command,
+    wait_for_health,
+    write_connection,
+)
+from simulations.run_pki import make_run_pki
 from tests.process_checks import family, wait_gone
 
 STEPS = 3
@@ -122,3 +134,112 @@ def test_without_the_quorum_the_run_ends_with_a_clear_message(data, tmp_path):
     assert run.returncode == 2 and "Traceback" not in stderr
     assert "1 of the 2 sites needed (min-nodes) were connected after 10 s (quorum-timeout); the run ends" in stderr
     assert lines(out)[-1]["event"] == "run-ended"
+
+
+def completed_round(out: Path) -> int:
+    """The last round the server's state was written for (-1: none yet); the file is replaced atomically."""
+    path = out / "checkpoints" / "server_state.pt"
+    return torch.load(path, weights_only=True)["completed_round"] if path.exists() else -1
+
+
+def kill_everything(root: int) -> None:
+    """SIGKILL a process and every descendant at once, as a crash or a power cut would."""
+    pids = family(root)
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert wait_gone(pids) == set()
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_completed_by_resume(data, tmp_path):
+    """`full` with two ankle sites (pooled heads), a knee (prototypes) and the prior: SIGKILL of every process
+    after round 2 of 4, then `pedseg federate --resume RUN` finishes it."""
+    out = tmp_path / "run"
+    sites = [f"--data=ankle-a:ankle={data / 'ankle'}", f"--data=ankle-b:ankle={data / 'ankle'}",
+             f"--data=knee={data / 'knee'}"]
+    run = subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local", *sites, "--out", str(out),
+                            "--preset", "tiny", "--scheme", "full", "--rounds", "4", "--threads", "1",
+                            "--set", f"train.steps_per_epoch={STEPS}", "--set", "federation.evaluate_every=2"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: completed_round(out) >= 2, 400, "round 2")
+    kill_everything(run.pid)
+    before = torch.load(out / "checkpoints" / "server_state.pt", weights_only=True)
+    assert before["completed_round"] == 2 and before["strategy"]["joint_heads"].keys() == {"ankle"}
+    assert json.loads(before["strategy"]["awaiting_evaluation"])["round"] == 2  # its evaluation comes in round 3
+    assert not (out / "results.json").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "pedseg_core.cli", "federate", "--resume", str(out)],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr and "after round 2 of 4" in resumed.stderr
+    records = lines(out)
+    rounds = [r["round"] for r in records if "stage" not in r and "event" not in r]
+    assert rounds == [1, 2, 3, 4]  # continued where it stopped, no round twice
+    assert [r["after_round"] for r in records if r.get("event") == "resumed"] == [2]
+    assert len([r for r in records if r.get("stage") == "prior"]) == 1  # the prior was not trained again
+    round2, round3 = (next(r for r in records if r.get("round") == n) for n in (2, 3))
+    assert set(round3["sites"]) == {"ankle-a", "ankle-b", "knee"} and round3["pooled_heads"] == ["ankle"]
+    # round 2's evaluation was still to come at the kill: it came with round 3's replies, into round 2's line
+    assert round2["evaluation"]["sites"].keys() == {"ankle-a", "ankle-b", "knee"}
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["sites"]) == {"ankle-a", "ankle-b", "knee"} and results["rounds"] == 4
+    # each site kept one private store: the resumed run's messages named the first run
+    for site in ("ankle-a", "ankle-b", "knee"):
+        (store,) = (out / "sites" / site).glob("run-*")
+        assert (store / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_a_superlink_restarted_with_its_database_continues_the_run(data, tmp_path):
+    """The server machine goes down after round 2 of 5 (SuperLink, SuperExec and ServerApp SIGKILLed); the
+    SuperLink restarted with the same --database gets its sites back, and a run with `resume-from` completes it."""
+    out, sites = tmp_path / "run", ["ankle", "knee"]
+    out.mkdir()
+    fed = LocalFederation(out)
+    pki = make_run_pki(out / "pki", sites)
+    port = free_port()
+    command = [*superlink_command(port, pki), "--database", str(tmp_path / "superlink.db")]
+    config = {"preset": "tiny", "scheme": "multi-domain", "num-server-rounds": 5, "min-nodes": 2,
+              "overrides": f"train.steps_per_epoch={STEPS}", "out-dir": str(out)}
+
+    def start_superlink() -> subprocess.Popen:
+        superlink = fed.start("superlink", command, flower_env(fed.superlink_home))
+        wait_for_health(port, superlink, fed.logs["superlink"], pki.ca)
+        return superlink
+
+    def submit(values: dict) -> str:
+        return parse_run_id(fed.flwr("run", str(APP_DIR), fed.connection, "--run-config", run_config(values),
+                                     "--format", "json"))
+
+    try:
+        superlink = start_superlink()
+        write_connection(fed.cli_home, fed.connection, port, pki)
+        register_sites(fed, pki, sites)
+        for site in sites:
+            fed.start(f"site-{site}", [sys.executable, "-m", "client.cli", "--site", site, "--joint", site,
+                                       "--data", str(data / site), "--superlink", f"127.0.0.1:{port}",
+                                       "--root-certificates", str(pki.ca), "--auth-key", str(pki.site_key(site)),
+                                       "--state-dir", str(out / "sites" / site), "--threads", "1"],
+                      flower_env(out / "sites" / site / "flwr-home"))
+        first = submit(config)
+        wait_for(lambda: completed_round(out) >= 2, 400, "round 2")
+        kill_everything(superlink.pid)
+        start_superlink()
+        second = submit({**config, "resume-from": str(out)})
+        status = follow_run(fed, second, sites, 5, progress=False)
+        listing = json.loads(fed.flwr("ls", fed.connection, "--format", "json").stdout)
+    finally:
+        fed.stop_all()
+    assert status["status"] == "finished:completed", status
+    old = {run["run-id"]: run for run in listing["runs"]}[first]
+    assert old["status"] == "finished:failed", old  # the SuperLink gave up on the ServerApp it lost
+    records = lines(out)
+    assert [r["round"] for r in records if "event" not in r] == [1, 2, 3, 4, 5]
+    assert all(set(r["sites"]) == set(sites) for r in records if "event" not in r)
+    assert json.loads((out / "results.json").read_text())["rounds"] == 5
+    for site in sites:  # the sites kept the private layers of the first run: one store each
+        (store,) = (out / "sites" / site).glob("run-*")
+        assert store.name == f"run-{first}"

@@ -96,7 +96,7 @@ def test_unreadable_or_missing_file(tmp_path):
     with pytest.raises(PedsegError, match="not found"):
         init_encoder(model.encoder, str(tmp_path / "none.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(PedsegError, match="cannot read checkpoint"):
+    with pytest.raises(PedsegError, match="cannot read ImageNet checkpoint"):
         init_encoder(model.encoder, str(tmp_path / "junk.pth"))
 
 

@@ -1,0 +1,32 @@
+"""Torch-saved files: written atomically (temporary file, then rename), read back as tensors and plain values
+only, with one clear line when a file is missing or unreadable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from pedseg_core.errors import PedsegError
+
+
+def save_atomically(path: Path, payload: dict) -> None:
+    """Temporary file, then rename: an interrupted save never leaves a broken file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_torch_file(path: Path, what: str) -> object:
+    """A torch-saved file (tensors and plain values only); PedsegError naming `what` when it is missing or
+    unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise PedsegError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing line
+        raise PedsegError(f"{path}: cannot read {what}: {str(err).splitlines()[0]}") from None

@@ -1,0 +1,59 @@
+"""A ClientApp for fault tests: pedseg's own, except that the site named by the run config's `corrupt-site`
+corrupts its training reply in round r as `corruptions-json` ({"r": kind}) says. Run as its own Flower app
+(see `corrupting_app_dir` in test_update_checks_e2e.py); every other site behaves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from client import app as pedseg
+
+app = ClientApp()
+
+
+def _corrupt(reply: Message, received: ArrayRecord, kind: str, private_key: str) -> None:
+    arrays = reply.content["arrays"]
+    first = min(arrays.keys())
+    if kind == "nan":
+        value = arrays[first].numpy().copy()
+        value.flat[0] = np.nan
+        arrays[first] = Array(value)
+    elif kind == "shape":
+        arrays[first] = Array(arrays[first].numpy().reshape(-1))
+    elif kind == "inflate":
+        reply.content["metrics"]["num-examples"] = 100 * int(reply.content["metrics"]["num-examples"])
+    elif kind == "foreign":  # a private layer (this site's first norm tensor) slipped into the shared arrays
+        arrays[private_key] = Array(np.ones(3, np.float32))
+    elif kind == "scale":  # the update blown up 1000 times
+        for key in arrays.keys():
+            sent, base = arrays[key].numpy(), received[key].numpy()
+            arrays[key] = Array((base + 1000.0 * (sent - base)).astype(sent.dtype))
+    elif kind == "no-site":
+        del reply.content["site"]
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    return pedseg.query(msg, context)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    received = ArrayRecord({k: v for k, v in msg.content["arrays"].items()})
+    reply = pedseg.train(msg, context)
+    site = pedseg._node_settings(context)["site"]
+    kind = json.loads(str(context.run_config["corruptions-json"] or "{}")).get(
+        str(msg.content["config"]["server-round"]))
+    if kind and site == context.run_config["corrupt-site"]:
+        private = pedseg._site(context, msg.content["config"])[0].private_state()  # the trainer just used
+        _corrupt(reply, received, kind, min(private))
+    return reply
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return pedseg.evaluate(msg, context)
