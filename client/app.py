@@ -19,6 +19,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.audit_mod import audit_mod
+from client.node_settings import node_settings, state_dir
+from client.policy_mod import policy_mod
 from pedseg_core.config import config_from_run_config
 from pedseg_core.data.validate import require_valid_dataset
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
@@ -55,15 +58,7 @@ from pedseg_core.train.site import SiteTrainer
 
 PRIVATE_KEY = "pedseg-private"
 
-app = ClientApp()
-
-
-def _node_settings(context: Context) -> dict:
-    """This site's settings: the SuperNode's node config (set by pedseg-client), or in a Flower simulation,
-    where a virtual node only knows its partition id, its entry in the run config's `sites-json` table."""
-    if "site" in context.node_config:
-        return dict(context.node_config)
-    return json.loads(str(context.run_config["sites-json"]))[int(context.node_config["partition-id"])]
+app = ClientApp(mods=[audit_mod, policy_mod])  # the audit log sees exactly what the policy lets leave
 
 
 _CACHE: OrderedDict[tuple, tuple[SiteTrainer, PrivateStore]] = OrderedDict()
@@ -74,7 +69,7 @@ def _site(context: Context, config: ConfigRecord | None = None) -> tuple[SiteTra
     preferring the node's memory (`Context.state`) over its disk. A process that serves several messages (a
     simulation actor) keeps its last `federation.cached_sites` trainers, with their slices and optimizer, in
     memory."""
-    node = _node_settings(context)
+    node = node_settings(context)
     cfg = config_from_run_config(dict(context.run_config))
     cfg.train.num_threads = int(node.get("threads", cfg.train.num_threads))
     needs_union = cfg.scheme == "shared" and config is not None and UNION_CLASSES in config
@@ -86,8 +81,7 @@ def _site(context: Context, config: ConfigRecord | None = None) -> tuple[SiteTra
         return _CACHE[key]
     site = SiteTrainer(str(node["site"]), str(node["joint"]), Path(str(node["data-dir"])), cfg,
                        (int(node.get("part", 0)), int(node.get("parts", 1))), union)
-    state_dir = Path(str(node.get("state-dir") or Path(str(node["data-dir"])).parent / f".pedseg-{node['site']}"))
-    store = PrivateStore(state_dir, run)  # a resumed run keeps the private layers of the run it continues
+    store = PrivateStore(state_dir(node), run)  # a resumed run keeps the private layers of the run it continues
     if PRIVATE_KEY in context.state:
         site.load_private(context.state[PRIVATE_KEY].to_torch_state_dict())
     elif (private := store.load()) is not None:
@@ -112,7 +106,7 @@ def _identity(site: SiteTrainer) -> ConfigRecord:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """The site's joint and dataset.json labels (to build the union label space); no data leaves."""
-    node = _node_settings(context)
+    node = node_settings(context)
     dataset = require_valid_dataset(Path(str(node["data-dir"])))
     identity = ConfigRecord({SITE_NAME: str(node["site"]), JOINT: str(node["joint"]),
                              LABELS_JSON: json.dumps(dict(dataset.labels))})
@@ -170,7 +164,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics[PROTOTYPE_SLICES] = count
     if config.get(SHARE_HEAD):
         reply[HEAD] = ArrayRecord(site.head_state())
-    if _node_settings(context).get("keep-sent"):
+    if node_settings(context).get("keep-sent"):
         sent = {name: record.to_torch_state_dict() for name, record in reply.array_records.items()}
         store.save_sent(server_round, sent, slices)
     metrics["client-time-s"] = time.perf_counter() - started  # all of this handler, for overhead accounting

@@ -1,7 +1,7 @@
 """`pedseg-client`: one hospital site. Validates the site's data, then runs a Flower SuperNode for it.
 
     pedseg-client --site NAME --joint J --data DIR --superlink HOST:PORT
-                  (--root-certificates CA.pem [--auth-key KEY] | --insecure) [--state-dir DIR]
+                  (--root-certificates CA.pem [--auth-key KEY] | --insecure) [--state-dir DIR] [--policy POLICY.yaml]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from client.supernode_log import SupernodeLog
 from pedseg_core.cli import EXIT_USER_ERROR, report_error
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import PedsegError
+from pedseg_core.policy import describe_policy, load_policy
 
 PROG = "pedseg-client"
 POLL_SECONDS = 0.2
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "state (default: DATA/../.pedseg-SITE)")
     p.add_argument("--port", type=int, default=0, help="local port of the SuperNode's runtime API (0 = free port)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for training (0 = torch's default)")
+    p.add_argument("--policy", metavar="POLICY.yaml",
+                   help="this site's privacy policy: what may leave it (default: the safe one; see DESIGN)")
     p.add_argument("--keep-sent", action="store_true",
                    help="keep an audit copy of the arrays sent each round in STATE_DIR/run-<id>/sent/")
     p.add_argument("--connect-timeout", type=float, default=120.0,
@@ -68,7 +71,8 @@ def check_arguments(args: argparse.Namespace) -> tuple[str, int]:
 
 def supernode_command(args: argparse.Namespace, state_dir: Path) -> list[str]:
     config = {"site": args.site, "joint": args.joint, "data-dir": str(Path(args.data).resolve()),
-              "state-dir": str(state_dir), "threads": args.threads, "keep-sent": args.keep_sent}
+              "state-dir": str(state_dir), "threads": args.threads, "keep-sent": args.keep_sent,
+              "policy": str(Path(args.policy).resolve()) if args.policy else ""}
     cmd = [flower_tool("flower-supernode"), "--superlink", args.superlink, "--node-config", node_config(config),
            "--port", str(args.port or free_port()), "--max-wait-time", str(args.connect_timeout)]
     if args.insecure:
@@ -85,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     report = check_dataset(Path(args.data))
     if not report.ok:
         raise PedsegError("\n".join(f"site {args.site}: {p}" for p in report.problems))
+    policy = load_policy(Path(args.policy) if args.policy else None)
     print(f"{PROG}: site {args.site} ({args.joint}): {report.n_train} training cases, data OK", flush=True)
+    print(f"{PROG}: policy: {describe_policy(policy)}", flush=True)
     if args.insecure:
         print(f"{PROG}: warning: --insecure: no TLS; the SuperLink is not verified and the traffic can be read",
               flush=True)

@@ -113,8 +113,9 @@ def cmd_federate(args: argparse.Namespace) -> int:
         raise PedsegError("choose --local (a SuperLink and one SuperNode per site on 127.0.0.1) or --simulation "
                           "(Flower's simulation engine); for a deployment across hosts see deploy/README.md")
     if args.resume:
-        if args.data or args.out:
-            raise PedsegError("--resume RUN continues with the run's own sites and directory: drop --data/--out")
+        if args.data or args.out or args.policy:
+            raise PedsegError("--resume RUN continues with the run's own sites, directory and policy: drop "
+                              "--data/--out/--policy")
         results = importlib.import_module("simulations.local").resume_local(Path(args.resume))
         return _report_federation(results, Path(args.resume))
     if not (args.data and args.out):
@@ -130,11 +131,12 @@ def cmd_federate(args: argparse.Namespace) -> int:
         simulation = importlib.import_module("simulations.simulation")
         results = simulation.federate_simulation(sites, Path(args.out), app_config, joints=joints,
                                                  sites_per_joint=args.sites_per_joint,
-                                                 cpus_per_site=args.cpus_per_site, insecure=args.insecure)
+                                                 cpus_per_site=args.cpus_per_site, insecure=args.insecure,
+                                                 policy=Path(args.policy) if args.policy else None)
     else:
         local = importlib.import_module("simulations.local")
         results = local.federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads,
-                                       insecure=args.insecure)
+                                       insecure=args.insecure, policy=Path(args.policy) if args.policy else None)
     return _report_federation(results, Path(args.out))
 
 
@@ -174,6 +176,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_json(Path(args.json), report)
         print(f"wrote {args.json}")
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pedseg_core.audit import read_audit, summarize_audit
+
+    lines, flagged = summarize_audit(read_audit(Path(args.state_dir)))
+    print("\n".join(lines))
+    return 1 if flagged else 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -252,10 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     federate.add_argument("--min-sites", type=int, metavar="K",
                           help="the quorum: a round starts once K sites are connected, and the run goes on while "
                                "K remain (default: every site with a valid dataset)")
+    federate.add_argument("--policy", metavar="POLICY.yaml",
+                          help="every site's privacy policy (default: the safe one: no per-case metrics leave; "
+                               "a simulation, on your own data, allows them)")
     federate.add_argument("--insecure", action="store_true",
                           help="no TLS and no SuperNode authentication (default: both, with a private CA and one "
                                "key per site in RUN/pki/)")
     federate.set_defaults(func=cmd_federate)
+
+    audit = sub.add_parser("audit", help="what left a site, per run and round, from STATE_DIR/audit.jsonl; exit 1 "
+                           "when an image-sized array or per-case metrics left it")
+    audit.add_argument("state_dir", metavar="STATE_DIR", help="a site's state directory (pedseg-client --state-dir)")
+    audit.set_defaults(func=cmd_audit)
 
     repro = sub.add_parser("reproduce", help="the paper's ablation table, centralized and federated (Flower "
                            "simulation), on identical splits, with paired tests and plots; a re-run resumes")

@@ -105,6 +105,7 @@ class FederationConfig:
     round_timeout: float = 1800.0  # seconds to wait for the sites' replies in a round (a dead site's reply
     # comes sooner: the SuperLink answers for it once it misses its heartbeats, within about 60 s)
     evaluate_every: int = 1  # sites evaluate their personalized model every N rounds (and after the last)
+    per_case_metrics: bool = False  # ask the sites for per-case metrics (each site's policy decides; default: no)
     norm_bound: float = 10.0  # a training update (its shared weights minus the global ones) whose L2 norm exceeds
     # this many times the median of the other replies' norms in the round is rejected; 0 = no bound
     aggregation: str = "mean"  # shared weights: mean (example-weighted) | median | trimmed-mean (coordinate-wise)
@@ -283,6 +284,7 @@ RUN_CONFIG_FIELDS = {
     "fraction-train": "federation.fraction_train",
     "round-timeout": "federation.round_timeout",
     "evaluate-every": "federation.evaluate_every",
+    "per-case-metrics": "federation.per_case_metrics",
     "norm-bound": "federation.norm_bound",
     "aggregation": "federation.aggregation",
     "share-prototypes": "contrastive.share_prototypes",

@@ -13,7 +13,8 @@ A federated run, as messages:
    joint], [`joint-arrays`: this joint's pooled head]; site -> `arrays` (its shared weights after training),
    `metrics{NUM_EXAMPLES, TRAIN_LOSS, ...}`, `site{SITE_NAME, JOINT, [RESULT_JSON]: its evaluation of round
    r-1's global weights when EVALUATE_FIRST}`, [`prototypes`: its joint's, with PROTOTYPE_SLICES],
-   [`joint-arrays`: its head, when SHARE_HEAD].
+   [`joint-arrays`: its head, when SHARE_HEAD], and the site record's [REFUSALS_JSON] when its policy refused a
+   request.
 4. After the last round (evaluate): server -> `arrays`, `config{SERVER_ROUND, FEDERATION_RUN, [UNION_*]}`;
    site -> `metrics{NUM_EXAMPLES, MEAN_DICE}`, `site{SITE_NAME, JOINT, RESULT_JSON}`.
 """
@@ -48,6 +49,7 @@ SITE_NAME = "site"
 JOINT = "joint"
 LABELS_JSON = "labels-json"
 RESULT_JSON = "result-json"
+REFUSALS_JSON = "refusals-json"  # what this site's policy refused of the run's requests (a JSON list of lines)
 
 # metrics, site -> server
 NUM_EXAMPLES = "num-examples"

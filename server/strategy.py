@@ -42,6 +42,7 @@ from pedseg_core.protocol import (
     PROTOTYPE_SEP,
     PROTOTYPE_SLICES,
     PROTOTYPES,
+    REFUSALS_JSON,
     RESULT_JSON,
     SHARE_HEAD,
     SITE,
@@ -127,7 +128,8 @@ class SharedWeightsAggregation:
         content = RecordDict(dict(msg.content.items()))
         config = ConfigRecord(dict(msg.content[CONFIG].items()))
         joint = self.joint_of_node.get(node)
-        config[SHARE_HEAD] = list(self.joint_of_node.values()).count(joint) > 1
+        sites_of_joint = {self.site_of_node[n] for n, j in self.joint_of_node.items() if j == joint}
+        config[SHARE_HEAD] = joint is not None and len(sites_of_joint) > 1  # a rejoined site may have a new node
         config.update(self.union_config)
         if self.prior is not None:
             content[PRIOR] = self.prior
@@ -254,6 +256,12 @@ class SharedWeightsAggregation:
         site = str(msg.content[SITE][SITE_NAME])
         self.site_of_node[msg.metadata.src_node_id] = site
         self.joint_of_node[msg.metadata.src_node_id] = str(msg.content[SITE][JOINT])
+        if REFUSALS_JSON in msg.content[SITE]:  # what the site's policy refused of this run's requests
+            try:
+                refused = json.loads(str(msg.content[SITE][REFUSALS_JSON]))
+            except ValueError:
+                refused = [str(msg.content[SITE][REFUSALS_JSON])]
+            self.record.setdefault("policy_refusals", {})[site] = refused
         return site
 
     def _note_rejected(self, rejected: list[tuple[Message, str]]) -> None:

@@ -27,6 +27,7 @@ from client.process_guard import start_guarded, stop_guarded
 from pedseg_core.config import config_from_run_config
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import PedsegError
+from pedseg_core.policy import load_policy
 from pedseg_core.progress import progress_bar
 from pedseg_core.train.run_dir import write_json
 from server.run_state import load_run_state
@@ -193,6 +194,7 @@ class LocalLaunch:
     threads: int = 0
     keep_sent: bool = False
     insecure: bool = False
+    policy: str = ""  # every site's privacy policy (a YAML file); "" = the default policy
     app_dir: str = str(APP_DIR)  # the Flower app: pedseg's own, or a project that extends it
 
     def save(self, run_dir: Path) -> None:
@@ -211,17 +213,20 @@ class LocalLaunch:
 
 def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, object],
                    joints: dict[str, str] | None = None, threads: int = 0, keep_sent: bool = False,
-                   progress: bool = True, insecure: bool = False, app_dir: Path = APP_DIR) -> dict:
+                   progress: bool = True, insecure: bool = False, policy: Path | None = None,
+                   app_dir: Path = APP_DIR) -> dict:
     """Run a loopback federation with one site per `data` entry (site -> dataset; `joints` maps sites to
     joints, default: the site's name); returns results.json. By default the SuperLink runs TLS with a private CA
-    in RUN/pki/ and admits only the sites whose keys it registered; `insecure` turns both off. `app_dir`: the
-    Flower app to run (a directory with its pyproject.toml)."""
+    in RUN/pki/ and admits only the sites whose keys it registered; `insecure` turns both off. `policy`: every
+    site's privacy policy (default: the safe one). `app_dir`: the Flower app to run (a directory with its
+    pyproject.toml)."""
     sites = valid_sites(data)
+    load_policy(policy)  # a bad policy is refused before anything starts
     app_config = {**app_config, "min-nodes": quorum(app_config, sites)}
     out, rounds = prepare_run_dir(out, app_config)
     launch = LocalLaunch({site: str(Path(path).resolve()) for site, path in data.items()},
                          {site: (joints or {}).get(site, site) for site in data}, app_config, threads, keep_sent,
-                         insecure, str(Path(app_dir).resolve()))
+                         insecure, str(Path(policy).resolve()) if policy else "", str(Path(app_dir).resolve()))
     launch.save(out)
     pki = None if insecure else make_run_pki(out / "pki", list(data))
     return run_local(launch, out, pki, sites, rounds, progress, {"out-dir": str(out)})
@@ -261,7 +266,7 @@ def run_local(launch: LocalLaunch, out: Path, pki: RunPKI | None, sites: list[st
                 "--data", path, "--superlink", f"127.0.0.1:{port}", *security,
                 "--state-dir", str(out / "sites" / site), "--connect-timeout", "30",
                 "--threads", str(launch.threads or max(1, (os.cpu_count() or 1) // len(launch.data))),
-                *(["--keep-sent"] if launch.keep_sent else []),
+                *(["--keep-sent"] if launch.keep_sent else []), *(["--policy", launch.policy] if launch.policy else []),
             ], flower_env(out / "sites" / site / "flwr-home"))
         return submit_and_follow(fed, Path(launch.app_dir), {**launch.app_config, **run_dir_config}, sites, rounds,
                                  progress)

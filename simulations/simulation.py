@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
+from pedseg_core.policy import SitePolicy, load_policy
 from simulations.local import (
     APP_DIR,
     INSECURE_WARNING,
@@ -35,7 +37,7 @@ RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_E
 
 
 def virtual_sites(data: dict[str, Path], joints: dict[str, str], sites_per_joint: int, out: Path,
-                  threads: int) -> list[dict]:
+                  threads: int, policy: Path) -> list[dict]:
     """The `sites-json` table: one entry per virtual SuperNode (partition id = index)."""
     table = []
     for site, path in data.items():
@@ -43,7 +45,7 @@ def virtual_sites(data: dict[str, Path], joints: dict[str, str], sites_per_joint
             name = site if sites_per_joint == 1 else f"{site}-{part + 1}"
             table.append({"site": name, "joint": joints.get(site, site), "data-dir": str(Path(path).resolve()),
                           "state-dir": str(out / "sites" / name), "part": part, "parts": sites_per_joint,
-                          "threads": threads})
+                          "threads": threads, "policy": str(policy)})
     return table
 
 
@@ -58,15 +60,23 @@ def simulation_options(num_supernodes: int, cpus_per_site: int, cpus: int, gpus:
 
 def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, object],
                         joints: dict[str, str] | None = None, sites_per_joint: int = 1,
-                        cpus_per_site: int = 1, progress: bool = True, insecure: bool = False) -> dict:
-    """Run the federation on Flower's simulation engine; returns results.json (as `pedseg federate --local`)."""
+                        cpus_per_site: int = 1, progress: bool = True, insecure: bool = False,
+                        policy: Path | None = None) -> dict:
+    """Run the federation on Flower's simulation engine; returns results.json (as `pedseg federate --local`).
+    The data is the researcher's own: unless a `policy` is given, every virtual site runs the default policy
+    with per-case metrics allowed, and the run asks for them (for the reproduction's paired tests)."""
     good = valid_sites(data)
+    load_policy(policy)
     out, rounds = prepare_run_dir(out, app_config)
+    if policy is None:
+        policy = out / "site-policy.yaml"
+        policy.write_text(yaml.safe_dump(SitePolicy(per_case_metrics=True).model_dump()))
+        app_config = {"per-case-metrics": True, **app_config}
     if insecure:
         print(f"pedseg federate: {INSECURE_WARNING}", file=sys.stderr)
     cpus = os.cpu_count() or 1
     table = virtual_sites({s: data[s] for s in good}, joints or {}, sites_per_joint, out,
-                          threads=cpus_per_site)
+                          threads=cpus_per_site, policy=Path(policy).resolve())
     fed = LocalFederation(out, connection=CONNECTION, extra_env=RAY_LOOPBACK_ENV)
     config = {**app_config, "min-nodes": quorum(app_config, [site["site"] for site in table]), "out-dir": str(out),
               "sites-json": json.dumps(table)}

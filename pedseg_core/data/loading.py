@@ -28,14 +28,16 @@ def read_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, tuple[float, .
 
 
 def load_slice_set(cases: Sequence[Case], cfg: DataConfig, desc: str | None = None) -> SliceSet:
-    """Every slice of every labeled case: images [N, 1, S, S] float32, labels [N, S, S] uint8."""
-    images, labels = [], []
-    for case in progress_bar(cases, desc, desc is not None, leave=False, unit="case"):
+    """Every slice of every labeled case: images [N, 1, S, S] float32, labels [N, S, S] uint8, and the index of
+    the case each slice comes from [N]."""
+    images, labels, owners = [], [], []
+    for index, case in enumerate(progress_bar(cases, desc, desc is not None, leave=False, unit="case")):
         image, label, spacing, _ = read_case(case)
         slices, geometry = prepare_image(image, spacing, cfg)
         images.append(slices)
         labels.append(prepare_label(label, geometry, cfg))
-    return SliceSet(torch.cat(images), torch.cat(labels))
+        owners.append(torch.full((len(slices),), index, dtype=torch.long))
+    return SliceSet(torch.cat(images), torch.cat(labels), torch.cat(owners))
 
 
 def split_cases(dataset: RawDataset, cfg: DataConfig, seed: int) -> tuple[list[Case], list[Case]]:

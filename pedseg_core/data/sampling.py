@@ -10,10 +10,12 @@ import torch
 
 @dataclass
 class SliceSet:
-    """All training slices of one domain: images [N, 1, H, W] float32, labels [N, H, W] uint8."""
+    """All training slices of one domain: images [N, 1, H, W] float32, labels [N, H, W] uint8, and the case each
+    slice comes from, cases [N] int64 (when known)."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    cases: torch.Tensor | None = None
     class_slices: list[torch.Tensor] = field(init=False)  # per bone present: indices [n_c] of its slices
 
     def __post_init__(self) -> None:

@@ -6,10 +6,26 @@ ResNets use 1x1 conv + BN ("B") shortcuts. This class is MONAI's `ResNetFeatures
 
 from __future__ import annotations
 
-from monai.networks.nets.resnet import ResNet, ResNetFeatures, get_inplanes
+import torch
+from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetFeatures, get_inplanes
+from torch import nn
 
 BOTTLENECK_CHANNELS = 512  # channels of the last (stride 32) map of resnet10/18/34
 RESNET_LAYERS = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
+
+
+class OutOfPlaceResNetBlock(ResNetBlock):
+    """MONAI's basic ResNet block computed out of place (same parameters and keys): Opacus' per-sample gradient
+    hooks refuse in-place operations on the outputs of the layers they watch (DP-SGD at a site)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.act(self.bn1(self.conv1(x)))
+        return self.act(self.bn2(self.conv2(out)) + residual)
 
 
 class TorchvisionLayoutResNetEncoder(ResNetFeatures):
@@ -19,7 +35,7 @@ class TorchvisionLayoutResNetEncoder(ResNetFeatures):
     def __init__(self, backbone: str, in_channels: int = 1) -> None:
         ResNet.__init__(
             self,
-            block="basic",
+            block=OutOfPlaceResNetBlock,
             layers=RESNET_LAYERS[backbone],
             block_inplanes=get_inplanes(),
             spatial_dims=2,
@@ -28,4 +44,5 @@ class TorchvisionLayoutResNetEncoder(ResNetFeatures):
             shortcut_type="B",
             bias_downsample=False,
             feed_forward=False,
+            act=("relu", {"inplace": False}),
         )

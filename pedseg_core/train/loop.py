@@ -16,6 +16,7 @@ from pedseg_core.losses.segmentation import SegmentationLoss
 from pedseg_core.model.shape_prior import ShapePriorLoss
 from pedseg_core.model.unet import MultiDomainUNet, domain_slices
 from pedseg_core.progress import progress_bar
+from pedseg_core.train.private_training import PrivateTraining
 from pedseg_core.train.schedule import poly_lr
 
 # An extra loss term on the model (e.g. FedProx's proximal term): model -> scalar tensor.
@@ -73,13 +74,15 @@ def _grouped(domains: torch.Tensor) -> torch.Tensor:
 def train_steps(model: MultiDomainUNet, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
                 cfg: TrainConfig, plan: StepPlan, regularizers: Sequence[Regularizer] = (),
                 domain_map: Sequence[int] | None = None, contrastive: MultiScaleContrastive | None = None,
-                prior: ShapePriorLoss | None = None, progress: str | None = None) -> dict[str, float]:
-    """Run `plan.steps` optimizer steps with the run-wide polynomial learning rate.
+                prior: ShapePriorLoss | None = None, progress: str | None = None,
+                private: PrivateTraining | None = None) -> dict[str, float]:
+    """Run `plan.steps` optimizer steps with the run-wide polynomial learning rate. With `private` (DP-SGD),
+    `optimizer` is its DPOptimizer, the loss is per sample, and an empty (Poisson) batch takes a noise-only step.
 
     Returns {"loss": mean total loss, "seg_loss": mean segmentation loss, "contrastive_loss" and
     "prior_loss": mean unweighted terms when used, "lr": last lr, "slices": n}.
     """
-    loss_fn = SegmentationLoss(cfg)
+    loss_fn = SegmentationLoss(cfg, per_sample=private is not None)
     model.train()
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -94,6 +97,9 @@ def train_steps(model: MultiDomainUNet, batches: Iterator[Batch], optimizer: tor
         lr = poly_lr(cfg.learning_rate, plan.start + i, plan.total, cfg.poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if private is not None and not len(batch.domains):
+            private.empty_step()
+            continue
         terms = batch_loss(model, batch, loss_fn, cfg, domain_map, contrastive, prior)
         loss = sum(weights[k] * v for k, v in terms.items())
         loss = loss + sum((reg(model) for reg in regularizers), loss.new_zeros(()))

@@ -28,9 +28,11 @@ from pedseg_core.model.checkpoint import DomainSpec, save_checkpoint
 from pedseg_core.model.partition import head_state_dict, load_partial_state, split_for_scheme
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
 from pedseg_core.model.unet import build_model
+from pedseg_core.policy import DPBudget
 from pedseg_core.train.centralized import seed_everything
 from pedseg_core.train.loop import StepPlan, train_steps
 from pedseg_core.train.norm_stats import recalibrate_batch_norm
+from pedseg_core.train.private_training import PrivateTraining
 from pedseg_core.train.schedule import make_optimizer
 from pedseg_core.train.shape_prior import train_shape_autoencoder
 
@@ -60,6 +62,23 @@ class SiteTrainer:
         self.device = resolve_device(cfg.train.device)
         self.model = build_model([classes], cfg.model, projection=projection).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg.train.learning_rate, cfg.train.weight_decay)
+        self.private: PrivateTraining | None = None  # DP-SGD, when the site's policy asks for it
+
+    def use_privacy(self, budget: DPBudget, num_rounds: int, state: dict | None = None) -> None:
+        """Train with DP-SGD in this run (see `pedseg_core.train.private_training`): `budget` over the run's
+        `num_rounds` rounds; `state`: the accountant kept from this site's earlier rounds. Its Adam state must
+        be loaded before. DP needs group norms, per-sample losses and no coupling between a batch's slices, so
+        the contrastive term (in-batch positives) and FedProx are off under DP."""
+        if self.private is not None:
+            return
+        if self.cfg.model.norm != "group":
+            raise PedsegError(f"site {self.domain.name}: its policy asks for DP-SGD, which needs group norms (Opacus "
+                              f"cannot bound a slice's gradient through BatchNorm): run with --set model.norm=group")
+        if self.model.scales:  # no contrastive term under DP: the projection heads get no gradient
+            self.model.projections.requires_grad_(False)
+        tc = self.cfg.train
+        self.private = PrivateTraining(self.model, self.optimizer, budget, len(self.train_cases), tc.batch_size,
+                                       num_rounds * tc.steps_per_epoch, state)
 
     def training_slices(self) -> SliceSet:
         """This site's training slices, read and preprocessed once per process (a message's handler may
@@ -67,7 +86,8 @@ class SiteTrainer:
         if self._slices is None:
             slices = load_slice_set(self.train_cases, self.cfg.data)
             if self.union:  # the shared scheme's head predicts the union of all joints' bones
-                slices = SliceSet(slices.images, to_union_labels(slices.labels, self.union[1]).to(torch.uint8))
+                slices = SliceSet(slices.images, to_union_labels(slices.labels, self.union[1]).to(torch.uint8),
+                                  slices.cases)
             self._slices = slices
         return self._slices
 
@@ -100,23 +120,35 @@ class SiteTrainer:
         domains' prototypes (per scale [M, D]) as negatives."""
         load_partial_state(self.model, shared)
         tc = self.cfg.train
+        if self.private is not None:
+            if proximal_mu > 0:
+                raise PedsegError(f"site {self.domain.name}: DP-SGD with FedProx is not supported (the proximal "
+                                  f"term's gradient would bypass the clipping); use --strategy fedavg")
+            self.private.require_budget(tc.steps_per_epoch, self.domain.name)
         start = time.perf_counter()
         slices = self.training_slices()
         loaded = time.perf_counter()
         generator = torch.Generator().manual_seed(tc.seed * 100_003 + server_round)
         augment = SliceAugmentation(self.cfg.data, tc.seed + server_round) if self.cfg.data.augment else None
-        batches = domain_balanced_batches([slices], tc.batch_size, generator, augment,
-                                          self.cfg.data.foreground_fraction)
+        if self.private is not None:  # Poisson batches of cases, from the OS's entropy
+            batches = self.private.batches(slices, augment)
+        else:
+            batches = domain_balanced_batches([slices], tc.batch_size, generator, augment,
+                                              self.cfg.data.foreground_fraction)
         regularizers = [ProximalTerm(self.model, shared, proximal_mu)] if proximal_mu > 0 else []
         if prior is not None:
             prior.autoencoder.to(self.device)
         plan = StepPlan(tc.steps_per_epoch, (server_round - 1) * tc.steps_per_epoch, num_rounds * tc.steps_per_epoch)
         contrastive = None
-        if self.model.scales:
+        if self.model.scales and self.private is None:
             labels = None if other_prototypes is None else torch.arange(1, len(other_prototypes[0]) + 1)
             contrastive = MultiScaleContrastive(self.cfg.contrastive, None, other_prototypes, labels)
-        stats = train_steps(self.model, batches, self.optimizer, tc, plan, regularizers, contrastive=contrastive,
-                            prior=prior)
+        optimizer = self.optimizer if self.private is None else self.private.optimizer
+        stats = train_steps(self.model, batches, optimizer, tc, plan, regularizers, contrastive=contrastive,
+                            prior=prior, private=self.private)
+        if self.private is not None:  # the planned count: the sampled one depends on the data
+            stats["slices"] = tc.steps_per_epoch * tc.batch_size
+            stats["epsilon"] = self.private.spent()
         stats["load_time_s"] = loaded - start
         stats["train_time_s"] = time.perf_counter() - loaded
         return self.shared_state(), stats["slices"], stats

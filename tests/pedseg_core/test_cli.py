@@ -113,6 +113,13 @@ def test_train_refuses_a_broken_dataset_naming_the_file(data, tmp_path, capsys):
     (["federate", "--local", "--data", "ankle=D", "--out", "X", "--min-sites", "2"],
      "--min-sites 2: only 1 site(s) have a valid dataset"),
     (["federate", "--local", "--data", "a/b:ankle=D", "--out", "X"], "site name 'a/b' may hold only"),
+    (["federate", "--local", "--data", "ankle=D", "--out", "X", "--set", "federation.aggregation=krum"],
+     "federation.aggregation must be one of mean, median, trimmed-mean"),
+    (["federate", "--resume", "nowhere"], "nowhere/federation.json: not found"),
+    (["federate", "--resume", "R", "--out", "X"], "--resume RUN continues with the run's own sites, directory"),
+    (["federate", "--local", "--out", "X"], "federate needs --data (one per site) and --out RUN"),
+    (["audit", "nowhere"], "nowhere/audit.jsonl: no audit log"),
+    (["federate", "--local", "--data", "ankle=D", "--out", "X", "--policy", "none.yaml"], "none.yaml: cannot read"),
 ])
 def test_bad_options_give_one_clear_line(args, message, data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -58,9 +58,34 @@ def test_results_follow_the_contract(federation):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [1, 2]
     assert all(set(line["sites"]) == set(JOINTS) and line["round_time_s"] > 0 for line in lines)
+    # honest sites pass every update check; their update norms are logged
+    assert all(line["rejected"] == [] and set(line["update_norms"]) == set(JOINTS) for line in lines)
     # every round's global model is evaluated by every site (round 1's during round 2's training message)
     assert all(set(line["evaluation"]["sites"]) == set(JOINTS) for line in lines)
     assert lines[-1]["evaluation"]["mean_dice"] == pytest.approx(results["mean_dice"])
+
+
+def test_no_case_id_reaches_the_server_and_every_site_audits_what_left_it(federation, capsys):
+    """The default policy: per-bone means and case counts leave, no case id; each site's audit.jsonl lists
+    every message that left it, and nothing in it is flagged."""
+    out, results, truncated = federation
+    data = truncated.parents[2]
+    case_ids = {p.name.removesuffix(".nii.gz").removesuffix("_0000") for joint in JOINTS
+                for p in (data / joint).glob("*s*/*.nii.gz")}
+    assert len(case_ids) == 3 * len(JOINTS)
+    server_side = [p for p in out.rglob("*") if p.is_file() and "sites" not in p.relative_to(out).parts
+                   and not p.name.startswith("site-")]
+    assert out / "results.json" in server_side and out / "logs" / "serverapp.log" in server_side
+    for path in server_side:
+        content = path.read_bytes()
+        assert not [c for c in case_ids if c.encode() in content], path
+    assert all("per_case" not in site for site in results["sites"].values())
+    for joint in JOINTS:
+        audit = [json.loads(x) for x in (out / "sites" / joint / "audit.jsonl").read_text().splitlines()]
+        assert {line["type"] for line in audit} == {"train", "evaluate"}
+        assert sorted(line["round"] for line in audit if line["type"] == "train") == list(range(1, ROUNDS + 1))
+        assert pedseg(["audit", str(out / "sites" / joint)]) == 0
+    assert "nothing flagged" in capsys.readouterr().out
 
 
 def test_global_weights_are_the_example_weighted_mean_of_what_sites_sent(federation):

@@ -1,0 +1,96 @@
+"""A site's privacy policy: what this site allows to leave it, owned by the site (`pedseg-client --policy
+POLICY.yaml`), never raised by the operator's run config.
+
+```yaml
+dp:                      # differential privacy (Opacus DP-SGD); absent = no DP
+  epsilon: 8.0
+  delta: 1.0e-5
+  max_grad_norm: 1.0
+share_prototypes: true   # contrastive/full: may per-joint mean embeddings leave?
+min_prototype_slices: 32 # ... each a mean over at least this many slices
+share_head: true         # may the head be pooled with other sites of the same joint?
+per_case_metrics: false  # default: only per-bone means and the case count leave
+```
+
+A run asks (`Requests`); the site grants what its policy allows and refuses the rest, in words the run's
+metrics.jsonl records: a run may ask for less than a policy allows, never for more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pedseg_core.config import load_yaml
+from pedseg_core.errors import PedsegError
+
+
+class DPBudget(BaseModel):
+    """The (epsilon, delta) this site spends over a whole run, and the per-sample gradient clipping norm."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    epsilon: float = Field(gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class SitePolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dp: DPBudget | None = None
+    share_prototypes: bool = True
+    min_prototype_slices: int = Field(32, ge=1)
+    share_head: bool = True
+    per_case_metrics: bool = False
+
+    def grant(self, asked: Requests) -> tuple[Requests, list[str]]:
+        """(what the site sends: the requests its policy allows, the rest cut down to it; one line per refusal)."""
+        granted, refusals = asked, []
+        if asked.per_case_metrics and not self.per_case_metrics:
+            granted = replace(granted, per_case_metrics=False)
+            refusals.append("per-case metrics: refused by the site's policy (per-bone means and the case count only)")
+        if asked.share_prototypes and not self.share_prototypes:
+            granted = replace(granted, share_prototypes=False)
+            refusals.append("prototypes: refused by the site's policy")
+        if asked.share_prototypes and asked.min_prototype_slices < self.min_prototype_slices:
+            granted = replace(granted, min_prototype_slices=self.min_prototype_slices)
+            refusals.append(f"prototypes over {asked.min_prototype_slices} slices: the site's policy needs at least "
+                            f"{self.min_prototype_slices}")
+        if asked.share_head and not self.share_head:
+            granted = replace(granted, share_head=False)
+            refusals.append("pooling the head with the joint's other sites: refused by the site's policy")
+        return granted, refusals
+
+
+@dataclass(frozen=True)
+class Requests:
+    """What a run asks a site to send."""
+
+    per_case_metrics: bool = False
+    share_prototypes: bool = True
+    min_prototype_slices: int = 32
+    share_head: bool = False
+
+
+def describe_policy(policy: SitePolicy) -> str:
+    """One line: what this site lets leave it."""
+    dp = (f"DP-SGD with epsilon {policy.dp.epsilon:g}, delta {policy.dp.delta:g}, clipping {policy.dp.max_grad_norm:g}"
+          if policy.dp else "no DP")
+    prototypes = (f"prototypes over >= {policy.min_prototype_slices} slices" if policy.share_prototypes
+                  else "no prototypes")
+    return (f"{dp}; {prototypes}; head {'may be' if policy.share_head else 'never'} pooled; "
+            f"{'per-case metrics allowed' if policy.per_case_metrics else 'no per-case metrics'}")
+
+
+def load_policy(path: Path | None) -> SitePolicy:
+    """The policy in `path` (None: the default, safe one); PedsegError naming the file and the problem."""
+    if path is None:
+        return SitePolicy()
+    values = load_yaml(Path(path))
+    try:
+        return SitePolicy.model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "policy"
+        raise PedsegError(f"{path}: {where}: {first['msg']}") from None

@@ -1,0 +1,102 @@
+"""Differential privacy at a site: DP-SGD with Opacus, at the level of a patient.
+
+Each step samples every training case independently with probability q = batch_size / cases (Poisson sampling,
+what the accountant assumes) and takes one random slice of each sampled case, so a per-sample gradient is one
+patient's whole contribution to the step; Opacus clips it to `max_grad_norm` and adds Gaussian noise. The noise
+multiplier is calibrated once, from the site's (epsilon, delta) over every step the site will train in the run,
+and an RDP accountant counts what each step spends; its history is kept at the site between rounds. Both the
+sampling and the noise draw from the operating system's entropy (never from the run's seeds, which the server
+knows), with Opacus' secure noise.
+
+What DP-SGD covers: every parameter the site trains (shared filters, its norms, its head). What it does not:
+prototypes (a DP site sends none), the prior's stage 1 (a DP site sits it out), and its test-set metrics.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import torch
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.grad_sample import GradSampleHooks
+from opacus.optimizers import DPOptimizer
+
+from pedseg_core.data.sampling import Batch, SliceSet
+from pedseg_core.errors import PedsegError
+from pedseg_core.policy import DPBudget
+
+
+class PrivacyBudgetSpent(PedsegError):
+    """The next round would spend more than the site's epsilon."""
+
+
+def entropy_generator() -> torch.Generator:
+    """A generator seeded from the operating system's entropy."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+class PrivateTraining:
+    """DP-SGD on `model` (per-sample gradient hooks) with `optimizer` wrapped by Opacus' DPOptimizer.
+
+    `cases`: training cases at this site; `planned_steps`: the steps it trains in the whole run; `state`: what
+    `state_dict` returned in an earlier round (the same noise multiplier, the accountant's history)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, budget: DPBudget, cases: int,
+                 batch_size: int, planned_steps: int, state: dict | None = None) -> None:
+        self.budget = budget
+        self.batch_size = batch_size
+        self.sample_rate = min(1.0, batch_size / cases)
+        self.accountant = RDPAccountant()
+        if state is not None:
+            self.accountant.load_state_dict(state["accountant"])
+            self.noise_multiplier = float(state["noise_multiplier"])
+        else:
+            self.noise_multiplier = get_noise_multiplier(target_epsilon=budget.epsilon, target_delta=budget.delta,
+                                                         sample_rate=self.sample_rate, steps=planned_steps,
+                                                         accountant="rdp")
+        self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="mean")
+        self.generator = entropy_generator()
+        self.optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
+                                     max_grad_norm=budget.max_grad_norm, expected_batch_size=batch_size,
+                                     loss_reduction="mean", generator=self.generator, secure_mode=True)
+        self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
+
+    def spent(self) -> float:
+        """The epsilon spent so far (0 before the first step)."""
+        return float(self.accountant.get_epsilon(self.budget.delta)) if self.accountant.history else 0.0
+
+    def require_budget(self, steps: int, site: str) -> None:
+        """PrivacyBudgetSpent unless `steps` more steps keep the site within its epsilon."""
+        probe = RDPAccountant()
+        probe.load_state_dict(self.accountant.state_dict())
+        probe.history.append((self.noise_multiplier, self.sample_rate, steps))
+        if probe.get_epsilon(self.budget.delta) > self.budget.epsilon * (1 + 1e-6):
+            raise PrivacyBudgetSpent(f"site {site}: its privacy budget is spent (epsilon {self.spent():.3g} of "
+                                     f"{self.budget.epsilon:g}; {steps} more steps would exceed it): it sends no "
+                                     f"more updates")
+
+    def batches(self, slices: SliceSet, transform=None) -> Iterator[Batch]:
+        """Endless Poisson batches of cases, one random slice of each (a batch may be empty)."""
+        case_ids = slices.cases.unique()
+        while True:
+            chosen = case_ids[torch.rand(len(case_ids), generator=self.generator) < self.sample_rate]
+            picks = [(slices.cases == c).nonzero().flatten() for c in chosen]
+            idx = torch.stack([p[torch.randint(len(p), (), generator=self.generator)] for p in picks]) \
+                if picks else torch.zeros(0, dtype=torch.long)
+            images, labels = slices.images[idx], slices.labels[idx].long()
+            if transform is not None and len(idx):
+                images, labels = transform(images, labels)
+            yield Batch(images, labels, torch.zeros(len(idx), dtype=torch.long))
+
+    def empty_step(self) -> None:
+        """An empty Poisson batch still takes a step: noise only (and the accountant counts it)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.optimizer.params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+        self.optimizer.step()
+
+    def state_dict(self) -> dict:
+        """Plain values (torch.load with weights_only reads them back)."""
+        return {"accountant": dict(self.accountant.state_dict()), "noise_multiplier": self.noise_multiplier}

@@ -1,0 +1,48 @@
+"""A site's privacy policy: a run may ask for less than it allows, never for more; bad files are one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from pedseg_core.errors import PedsegError
+from pedseg_core.policy import Requests, SitePolicy, load_policy
+
+
+def test_the_default_policy_keeps_per_case_metrics_and_needs_enough_slices():
+    granted, refusals = SitePolicy().grant(Requests(per_case_metrics=True, min_prototype_slices=8, share_head=True))
+    assert granted == Requests(per_case_metrics=False, share_prototypes=True, min_prototype_slices=32,
+                               share_head=True)
+    assert len(refusals) == 2 and "per-case metrics: refused" in refusals[0] and "needs at least 32" in refusals[1]
+
+
+def test_asking_for_less_than_allowed_is_no_refusal():
+    policy = SitePolicy(per_case_metrics=True, min_prototype_slices=16)
+    asked = Requests(per_case_metrics=False, share_prototypes=False, min_prototype_slices=64, share_head=False)
+    assert policy.grant(asked) == (asked, [])
+
+
+def test_a_strict_policy_refuses_prototypes_and_the_head():
+    granted, refusals = SitePolicy(share_prototypes=False, share_head=False).grant(Requests(share_head=True))
+    assert not granted.share_prototypes and not granted.share_head and len(refusals) == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("dp: {epsilon: -1}", "dp.epsilon: Input should be greater than 0"),
+    ("dp: {epsilon: 8, delta: 2}", "dp.delta: Input should be less than 1"),
+    ("share_head: maybe", "share_head: Input should be a valid boolean"),
+    ("per_case: true", "per_case: Extra inputs are not permitted"),
+    ("- a list", "expected a mapping at the top level"),
+    ("dp: [", "invalid YAML"),
+])
+def test_a_bad_policy_is_one_line_naming_the_file(text, message, tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    with pytest.raises(PedsegError, match=message) as err:
+        load_policy(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_a_dp_policy_reads_back():
+    assert load_policy(None) == SitePolicy()
+    policy = SitePolicy.model_validate({"dp": {"epsilon": 8}})
+    assert (policy.dp.epsilon, policy.dp.delta, policy.dp.max_grad_norm) == (8.0, 1e-5, 1.0)

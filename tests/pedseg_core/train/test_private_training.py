@@ -1,0 +1,73 @@
+"""DP-SGD at a site (Opacus): patient-level Poisson batches, epsilon that grows per round and stays within the
+budget, the accountant kept between rounds, noise the run's seeds do not fix, BatchNorm refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pedseg_core.config import build_config
+from pedseg_core.errors import PedsegError
+from pedseg_core.policy import DPBudget
+from pedseg_core.train.private_training import PrivacyBudgetSpent
+from pedseg_core.train.site import SiteTrainer
+
+ROUNDS, STEPS = 3, 2
+BUDGET = DPBudget(epsilon=8.0, delta=1e-5, max_grad_norm=1.0)
+
+
+def trainer(dataset, norm: str = "group", scheme: str = "full") -> SiteTrainer:
+    cfg = build_config("tiny", overrides={"scheme": scheme, "model": {"norm": norm},
+                                          "train": {"steps_per_epoch": STEPS, "batch_size": 2}})
+    return SiteTrainer("h1", "knee", dataset, cfg)
+
+
+@pytest.fixture
+def dataset(write_dataset):
+    return write_dataset(n_train=6, shape=(40, 40, 6))
+
+
+def test_epsilon_grows_each_round_within_the_budget_then_the_site_stops(dataset):
+    site = trainer(dataset)
+    site.use_privacy(BUDGET, ROUNDS)
+    spent, shared = [], site.shared_state()
+    for server_round in range(1, ROUNDS + 1):
+        shared, slices, stats = site.train_round(shared, server_round, ROUNDS)
+        assert slices == STEPS * 2 and "contrastive_loss" not in stats  # planned count; no in-batch coupling
+        spent.append(stats["epsilon"])
+        # the round's state goes to disk and comes back in a new trainer, as in a new ClientApp process
+        state, optimizer = site.private.state_dict(), site.optimizer_state()
+        site = trainer(dataset)
+        site.load_optimizer_state(optimizer)
+        site.use_privacy(BUDGET, ROUNDS, state)
+    assert spent == sorted(spent) and 0 < spent[0] < spent[-1] <= BUDGET.epsilon
+    assert spent[-1] == pytest.approx(BUDGET.epsilon, rel=0.05)  # calibrated to spend it over the run
+    assert all(torch.isfinite(v).all() for v in shared.values())
+    with pytest.raises(PrivacyBudgetSpent, match="site h1: its privacy budget is spent"):
+        site.train_round(shared, ROUNDS + 1, ROUNDS)
+
+
+def test_the_noise_is_not_fixed_by_the_run_seed(dataset):
+    first, second = trainer(dataset), trainer(dataset)
+    second.model.load_state_dict(first.model.state_dict())
+    start = first.shared_state()
+    for site in (first, second):
+        site.use_privacy(BUDGET, ROUNDS)
+    a, _, _ = first.train_round(start, 1, ROUNDS)
+    b, _, _ = second.train_round(start, 1, ROUNDS)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # same seeds, same data: different noise and batches
+
+
+def test_batches_hold_one_slice_per_sampled_case(dataset):
+    site = trainer(dataset)
+    site.use_privacy(BUDGET, ROUNDS)
+    slices = site.training_slices()
+    batch = next(site.private.batches(slices))
+    picked = [int(torch.nonzero((slices.images == image).flatten(1).all(1))[0]) for image in batch.images]
+    owners = slices.cases[picked]
+    assert len(owners) == len(set(owners.tolist())) <= len(site.train_cases)
+
+
+def test_dp_with_batch_norm_is_refused_in_one_line(dataset):
+    with pytest.raises(PedsegError, match="needs group norms .* --set model.norm=group"):
+        trainer(dataset, norm="batch").use_privacy(BUDGET, ROUNDS)
