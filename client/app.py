@@ -20,14 +20,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.audit_mod import audit_mod
-from client.node_settings import node_settings, state_dir
+from client.node_settings import node_settings, site_policy, state_dir
 from client.policy_mod import policy_mod
 from pedseg_core.config import config_from_run_config
 from pedseg_core.data.validate import require_valid_dataset
+from pedseg_core.errors import PedsegError
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
 from pedseg_core.protocol import (
     ARRAYS,
     CONFIG,
+    EPSILON,
     EVALUATE_FIRST,
     FEDERATION_RUN,
     HEAD,
@@ -54,6 +56,7 @@ from pedseg_core.protocol import (
     UNION_OFFSETS_JSON,
 )
 from pedseg_core.train.private_store import PrivateStore
+from pedseg_core.train.private_training import spent_epsilon
 from pedseg_core.train.site import SiteTrainer
 
 PRIVATE_KEY = "pedseg-private"
@@ -137,9 +140,15 @@ def _prior_loss(msg: Message, site: SiteTrainer) -> ShapePriorLoss | None:
 def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     config = msg.content[CONFIG]
+    policy = site_policy(node_settings(context))
     if config.get(STAGE) == STAGE_PRIOR:
+        if policy.dp is not None:
+            raise PedsegError(f"site {node_settings(context)['site']}: stage 1 of the shape prior is not covered by "
+                              f"DP-SGD; this DP site sits it out")
         return train_prior(msg, _site(context, config)[0])
     site, store = _site(context, config)
+    if policy.dp is not None:  # DP-SGD with the accountant this site kept from its earlier rounds
+        site.use_privacy(policy.dp, int(config[NUM_ROUNDS]), store.load_privacy())
     received = msg.content[ARRAYS].to_torch_state_dict()
     if HEAD in msg.content:  # the head pooled over this joint's sites (domain-wise aggregation)
         site.load_private(msg.content[HEAD].to_torch_state_dict())
@@ -154,11 +163,17 @@ def train(msg: Message, context: Context) -> Message:
     context.state[PRIVATE_KEY] = ArrayRecord(private)
     store.save(private)
     store.save_optimizer(site.optimizer_state())
-    losses = {k.replace("_", "-"): v for k, v in stats.items() if k.endswith("_loss")}
-    metrics = MetricRecord({NUM_EXAMPLES: slices, TRAIN_LOSS: stats["loss"], **losses, "lr": stats["lr"],
-                            "train-time-s": stats["train_time_s"], "load-time-s": stats["load_time_s"]})
+    metrics = MetricRecord({NUM_EXAMPLES: slices, "lr": stats["lr"], "train-time-s": stats["train_time_s"],
+                            "load-time-s": stats["load_time_s"]})
+    if site.private is not None:  # the losses depend on the training data and DP does not cover them
+        store.save_privacy(site.private.state_dict())
+        metrics[EPSILON] = stats["epsilon"]
+    else:
+        metrics[TRAIN_LOSS] = stats["loss"]
+        metrics.update({k.replace("_", "-"): v for k, v in stats.items() if k.endswith("_loss")})
     reply = RecordDict({ARRAYS: ArrayRecord(shared), METRICS: metrics, SITE: identity})
-    if site.cfg.contrastive.share_prototypes and (prototypes := site.prototypes(server_round)) is not None:
+    if site.cfg.contrastive.share_prototypes and site.private is None and \
+            (prototypes := site.prototypes(server_round)) is not None:
         means, count = prototypes
         reply[PROTOTYPES] = ArrayRecord({f"{site.domain.joint}{PROTOTYPE_SEP}{s}": m for s, m in enumerate(means)})
         metrics[PROTOTYPE_SLICES] = count
@@ -188,6 +203,8 @@ def _evaluate(site: SiteTrainer, store: PrivateStore, shared: dict[str, torch.Te
     result = site.evaluate(shared)
     if not site.union:
         site.save_model(store.model_path, server_round)
+    if (privacy := store.load_privacy()) is not None:  # a DP site reports what it spent so far
+        result["epsilon"] = spent_epsilon(privacy)
     return result
 
 

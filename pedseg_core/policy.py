@@ -53,6 +53,9 @@ class SitePolicy(BaseModel):
         if asked.share_prototypes and not self.share_prototypes:
             granted = replace(granted, share_prototypes=False)
             refusals.append("prototypes: refused by the site's policy")
+        elif asked.share_prototypes and self.dp is not None:
+            granted = replace(granted, share_prototypes=False)
+            refusals.append("prototypes: not covered by DP-SGD, so a DP site sends none")
         if asked.share_prototypes and asked.min_prototype_slices < self.min_prototype_slices:
             granted = replace(granted, min_prototype_slices=self.min_prototype_slices)
             refusals.append(f"prototypes over {asked.min_prototype_slices} slices: the site's policy needs at least "

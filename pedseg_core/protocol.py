@@ -56,3 +56,4 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 PROTOTYPE_SLICES = "prototype-slices"
 MEAN_DICE = "mean-dice"
+EPSILON = "epsilon"  # a DP site: the epsilon spent so far (it sends no training losses then)

@@ -10,6 +10,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from pedseg_core.config import PedsegConfig
+from pedseg_core.errors import PedsegError
 from pedseg_core.model.shape_prior import ShapeAutoEncoder
 from pedseg_core.protocol import STAGE, STAGE_PRIOR, UNION_CLASSES, UNION_OFFSETS_JSON
 from pedseg_core.train.run_dir import RunDir
@@ -34,4 +35,7 @@ def train_prior(grid: Grid, cfg: PedsegConfig, run: RunDir, offsets: dict[str, i
                             train_config=config)
     for server_round, metrics in sorted(result.train_metrics_clientapp.items()):
         run.log({"stage": "prior", "round": server_round, **dict(metrics.items())})
+    if not result.train_metrics_clientapp:
+        raise PedsegError("stage 1: no site trained the shape prior (a site whose policy asks for DP sits it out); "
+                          "with DP at every site use the multi-domain or contrastive scheme")
     return result.arrays

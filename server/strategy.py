@@ -169,7 +169,9 @@ class SharedWeightsAggregation:
         self._aggregate_prototypes(valid)
         self._aggregate_heads(valid, weights)
         total = float(sum(weights))
-        loss = sum(w * float(m.content[METRICS][TRAIN_LOSS]) for m, w in zip(valid, weights)) / total
+        with_loss = [(m, w) for m, w in zip(valid, weights) if TRAIN_LOSS in m.content[METRICS]]  # DP sites send none
+        loss = (sum(w * float(m.content[METRICS][TRAIN_LOSS]) for m, w in with_loss) / sum(w for _, w in with_loss)
+                if with_loss else float("nan"))
         self.record["train_loss"] = loss
         self.record["examples"] = total
         self.record["aggregated_keys"] = len(aggregated)

@@ -13,12 +13,13 @@ from pedseg_core.torch_files import save_atomically
 
 
 class PrivateStore:
-    """`<state_dir>/run-<run>/`: `private.pt`, `optimizer.pt`, `model.pt` and `sent/`, each file written
+    """`<state_dir>/run-<run>/`: `private.pt`, `optimizer.pt`, `privacy.pt`, `model.pt` and `sent/`, each file written
     atomically (temporary file, then rename)."""
 
     def __init__(self, state_dir: Path, run: str) -> None:
         self.path = Path(state_dir) / f"run-{run}" / "private.pt"
         self.optimizer_path = self.path.parent / "optimizer.pt"
+        self.privacy_path = self.path.parent / "privacy.pt"  # DP-SGD: the noise multiplier and the accountant
         self.model_path = self.path.parent / "model.pt"  # a complete pedseg checkpoint, written by the site
         self.sent_dir = self.path.parent / "sent"
 
@@ -36,6 +37,14 @@ class PrivateStore:
 
     def save_optimizer(self, state: dict) -> None:
         save_atomically(self.optimizer_path, state)
+
+    def load_privacy(self) -> dict | None:
+        """The DP accountant this site kept in this run (None: no DP round yet)."""
+        return torch.load(self.privacy_path, map_location="cpu", weights_only=True) \
+            if self.privacy_path.is_file() else None
+
+    def save_privacy(self, state: dict) -> None:
+        save_atomically(self.privacy_path, state)
 
     def save_sent(self, server_round: int, sent: dict[str, dict[str, Tensor]], num_examples: int) -> None:
         """`sent/round-NNN.pt`: every array record of this round's reply (by name) and its example count."""

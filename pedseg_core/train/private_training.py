@@ -65,7 +65,7 @@ class PrivateTraining:
 
     def spent(self) -> float:
         """The epsilon spent so far (0 before the first step)."""
-        return float(self.accountant.get_epsilon(self.budget.delta)) if self.accountant.history else 0.0
+        return spent_epsilon(self.state_dict())
 
     def require_budget(self, steps: int, site: str) -> None:
         """PrivacyBudgetSpent unless `steps` more steps keep the site within its epsilon."""
@@ -99,4 +99,12 @@ class PrivateTraining:
 
     def state_dict(self) -> dict:
         """Plain values (torch.load with weights_only reads them back)."""
-        return {"accountant": dict(self.accountant.state_dict()), "noise_multiplier": self.noise_multiplier}
+        return {"accountant": dict(self.accountant.state_dict()), "noise_multiplier": self.noise_multiplier,
+                "delta": self.budget.delta}
+
+
+def spent_epsilon(state: dict) -> float:
+    """The epsilon a site has spent, from its saved `PrivateTraining.state_dict()`."""
+    accountant = RDPAccountant()
+    accountant.load_state_dict(state["accountant"])
+    return float(accountant.get_epsilon(state["delta"])) if accountant.history else 0.0
