@@ -123,7 +123,10 @@ class UpdateChecks:
         checked, rejected = [], []
         for reply in replies:
             try:
-                checked.append((reply, *self._check(reply, reference, globals_, heads, prototypes)))
+                entry = (reply, *self._check(reply, reference, globals_, heads, prototypes))
+                if entry[1] in {site for _, site, _, _ in checked}:
+                    raise UpdateRejected(f"a second reply of this round from site {entry[1]}")
+                checked.append(entry)
             except UpdateRejected as err:
                 rejected.append((reply, str(err)))
             except (KeyError, TypeError, ValueError) as err:  # a malformed message never crashes the server

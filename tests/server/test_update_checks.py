@@ -116,3 +116,9 @@ def test_non_finite_metrics_are_rejected():
     msg = reply(3, "shoulder", "shoulder")
     msg.content["metrics"] = MetricRecord({"num-examples": 12, "train-loss": float("nan")})
     assert "metric train-loss is not finite" in screen([*good(), msg])[1][0][1]
+
+
+def test_a_second_reply_in_the_name_of_a_site_is_rejected():
+    accepted, rejected, _ = screen([*good(), reply(3, "knee", "knee")])
+    assert [m.metadata.src_node_id for m in accepted] == [1, 2]
+    assert rejected[0][1] == "a second reply of this round from site knee"

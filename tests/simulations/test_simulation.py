@@ -10,9 +10,10 @@ from simulations.simulation import federate_simulation, simulation_options, virt
 
 
 def test_virtual_sites_split_each_joint(tmp_path):
-    table = virtual_sites({"knee": tmp_path / "k"}, {}, 3, tmp_path / "run", threads=1)
+    table = virtual_sites({"knee": tmp_path / "k"}, {}, 3, tmp_path / "run", threads=1, policy=tmp_path / "p.yaml")
     assert [(s["site"], s["joint"], s["part"], s["parts"]) for s in table] == [
         ("knee-1", "knee", 0, 3), ("knee-2", "knee", 1, 3), ("knee-3", "knee", 2, 3)]
+    assert {s["policy"] for s in table} == {str(tmp_path / "p.yaml")}
 
 
 def test_simulation_matches_the_local_contract(tmp_path):
@@ -26,6 +27,8 @@ def test_simulation_matches_the_local_contract(tmp_path):
     assert results["mode"] == "federated" and results["rounds"] == 2
     assert {s: r["joint"] for s, r in results["sites"].items()} == {
         "ankle-1": "ankle", "ankle-2": "ankle", "knee-1": "knee", "knee-2": "knee"}
+    # on the researcher's own data the simulation opts in to per-case metrics (for the paired tests)
+    assert all(len(r["per_case"]) == r["cases"] for r in results["sites"].values())
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [1, 2]
     assert all(line["sites"][s]["num-examples"] == 2 * 4 for line in lines for s in results["sites"])
