@@ -1,8 +1,10 @@
 """The Flower ClientApp of a hospital site: a thin adapter around `pedseg_core.train.site.SiteTrainer`.
 
-Node config (set by `pedseg-client`): site, joint, data-dir, state-dir, threads.
-Replies carry only the shared arrays, `num-examples` and metrics (plus, when asked: the joint's prototypes, and
-the head when other sites hold the same joint); the private layers stay in
+Node config (set by `pedseg-client`): site, joint, data-dir, state-dir, threads, keep-sent, policy (see
+`client.node_settings`). Two mods wrap every handler: the site's audit log (outermost) and its privacy policy.
+Replies carry only the shared arrays, `num-examples` and metrics (plus, when asked and allowed: the joint's
+prototypes, and the head when other sites hold the same joint); a site whose policy asks for DP trains with
+DP-SGD and keeps its accountant in `privacy.pt`; the private layers stay in
 `Context.state` and in `<state-dir>/run-<run id>/private.pt` (the run id the server names in `federation-run`:
 a resumed run's is that of the run it continues), the site's Adam state in `optimizer.pt` beside,
 and each evaluation leaves the personalized model it scored in `model.pt` (for `pedseg predict`).
