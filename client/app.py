@@ -13,6 +13,7 @@ and each evaluation leaves the personalized model it scored in `model.pt` (for `
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -62,6 +63,7 @@ from pedseg_core.train.private_training import spent_epsilon
 from pedseg_core.train.site import SiteTrainer
 
 PRIVATE_KEY = "pedseg-private"
+RUN_ID = re.compile(r"[0-9]{1,24}")
 
 app = ClientApp(mods=[audit_mod, policy_mod])  # the audit log sees exactly what the policy lets leave
 
@@ -79,7 +81,8 @@ def _site(context: Context, config: ConfigRecord | None = None) -> tuple[SiteTra
     cfg.train.num_threads = int(node.get("threads", cfg.train.num_threads))
     needs_union = cfg.scheme == "shared" and config is not None and UNION_CLASSES in config
     union = _union(config, str(node["joint"])) if needs_union else None
-    run = str(config.get(FEDERATION_RUN) or context.run_id) if config is not None else str(context.run_id)
+    named = str(config.get(FEDERATION_RUN, "")) if config is not None else ""
+    run = named if RUN_ID.fullmatch(named) else str(context.run_id)  # it names a folder: digits only
     key = (run, str(node["site"]), union)
     if key in _CACHE:
         _CACHE.move_to_end(key)

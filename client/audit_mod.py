@@ -23,22 +23,31 @@ IMAGE_SIDE = 32  # an array with two dimensions this large could hold an image o
 
 
 def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    reply = call_next(msg, context)
-    path = state_dir(node_settings(context)) / AUDIT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as log:
-        log.write(json.dumps(audit_line(msg, reply, context), default=str) + "\n")
+    try:
+        reply = call_next(msg, context)
+    except Exception as err:  # Flower sends the error's text to the server: it leaves the site too
+        _write(context, {**audit_line(msg, None, context), "error": f"{type(err).__name__}: {err}"})
+        raise
+    _write(context, audit_line(msg, reply, context))
     return reply
 
 
-def audit_line(msg: Message, reply: Message, context: Context) -> dict:
-    """What `reply` (the answer to `msg`) carries out of the site, as one JSON-able record."""
+def _write(context: Context, line: dict) -> None:
+    path = state_dir(node_settings(context)) / AUDIT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as log:
+        log.write(json.dumps(line, default=str) + "\n")
+
+
+def audit_line(msg: Message, reply: Message | None, context: Context) -> dict:
+    """What `reply` (the answer to `msg`; None: the handler failed) carries out of the site, as one JSON-able
+    record."""
     config = msg.content[CONFIG] if CONFIG in msg.content.config_records else {}
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": context.run_id,
             "federation_run": str(config.get(FEDERATION_RUN, context.run_id)), "round": config.get(SERVER_ROUND),
             "type": msg.metadata.message_type}
-    if reply.has_error():
-        return {**line, "error": reply.error.reason}
+    if reply is None or reply.has_error():
+        return {**line, "error": reply.error.reason} if reply is not None else line
     received = {(name, key, tuple(array.shape)) for name, record in msg.content.array_records.items()
                 for key, array in record.items()}
     arrays = []

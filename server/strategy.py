@@ -148,8 +148,9 @@ class SharedWeightsAggregation:
         errors = [m for m in replies if m.has_error()]
         self._note_errors(errors)
         heads = {j: {k: Array(v) for k, v in h.items()} for j, h in self.joint_heads.items()}
+        known = {node: (site, self.joint_of_node[node]) for node, site in self.site_of_node.items()}
         valid, rejected, norms = self.checks.screen([m for m in replies if not m.has_error()], self.global_arrays,
-                                                    heads, self.prototypes)
+                                                    heads, self.prototypes, known)
         self._note_rejected(rejected)
         self.record["update_norms"] = norms
         self._note_missing(valid, errors, [m for m, _ in rejected])

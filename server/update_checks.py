@@ -58,6 +58,8 @@ def check_arrays(record: ArrayRecord, reference: dict[str, Array], what: str) ->
             value = sent.numpy()
         except Exception as err:  # noqa: BLE001 - any undecodable array is a rejected reply
             raise UpdateRejected(f"{what}: {key} cannot be read: {err}") from None
+        if value.shape != tuple(ref.shape) or str(value.dtype) != ref.dtype:  # what the bytes hold, not the label
+            raise UpdateRejected(f"{what}: {key} holds {value.dtype}{list(value.shape)}, not what it declares")
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             raise UpdateRejected(f"{what}: {key} holds non-finite values")
         arrays[key] = value
@@ -81,15 +83,23 @@ def check_metrics(reply: Message, declared: float | None) -> float:
 
 
 def check_prototypes(record: ArrayRecord, joint: str, known: dict[str, np.ndarray]) -> None:
-    """Prototypes "<joint>|<scale>" of the site's own joint only, finite vectors of the size already known."""
+    """Prototypes "<joint>|<scale>" of the site's own joint only, finite vectors, of the scales and size of the
+    prototypes already known (the server's, and this round's first; `known` is updated with them)."""
+    scales = {key.partition(PROTOTYPE_SEP)[2] for key in known}
+    sent = {key.partition(PROTOTYPE_SEP)[2] for key in record.keys()}
+    if scales and sent != scales:
+        raise UpdateRejected(f"prototypes: scales {sorted(sent)}, expected {sorted(scales)}")
+    size = next(iter(known.values())).shape if known else None
     for key in record.keys():
         owner, _, scale = key.partition(PROTOTYPE_SEP)
         if owner != joint or not scale.isdigit():
             raise UpdateRejected(f"prototypes: {key} is not a prototype of joint {joint}")
         value = record[key].numpy()
-        expected = known[key].shape if key in known else value.shape
+        expected = size or value.shape
         if value.ndim != 1 or value.shape != expected or not np.isfinite(value).all():
             raise UpdateRejected(f"prototypes: {key} must be a finite vector of shape {list(expected)}")
+    for key in record.keys():
+        known.setdefault(key, record[key].numpy())
 
 
 def check_evaluation(reply: Message) -> tuple[dict, str | None]:
@@ -102,6 +112,8 @@ def check_evaluation(reply: Message) -> tuple[dict, str | None]:
     if not isinstance(result, dict) or not all(isinstance(result.get(k), dict) for k in ("dice", "hd95", "assd")) \
             or not isinstance(result.get("mean_dice"), (int, float, type(None))):
         return {}, "evaluation: expected per-bone dice, hd95, assd and a mean_dice"
+    if SITE_NAME not in reply.content[SITE] or JOINT not in reply.content[SITE]:
+        return {}, "evaluation: the site record names no site or joint"
     return result, None
 
 
@@ -113,17 +125,24 @@ class UpdateChecks:
     declared: dict[str, float] = field(default_factory=dict)
 
     def screen(self, replies: list[Message], global_arrays: ArrayRecord, heads: dict[str, dict[str, Array]],
-               prototypes: dict[str, np.ndarray]) -> tuple[list[Message], list[tuple[Message, str]], dict[str, float]]:
+               prototypes: dict[str, np.ndarray], known: dict[int, tuple[str, str]] | None = None
+               ) -> tuple[list[Message], list[tuple[Message, str]], dict[str, float]]:
         """(the replies that count, the rejected ones with their reasons, the norm of each checked update by
         site). `heads`: each joint's pooled head, if the server holds one (a copy: this round's first head of a
-        joint without one is added as the reference of the others)."""
-        heads = dict(heads)
+        joint without one is added as the reference of the others); `prototypes` likewise; `known`: node id ->
+        (site, joint) the server already knows: a known node may not answer as another site or joint."""
+        heads, prototypes, known = dict(heads), dict(prototypes), known or {}
         reference = {key: global_arrays[key] for key in global_arrays.keys()}
         globals_ = {key: array.numpy().astype(np.float64) for key, array in reference.items()}
         checked, rejected = [], []
         for reply in replies:
             try:
                 entry = (reply, *self._check(reply, reference, globals_, heads, prototypes))
+                node = reply.metadata.src_node_id
+                claimed = (str(reply.content[SITE][SITE_NAME]), str(reply.content[SITE][JOINT]))
+                if node in known and known[node] != claimed:
+                    raise UpdateRejected(f"answers as {claimed[0]} ({claimed[1]}), but this node is "
+                                         f"{known[node][0]} ({known[node][1]})")
                 if entry[1] in {site for _, site, _, _ in checked}:
                     raise UpdateRejected(f"a second reply of this round from site {entry[1]}")
                 checked.append(entry)
@@ -135,7 +154,8 @@ class UpdateChecks:
         accepted = []
         for reply, site, norm, examples in checked:
             others = [n for s, n in norms.items() if s != site]
-            limit = self.norm_bound * float(np.median(others)) if others and self.norm_bound else math.inf
+            median = float(np.median(others)) if others else 0.0
+            limit = self.norm_bound * median if median > 0 and self.norm_bound else math.inf  # 0: no scale to use
             if norm > limit:
                 rejected.append((reply, f"update norm {norm:.3g} exceeds {self.norm_bound:g} x the median "
                                         f"{limit / self.norm_bound:.3g} of the other sites' (norm-bound)"))

@@ -32,9 +32,9 @@ class PrivacyBudgetSpent(PedsegError):
     """The next round would spend more than the site's epsilon."""
 
 
-def entropy_generator() -> torch.Generator:
-    """A generator seeded from the operating system's entropy."""
-    return torch.Generator().manual_seed(secrets.randbits(63))
+def entropy_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on `device` seeded from the operating system's entropy."""
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
 
 
 class PrivateTraining:
@@ -57,10 +57,11 @@ class PrivateTraining:
                                                          sample_rate=self.sample_rate, steps=planned_steps,
                                                          accountant="rdp")
         self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="mean")
-        self.generator = entropy_generator()
+        self.generator = entropy_generator()  # sampling (CPU); the noise is drawn on the parameters' device
+        noise = entropy_generator(next(model.parameters()).device)
         self.optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
                                      max_grad_norm=budget.max_grad_norm, expected_batch_size=batch_size,
-                                     loss_reduction="mean", generator=self.generator, secure_mode=True)
+                                     loss_reduction="mean", generator=noise, secure_mode=True)
         self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
 
     def spent(self) -> float:

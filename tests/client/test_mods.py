@@ -97,3 +97,17 @@ def test_the_audit_flags_an_image_sized_array_and_per_case_metrics(tmp_path, cap
     out = capsys.readouterr().out
     assert "FLAG: image-sized array arrays/slice [64, 64]" in out and "FLAG: per-case metrics" in out
     assert "1 flagged message(s)" in out
+
+
+def test_an_error_that_leaves_the_site_is_audited_too(tmp_path):
+    def failing(msg: Message, ctx: Context) -> Message:
+        raise RuntimeError("site ankle: case_007 cannot be read")
+
+    try:
+        audit_mod(train_message(), context(tmp_path), lambda m, c: policy_mod(m, c, failing))
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the handler's error must reach Flower")
+    (line,) = [json.loads(x) for x in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    assert line["error"] == "RuntimeError: site ankle: case_007 cannot be read" and line["round"] == 3

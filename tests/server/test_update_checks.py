@@ -122,3 +122,39 @@ def test_a_second_reply_in_the_name_of_a_site_is_rejected():
     accepted, rejected, _ = screen([*good(), reply(3, "knee", "knee")])
     assert [m.metadata.src_node_id for m in accepted] == [1, 2]
     assert rejected[0][1] == "a second reply of this round from site knee"
+
+
+def test_an_array_whose_bytes_differ_from_its_label_is_rejected():
+    msg = reply(3, "shoulder", "shoulder")
+    lying = Array(np.zeros(1, np.float64))
+    lying.shape, lying.dtype = [4, 3], "float32"  # claims the global shape and dtype
+    msg.content["arrays"]["enc.weight"] = lying
+    assert "not what it declares" in screen([*good(), msg])[1][0][1]
+
+
+def test_a_known_node_may_not_answer_as_another_site():
+    checks = UpdateChecks(norm_bound=10.0)
+    known = {1: ("ankle", "ankle"), 2: ("knee", "knee")}
+    accepted, rejected, _ = checks.screen([reply(1, "knee", "knee"), reply(2, "knee", "knee")], global_arrays(), {},
+                                          {}, known)
+    assert [m.metadata.src_node_id for m in accepted] == [2]
+    assert "answers as knee (knee), but this node is ankle (ankle)" in rejected[0][1]
+
+
+def test_prototypes_of_a_round_share_their_scales_and_size():
+    def with_prototypes(node, site, vectors):
+        msg = reply(node, site, site, prototypes=ArrayRecord({f"{site}|{s}": Array(v) for s, v in vectors.items()}))
+        msg.content["metrics"]["prototype-slices"] = 40
+        return msg
+
+    first = with_prototypes(1, "ankle", {0: np.ones(8, np.float32), 1: np.ones(8, np.float32)})
+    fewer = with_prototypes(2, "knee", {0: np.ones(8, np.float32)})
+    shorter = with_prototypes(3, "shoulder", {0: np.ones(4, np.float32), 1: np.ones(4, np.float32)})
+    accepted, rejected, _ = screen([first, fewer, shorter])
+    assert [m.metadata.src_node_id for m in accepted] == [1]
+    assert "scales ['0'], expected ['0', '1']" in rejected[0][1] and "shape [8]" in rejected[1][1]
+
+
+def test_no_norm_bound_without_a_scale_to_compare_with():
+    accepted, _, _ = screen([reply(1, "ankle", shift=0.0), reply(2, "knee", "knee", shift=0.5)])
+    assert len(accepted) == 2  # the other update is zero: the bound has nothing to scale
