@@ -11,6 +11,7 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from client import app as pedseg
+from client.node_settings import node_settings
 
 app = ClientApp()
 
@@ -45,7 +46,7 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     received = ArrayRecord({k: v for k, v in msg.content["arrays"].items()})
     reply = pedseg.train(msg, context)
-    site = pedseg._node_settings(context)["site"]
+    site = node_settings(context)["site"]
     kind = json.loads(str(context.run_config["corruptions-json"] or "{}")).get(
         str(msg.content["config"]["server-round"]))
     if kind and site == context.run_config["corrupt-site"]:
