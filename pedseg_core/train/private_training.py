@@ -80,10 +80,10 @@ class PrivateTraining:
 
     def batches(self, slices: SliceSet, transform=None) -> Iterator[Batch]:
         """Endless Poisson batches of cases, one random slice of each (a batch may be empty)."""
-        case_ids = slices.cases.unique()
+        members = [(slices.cases == c).nonzero().flatten() for c in slices.cases.unique()]  # each case's slices
         while True:
-            chosen = case_ids[torch.rand(len(case_ids), generator=self.generator) < self.sample_rate]
-            picks = [(slices.cases == c).nonzero().flatten() for c in chosen]
+            chosen = torch.nonzero(torch.rand(len(members), generator=self.generator) < self.sample_rate).flatten()
+            picks = [members[int(c)] for c in chosen]
             idx = torch.stack([p[torch.randint(len(p), (), generator=self.generator)] for p in picks]) \
                 if picks else torch.zeros(0, dtype=torch.long)
             images, labels = slices.images[idx], slices.labels[idx].long()
