@@ -27,8 +27,8 @@ from client.node_settings import node_settings, site_policy, state_dir
 from client.policy_mod import policy_mod
 from pedseg_core.config import config_from_run_config
 from pedseg_core.data.validate import require_valid_dataset
-from pedseg_core.errors import PedsegError
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
+from pedseg_core.policy import DPBudget
 from pedseg_core.protocol import (
     ARRAYS,
     CONFIG,
@@ -121,13 +121,18 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({SITE: identity}), reply_to=msg)
 
 
-def train_prior(msg: Message, site: SiteTrainer) -> Message:
-    """Stage 1 of `full`: one round of the shape auto-encoder on this site's masks (weights out, no data)."""
+def train_prior(msg: Message, site: SiteTrainer, store: PrivateStore, budget: DPBudget | None) -> Message:
+    """Stage 1 of `full`: one round of the shape auto-encoder on this site's masks (weights out, no data); with
+    a DP `budget`, by DP-SGD on the site's accountant (its reply then carries no losses: DP does not cover them)."""
     config = msg.content[CONFIG]
     classes, offset = _union(config, site.domain.joint)
     autoencoder = ShapeAutoEncoder(classes, site.cfg.prior.channels)
     autoencoder.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
-    slices, stats = site.train_prior_round(autoencoder, offset, int(config[SERVER_ROUND]))
+    slices, stats, privacy = site.train_prior_round(autoencoder, offset, int(config[SERVER_ROUND]), budget,
+                                                    store.load_privacy() if budget else None)
+    if privacy is not None:
+        store.save_privacy(privacy)
+        stats = {}
     metrics = MetricRecord({NUM_EXAMPLES: slices, **{k.replace("_", "-"): v for k, v in stats.items()}})
     return Message(RecordDict({ARRAYS: ArrayRecord(autoencoder.state_dict()), METRICS: metrics}), reply_to=msg)
 
@@ -146,12 +151,9 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     config = msg.content[CONFIG]
     policy = site_policy(node_settings(context))
-    if config.get(STAGE) == STAGE_PRIOR:
-        if policy.dp is not None:
-            raise PedsegError(f"site {node_settings(context)['site']}: stage 1 of the shape prior is not covered by "
-                              f"DP-SGD; this DP site sits it out")
-        return train_prior(msg, _site(context, config)[0])
     site, store = _site(context, config)
+    if config.get(STAGE) == STAGE_PRIOR:
+        return train_prior(msg, site, store, policy.dp)
     if policy.dp is not None:  # DP-SGD with the accountant this site kept from its earlier rounds
         site.use_privacy(policy.dp, int(config[NUM_ROUNDS]), store.load_privacy())
     received = msg.content[ARRAYS].to_torch_state_dict()

@@ -36,6 +36,5 @@ def train_prior(grid: Grid, cfg: PedsegConfig, run: RunDir, offsets: dict[str, i
     for server_round, metrics in sorted(result.train_metrics_clientapp.items()):
         run.log({"stage": "prior", "round": server_round, **dict(metrics.items())})
     if not result.train_metrics_clientapp:
-        raise PedsegError("stage 1: no site trained the shape prior (a site whose policy asks for DP sits it out); "
-                          "with DP at every site use the multi-domain or contrastive scheme")
+        raise PedsegError("stage 1: no site trained the shape prior (each site's error is in the ServerApp log)")
     return result.arrays

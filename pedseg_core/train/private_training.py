@@ -8,8 +8,10 @@ and an RDP accountant counts what each step spends; its history is kept at the s
 sampling and the noise draw from the operating system's entropy (never from the run's seeds, which the server
 knows), with Opacus' secure noise.
 
-What DP-SGD covers: every parameter the site trains (shared filters, its norms, its head). What it does not:
-prototypes (a DP site sends none), the prior's stage 1 (a DP site sits it out), and its test-set metrics.
+What DP-SGD covers: every parameter the site trains (shared filters, its norms, its head) and, in the `full`
+scheme, the shape auto-encoder it trains on its masks in the prior's stage 1; one noise multiplier serves both,
+calibrated over all their steps, and one accountant counts them. What it does not cover: prototypes (a DP site
+sends none) and its test-set metrics.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class PrivateTraining:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, budget: DPBudget, cases: int,
                  batch_size: int, planned_steps: int, state: dict | None = None) -> None:
+        self.model = model
         self.budget = budget
         self.batch_size = batch_size
         self.sample_rate = min(1.0, batch_size / cases)

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 from pedseg_core.config import PriorConfig
+from pedseg_core.data.sampling import SliceSet
 from pedseg_core.data.union_labels import to_union_labels
 from pedseg_core.device import device_of
 from pedseg_core.model.shape_prior import ShapeAutoEncoder
+from pedseg_core.train.private_training import PrivateTraining
 
 
 def train_shape_autoencoder(autoencoder: ShapeAutoEncoder, masks: Sequence[torch.Tensor], offsets: Sequence[int],
@@ -36,3 +38,25 @@ def train_shape_autoencoder(autoencoder: ShapeAutoEncoder, masks: Sequence[torch
         losses.append(loss.item())
     return {"prior_recon_first": sum(losses[:10]) / len(losses[:10]),
             "prior_recon_last": sum(losses[-10:]) / len(losses[-10:])}
+
+
+def train_shape_autoencoder_privately(private: PrivateTraining, slices: SliceSet, offset: int, steps: int) -> None:
+    """DP-SGD on one site's masks: `private` wraps the auto-encoder and its optimizer; each step is a Poisson
+    batch of cases (one mask slice [H, W] each, moved to the union label space at `offset`), a per-sample Dice +
+    CE loss, clipped and noised. Sends back nothing but the weights: the losses are not covered by DP."""
+    autoencoder = private.model
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=False)  # per sample: no coupling in a batch
+    device = device_of(autoencoder)
+    batches = private.batches(slices)
+    autoencoder.train()
+    for _ in range(steps):
+        batch = next(batches)
+        if not len(batch.labels):
+            private.empty_step()
+            continue
+        labels = to_union_labels(batch.labels, offset).to(device)
+        one_hot = F.one_hot(labels, autoencoder.num_classes).permute(0, 3, 1, 2).float()
+        loss = loss_fn(autoencoder(one_hot), labels[:, None])
+        private.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        private.optimizer.step()

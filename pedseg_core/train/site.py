@@ -34,7 +34,7 @@ from pedseg_core.train.loop import StepPlan, train_steps
 from pedseg_core.train.norm_stats import recalibrate_batch_norm
 from pedseg_core.train.private_training import PrivateTraining
 from pedseg_core.train.schedule import make_optimizer
-from pedseg_core.train.shape_prior import train_shape_autoencoder
+from pedseg_core.train.shape_prior import train_shape_autoencoder, train_shape_autoencoder_privately
 
 
 class SiteTrainer:
@@ -76,9 +76,14 @@ class SiteTrainer:
                               f"cannot bound a slice's gradient through BatchNorm): run with --set model.norm=group")
         if self.model.scales:  # no contrastive term under DP: the projection heads get no gradient
             self.model.projections.requires_grad_(False)
-        tc = self.cfg.train
-        self.private = PrivateTraining(self.model, self.optimizer, budget, len(self.train_cases), tc.batch_size,
-                                       num_rounds * tc.steps_per_epoch, state)
+        self.private = PrivateTraining(self.model, self.optimizer, budget, len(self.train_cases),
+                                       self.cfg.train.batch_size, self.planned_private_steps(num_rounds), state)
+
+    def planned_private_steps(self, num_rounds: int) -> int:
+        """Every step this site trains under DP in a run of `num_rounds` rounds: the prior's stage 1 (`full`) and
+        the segmentation rounds. One noise multiplier, calibrated over all of them, serves both."""
+        prior = self.cfg.prior.epochs * self.cfg.prior.steps_per_epoch if self.cfg.scheme == "full" else 0
+        return prior + num_rounds * self.cfg.train.steps_per_epoch
 
     def training_slices(self) -> SliceSet:
         """This site's training slices, read and preprocessed once per process (a message's handler may
@@ -153,14 +158,30 @@ class SiteTrainer:
         stats["train_time_s"] = time.perf_counter() - loaded
         return self.shared_state(), stats["slices"], stats
 
-    def train_prior_round(self, autoencoder: ShapeAutoEncoder, offset: int, server_round: int) -> tuple[int, dict]:
+    def train_prior_round(self, autoencoder: ShapeAutoEncoder, offset: int, server_round: int,
+                          budget: DPBudget | None = None, privacy_state: dict | None = None
+                          ) -> tuple[int, dict, dict | None]:
         """Stage 1 of the federated prior: the shape auto-encoder learns this site's masks (moved to the union
-        label space at `offset`) for prior.steps_per_epoch steps. Returns (training slices, metrics)."""
-        labels = self.training_slices().labels
-        stats = train_shape_autoencoder(autoencoder.to(self.device), [labels], [offset], self.cfg.prior,
-                                        self.cfg.train.seed + server_round, steps=self.cfg.prior.steps_per_epoch)
+        label space at `offset`) for prior.steps_per_epoch steps. With a DP `budget` (and the accountant's
+        `privacy_state` from earlier rounds), by DP-SGD over Poisson batches of cases, sampled like the
+        segmentation rounds. Returns (training slices, metrics, the accountant's new state or None)."""
+        steps = self.cfg.prior.steps_per_epoch
+        autoencoder.to(self.device)
+        if budget is None:
+            labels = self.training_slices().labels
+            stats = train_shape_autoencoder(autoencoder, [labels], [offset], self.cfg.prior,
+                                            self.cfg.train.seed + server_round, steps=steps)
+            autoencoder.cpu()
+            return len(labels), stats, None
+        optimizer = torch.optim.Adam(autoencoder.parameters(), lr=self.cfg.prior.learning_rate)
+        planned = self.planned_private_steps(self.cfg.federation.num_rounds(self.cfg.train))
+        private = PrivateTraining(autoencoder, optimizer, budget, len(self.train_cases), self.cfg.train.batch_size,
+                                  planned, privacy_state)
+        private.require_budget(steps, self.domain.name)
+        train_shape_autoencoder_privately(private, self.training_slices(), offset, steps)
+        private.hooks.remove_hooks()  # the auto-encoder goes on as a plain module (the weights it sends)
         autoencoder.cpu()
-        return len(labels), stats
+        return steps * self.cfg.train.batch_size, {"epsilon": private.spent()}, private.state_dict()
 
     @torch.no_grad()
     def prototypes(self, server_round: int = 0) -> tuple[list[Tensor], int] | None:

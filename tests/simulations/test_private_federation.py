@@ -1,6 +1,7 @@
-"""A real loopback federation whose sites' policy asks for DP-SGD (epsilon 8): every round reports each site's
-epsilon, growing and within the budget; results.json carries it; no training loss and no prototype leaves a
-DP site, and the refusal of prototypes is logged."""
+"""A real loopback federation of the `full` scheme whose sites' policy asks for DP-SGD (epsilon 8): the prior's
+stage 1 trains under DP too, every round reports each site's epsilon, growing and within the budget;
+results.json carries it; no training loss and no prototype leaves a DP site, and the refusal of prototypes is
+logged."""
 
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ def test_a_dp_policy_spends_at_most_its_epsilon(tmp_path):
     assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "3", "--test", "1"]) == 0
     policy = tmp_path / "policy.yaml"
     policy.write_text("dp:\n  epsilon: 8.0\n  delta: 1.0e-5\n  max_grad_norm: 1.0\n")
-    config = {"preset": "tiny", "scheme": "contrastive", "num-server-rounds": ROUNDS,
-              "overrides": "train.steps_per_epoch=3 model.norm=group"}
+    config = {"preset": "tiny", "scheme": "full", "num-server-rounds": ROUNDS,
+              "overrides": "train.steps_per_epoch=3 model.norm=group prior.epochs=2 prior.steps_per_epoch=3"}
     out = tmp_path / "run"
     results = federate_local({"ankle": data / "ankle", "knee": data / "knee"}, out, config, threads=1,
                              progress=False, policy=policy)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    prior = [r for r in lines if r.get("stage") == "prior"]
+    assert [r["round"] for r in prior] == [1, 2] and not any("prior-recon-last" in r for r in prior)
+    records = [r for r in lines if "sites" in r]
     for site in ("ankle", "knee"):
         spent = [r["sites"][site]["epsilon"] for r in records]
         assert spent == sorted(spent) and 0 < spent[0] and spent[-1] <= 8.0, spent

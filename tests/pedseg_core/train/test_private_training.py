@@ -18,7 +18,8 @@ BUDGET = DPBudget(epsilon=8.0, delta=1e-5, max_grad_norm=1.0)
 
 def trainer(dataset, norm: str = "group", scheme: str = "full") -> SiteTrainer:
     cfg = build_config("tiny", overrides={"scheme": scheme, "model": {"norm": norm},
-                                          "train": {"steps_per_epoch": STEPS, "batch_size": 2}})
+                                          "train": {"steps_per_epoch": STEPS, "batch_size": 2},
+                                          "prior": {"epochs": 2, "steps_per_epoch": 3}})
     return SiteTrainer("h1", "knee", dataset, cfg)
 
 
@@ -28,7 +29,7 @@ def dataset(write_dataset):
 
 
 def test_epsilon_grows_each_round_within_the_budget_then_the_site_stops(dataset):
-    site = trainer(dataset)
+    site = trainer(dataset, scheme="contrastive")  # no prior stage: every DP step is a segmentation step
     site.use_privacy(BUDGET, ROUNDS)
     spent, shared = [], site.shared_state()
     for server_round in range(1, ROUNDS + 1):
@@ -37,7 +38,7 @@ def test_epsilon_grows_each_round_within_the_budget_then_the_site_stops(dataset)
         spent.append(stats["epsilon"])
         # the round's state goes to disk and comes back in a new trainer, as in a new ClientApp process
         state, optimizer = site.private.state_dict(), site.optimizer_state()
-        site = trainer(dataset)
+        site = trainer(dataset, scheme="contrastive")
         site.load_optimizer_state(optimizer)
         site.use_privacy(BUDGET, ROUNDS, state)
     assert spent == sorted(spent) and 0 < spent[0] < spent[-1] <= BUDGET.epsilon
@@ -71,3 +72,24 @@ def test_batches_hold_one_slice_per_sampled_case(dataset):
 def test_dp_with_batch_norm_is_refused_in_one_line(dataset):
     with pytest.raises(PedsegError, match="needs group norms .* --set model.norm=group"):
         trainer(dataset, norm="batch").use_privacy(BUDGET, ROUNDS)
+
+
+def test_the_prior_stage_trains_privately_on_the_same_accountant(dataset):
+    """`full`: the auto-encoder's DP rounds and the segmentation rounds share one noise multiplier, calibrated
+    over all their steps, and one accountant; the prior's round sends no loss."""
+    from pedseg_core.model.shape_prior import ShapeAutoEncoder
+
+    site = trainer(dataset)
+    prior_rounds, prior_steps = site.cfg.prior.epochs, site.cfg.prior.steps_per_epoch
+    assert site.planned_private_steps(ROUNDS) == prior_rounds * prior_steps + ROUNDS * STEPS
+    autoencoder, state, spent = ShapeAutoEncoder(4, site.cfg.prior.channels), None, []
+    before = {k: v.clone() for k, v in autoencoder.state_dict().items()}
+    for server_round in range(1, prior_rounds + 1):
+        slices, stats, state = site.train_prior_round(autoencoder, 0, server_round, BUDGET, state)
+        assert slices == prior_steps * 2 and set(stats) == {"epsilon"}
+        spent.append(stats["epsilon"])
+    assert any(not torch.equal(before[k], v) for k, v in autoencoder.state_dict().items())
+    site.use_privacy(BUDGET, site.cfg.federation.num_rounds(site.cfg.train), state)
+    assert site.private.noise_multiplier == state["noise_multiplier"]
+    _, _, stats = site.train_round(site.shared_state(), 1, ROUNDS)
+    assert spent == sorted(spent) and 0 < spent[0] < spent[-1] < stats["epsilon"] <= BUDGET.epsilon
