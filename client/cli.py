@@ -1,7 +1,9 @@
-"""`pedseg-client`: one hospital site. Validates the site's data, then runs a Flower SuperNode for it.
+"""`pedseg-client`: one hospital site. Validates the site's data, then runs a Flower SuperNode for it; every
+ClientApp that SuperNode starts first checks that the app is one the site approved (client/approved_app.py).
 
     pedseg-client --site NAME --joint J --data DIR --superlink HOST:PORT
                   (--root-certificates CA.pem [--auth-key KEY] | --insecure) [--state-dir DIR] [--policy POLICY.yaml]
+    pedseg-client app-hash [APP_DIR]     the sha256 of the app (FAB) Flower builds from APP_DIR, for approved_apps
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from client.approved_app import app_hash, install_launcher, launcher_env
 from client.flower_processes import flower_env, flower_tool, free_port, split_address, wait_for_port
 from client.process_guard import start_guarded, stop_guarded
 from client.supernode_log import SupernodeLog
@@ -25,6 +28,7 @@ from pedseg_core.errors import PedsegError
 from pedseg_core.policy import describe_policy, load_policy
 
 PROG = "pedseg-client"
+PEDSEG_APP_DIR = Path(__file__).resolve().parents[1]  # the project root: pyproject.toml with [tool.flwr.app]
 POLL_SECONDS = 0.2
 
 
@@ -92,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(Path(args.policy) if args.policy else None)
     print(f"{PROG}: site {args.site} ({args.joint}): {report.n_train} training cases, data OK", flush=True)
     print(f"{PROG}: policy: {describe_policy(policy)}", flush=True)
+    if policy.approved_apps is None:
+        print(f"{PROG}: warning: the policy lists no approved_apps: this site runs any app its federation sends "
+              f"(`{PROG} app-hash APP_DIR` gives the hash to approve)", flush=True)
     if args.insecure:
         print(f"{PROG}: warning: --insecure: no TLS; the SuperLink is not verified and the traffic can be read",
               flush=True)
@@ -108,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     # The SuperNode and everything it starts run under a guard: they end with this process, however it ends.
     command = supernode_command(args, state_dir)
     print(f"{PROG}: $ {shlex.join(command)}", flush=True)
-    supernode = start_guarded(command, env=flower_env(state_dir / "flwr-home"),
+    env = launcher_env(flower_env(state_dir / "flwr-home"), install_launcher(state_dir / "bin"), args.site,
+                       Path(args.policy).resolve() if args.policy else None, state_dir)
+    supernode = start_guarded(command, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     log = SupernodeLog(supernode.stdout, args.superlink)
     while supernode.poll() is None and not stop and not log.fatal.is_set():
@@ -129,10 +138,24 @@ def stopped(site: str) -> int:
     return 0
 
 
+def print_app_hash(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} app-hash", description="The sha256 of the app (FAB) that "
+                                     "`flwr run APP_DIR` sends: list it under approved_apps in the site's policy.")
+    parser.add_argument("app_dir", nargs="?", default=str(PEDSEG_APP_DIR), metavar="APP_DIR",
+                        help="a Flower app folder (default: this pedseg's own)")
+    app_dir = Path(parser.parse_args(argv).app_dir)
+    if not (app_dir / "pyproject.toml").is_file():
+        raise PedsegError(f"{app_dir}: not a Flower app (no pyproject.toml)")
+    print(app_hash(app_dir))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return run(args)
+        if argv[:1] == ["app-hash"]:
+            return print_app_hash(argv[1:])
+        return run(build_parser().parse_args(argv))
     except PedsegError as err:
         report_error(err, PROG)
         return EXIT_USER_ERROR

@@ -10,6 +10,8 @@ share_prototypes: true   # contrastive/full: may per-joint mean embeddings leave
 min_prototype_slices: 32 # ... each a mean over at least this many slices
 share_head: true         # may the head be pooled with other sites of the same joint?
 per_case_metrics: false  # default: only per-bone means and the case count leave
+approved_apps:           # the apps (sha256 of the FAB, `pedseg-client app-hash APP_DIR`) this site runs;
+  - 3f2a...              # absent = any app its federation sends (pedseg-client warns)
 ```
 
 A run asks (`Requests`); the site grants what its policy allows and refuses the rest, in words the run's
@@ -21,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from typing_extensions import Annotated
 
 from pedseg_core.config import load_yaml
 from pedseg_core.errors import PedsegError
@@ -36,6 +39,9 @@ class DPBudget(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
 
 
+AppHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]  # sha256 of a FAB, lowercase hex
+
+
 class SitePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     dp: DPBudget | None = None
@@ -43,6 +49,10 @@ class SitePolicy(BaseModel):
     min_prototype_slices: int = Field(32, ge=1)
     share_head: bool = True
     per_case_metrics: bool = False
+    approved_apps: tuple[AppHash, ...] | None = None  # None: any app; checked outside the app (client/approved_app.py)
+
+    def approves(self, fab_hash: str) -> bool:
+        return self.approved_apps is None or fab_hash in self.approved_apps
 
     def grant(self, asked: Requests) -> tuple[Requests, list[str]]:
         """(what the site sends: the requests its policy allows, the rest cut down to it; one line per refusal)."""
@@ -82,8 +92,10 @@ def describe_policy(policy: SitePolicy) -> str:
           if policy.dp else "no DP")
     prototypes = (f"prototypes over >= {policy.min_prototype_slices} slices" if policy.share_prototypes
                   else "no prototypes")
+    apps = ("any app (no approved_apps)" if policy.approved_apps is None
+            else f"{len(policy.approved_apps)} approved app(s) only")
     return (f"{dp}; {prototypes}; head {'may be' if policy.share_head else 'never'} pooled; "
-            f"{'per-case metrics allowed' if policy.per_case_metrics else 'no per-case metrics'}")
+            f"{'per-case metrics allowed' if policy.per_case_metrics else 'no per-case metrics'}; runs {apps}")
 
 
 def load_policy(path: Path | None) -> SitePolicy:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from logging import WARNING
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from pedseg_core.data.union_labels import union_label_space
@@ -32,7 +34,11 @@ def query_sites(grid: Grid, min_nodes: int, quorum_timeout: float, timeout: floa
                                     timeout=timeout)
     sites = {}
     for reply in replies:
-        if reply.has_error() or SITE not in reply.content.config_records:
+        if reply.has_error():
+            log(WARNING, "node %s answered the label query with an error: %s", reply.metadata.src_node_id,
+                reply.error.reason)
+            continue
+        if SITE not in reply.content.config_records:
             continue
         identity = reply.content[SITE]
         try:

@@ -297,8 +297,9 @@ class SharedWeightsAggregation:
 
     def _note_errors(self, errors: list[Message]) -> None:
         for msg in errors:
-            self.record.setdefault("errors", []).append({"site": self._name(self._node_of(msg)),
-                                                         "reason": msg.error.reason})
+            site = self._name(self._node_of(msg))
+            log(WARNING, "%s answered with an error: %s", site, msg.error.reason)
+            self.record.setdefault("errors", []).append({"site": site, "reason": msg.error.reason})
 
 
 class ContinuedRounds:

@@ -1,12 +1,14 @@
 """`pedseg-client` refuses bad input before any SuperNode starts, with one clear line and a non-zero exit."""
 
+import hashlib
 import subprocess
 import sys
 import time
 
 import pytest
+from flwr.cli.build import build_fab_from_disk
 
-from client.cli import main, node_config
+from client.cli import PEDSEG_APP_DIR, main, node_config
 from client.flower_processes import free_port
 
 
@@ -49,3 +51,12 @@ def test_unreachable_superlink_gives_a_clear_error_after_retries(dataset, tmp_pa
     assert proc.returncode == 2
     assert f"cannot reach the SuperLink at 127.0.0.1:{port} (retried for 3 s)" in proc.stderr
     assert "Traceback" not in proc.stderr and time.monotonic() - start >= 2.5
+
+
+def test_app_hash_is_the_hash_of_the_fab_flower_sends(capsys, tmp_path):
+    """`pedseg-client app-hash` prints what `flwr run` would send, byte for byte (Flower's own FAB builder)."""
+    assert main(["app-hash"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == hashlib.sha256(build_fab_from_disk(PEDSEG_APP_DIR)).hexdigest()
+    assert main(["app-hash", str(tmp_path)]) == 2
+    assert "not a Flower app" in capsys.readouterr().err

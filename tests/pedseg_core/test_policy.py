@@ -33,6 +33,7 @@ def test_a_strict_policy_refuses_prototypes_and_the_head():
     ("per_case: true", "per_case: Extra inputs are not permitted"),
     ("- a list", "expected a mapping at the top level"),
     ("dp: [", "invalid YAML"),
+    ("approved_apps: [abc]", "approved_apps.0: String should match pattern"),
 ])
 def test_a_bad_policy_is_one_line_naming_the_file(text, message, tmp_path):
     path = tmp_path / "policy.yaml"
@@ -46,3 +47,11 @@ def test_a_dp_policy_reads_back():
     assert load_policy(None) == SitePolicy()
     policy = SitePolicy.model_validate({"dp": {"epsilon": 8}})
     assert (policy.dp.epsilon, policy.dp.delta, policy.dp.max_grad_norm) == (8.0, 1e-5, 1.0)
+
+
+def test_approved_apps_are_checked_only_when_listed():
+    digest = "0123456789abcdef" * 4
+    assert SitePolicy().approves(digest)  # no list: any app (pedseg-client warns)
+    strict = SitePolicy.model_validate({"approved_apps": [digest]})
+    assert strict.approves(digest) and not strict.approves("f" * 64)
+    assert not SitePolicy.model_validate({"approved_apps": []}).approves(digest)  # an empty list: none

@@ -13,11 +13,12 @@ import psutil
 import pytest
 import torch
 
+from client.approved_app import app_hash
 from pedseg_core.cli import main as pedseg
 from pedseg_core.config import build_config
 from pedseg_core.model.partition import split_state_dict
 from pedseg_core.model.unet import MultiDomainUNet
-from simulations.local import federate_local
+from simulations.local import APP_DIR, federate_local
 from tests.process_checks import family, wait_gone
 
 JOINTS = ("ankle", "knee", "shoulder")
@@ -242,17 +243,21 @@ def test_a_killed_orchestrator_takes_every_process_of_its_run_with_it(tmp_path, 
     assert processes_using(out) == []
 
 
-def federate_two_joints(tmp_path, joints, scheme, overrides):
+def federate_two_joints(tmp_path, joints, scheme, overrides, policy=None):
     """Synthesize two joints (2 training cases each) and run a 2-round tiny federation of `scheme` on them."""
     data = tmp_path / "data"
     assert pedseg(["data", "synth", str(data), "--joints", ",".join(joints), "--train", "2", "--test", "1"]) == 0
     config = {"preset": "tiny", "scheme": scheme, "num-server-rounds": 2,
               "overrides": f"train.steps_per_epoch=2 contrastive.min_prototype_slices=16 {overrides}".strip()}
-    return federate_local({j: data / j for j in joints}, tmp_path / "run", config, threads=1, progress=False)
+    return federate_local({j: data / j for j in joints}, tmp_path / "run", config, threads=1, progress=False,
+                          policy=policy)
 
 
 def test_contrastive_federation_exchanges_prototypes_only_as_per_joint_means(tmp_path):
-    results = federate_two_joints(tmp_path, ("ankle", "shoulder"), "contrastive", "")
+    """Its sites also approve pedseg's app by hash (`approved_apps`): the app `flwr run` sends passes the check."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"approved_apps: [{app_hash(APP_DIR)}]\nmin_prototype_slices: 16\n")
+    results = federate_two_joints(tmp_path, ("ankle", "shoulder"), "contrastive", "", policy)
     assert results["scheme"] == "contrastive" and set(results["sites"]) == {"ankle", "shoulder"}
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for line in lines:

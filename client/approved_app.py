@@ -1,0 +1,91 @@
+"""The site runs only code it approved: the `flwr-clientapp` that a pedseg site's SuperNode starts.
+
+A check inside the app (the FAB the federation sends) would attest itself, so it runs outside: Flower's
+SuperNode starts every ClientApp process as `flwr-clientapp` found on PATH, and `pedseg-client` puts this
+module's launcher first on its SuperNode's PATH. It is Flower's own `flwr-clientapp`, with one difference: before
+the FAB is installed (so before any of its code runs), its sha256 is checked against `approved_apps` in the
+site's policy. A FAB not on the list is refused: the process replies with an error that names the app (the
+run's log shows it), prints one line to the site's log and writes an `app-refused` line to the site's audit log.
+
+Flower's own mechanism (`flower-supernode --trusted-entities` with signed FABs) needs signatures that only
+Flower's Hub attaches (see docs/dev/secure-aggregation-and-app-trust.md), so it cannot serve an offline
+federation. Flower has no public hook before a FAB is installed: this wraps the `install_from_fab` that its
+`flwr.supernode.runtime.run_clientapp` calls (flwr 1.41-1.42).
+
+Environment (set by `pedseg-client`): PEDSEG_SITE, PEDSEG_POLICY (a YAML file or empty), PEDSEG_STATE_DIR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import flwr.supernode.runtime.run_clientapp as clientapp_runtime
+from flwr.cli.build import build_fab_from_disk
+from flwr.supernode.cli import flwr_clientapp
+
+from pedseg_core.audit import AUDIT_FILE
+from pedseg_core.errors import PedsegError
+from pedseg_core.policy import load_policy
+
+LAUNCHER = "flwr-clientapp"
+
+
+class AppNotApproved(PedsegError):
+    """The FAB the federation sent is not among the site's approved apps."""
+
+
+def app_hash(app_dir: Path) -> str:
+    """sha256 of the FAB that `flwr run APP_DIR` builds and sends (Flower builds it byte for byte the same)."""
+    return hashlib.sha256(build_fab_from_disk(Path(app_dir))).hexdigest()
+
+
+def approval_check(site: str, policy_path: Path | None, state_dir: Path | None,
+                   install: Callable[..., object]) -> Callable[..., object]:
+    """`install` (Flower's FAB installer) behind the site's approval: AppNotApproved for a FAB not listed."""
+
+    def install_if_approved(fab_content: bytes, *args, **kwargs):
+        digest = hashlib.sha256(fab_content).hexdigest()
+        policy = load_policy(policy_path)
+        if not policy.approves(digest):
+            message = (f"site {site}: refused the app {digest}: it is not among the approved_apps of "
+                       f"{policy_path}; no code of it ran")
+            print(f"pedseg-client: {message}", file=sys.stderr, flush=True)
+            if state_dir is not None:
+                with (state_dir / AUDIT_FILE).open("a") as log:
+                    log.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": None, "round": None,
+                                          "type": "app", "error": message, "fab_sha256": digest}) + "\n")
+            raise AppNotApproved(message)
+        return install(fab_content, *args, **kwargs)
+
+    return install_if_approved
+
+
+def install_launcher(bin_dir: Path) -> Path:
+    """Write `bin_dir/flwr-clientapp`, which runs this module with this Python; returns bin_dir (for PATH)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    launcher = bin_dir / LAUNCHER
+    launcher.write_text(f"#!{sys.executable}\nimport sys\nfrom client.approved_app import main\nsys.exit(main())\n")
+    launcher.chmod(0o755)
+    return bin_dir
+
+
+def launcher_env(env: dict[str, str], bin_dir: Path, site: str, policy: Path | None, state_dir: Path
+                 ) -> dict[str, str]:
+    """`env` (a SuperNode's) with what makes every ClientApp it starts go through this check."""
+    return {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", "PEDSEG_SITE": site,
+            "PEDSEG_POLICY": str(policy or ""), "PEDSEG_STATE_DIR": str(state_dir)}
+
+
+def main() -> None:
+    policy = os.environ.get("PEDSEG_POLICY") or None
+    state_dir = os.environ.get("PEDSEG_STATE_DIR") or None
+    clientapp_runtime.install_from_fab = approval_check(
+        os.environ.get("PEDSEG_SITE", "?"), Path(policy) if policy else None,
+        Path(state_dir) if state_dir else None, clientapp_runtime.install_from_fab)
+    flwr_clientapp()
