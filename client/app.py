@@ -1,7 +1,8 @@
 """The Flower ClientApp of a hospital site: a thin adapter around `pedseg_core.train.site.SiteTrainer`.
 
 Node config (set by `pedseg-client`): site, joint, data-dir, state-dir, threads, keep-sent, policy (see
-`client.node_settings`). Two mods wrap every handler: the site's audit log (outermost) and its privacy policy.
+`client.node_settings`). Two mods wrap every handler: the site's audit log (outermost) and its privacy policy;
+training also goes through SecAgg+ (`client.secure_aggregation_mod`) when the run uses secure aggregation.
 Replies carry only the shared arrays, `num-examples` and metrics (plus, when asked and allowed: the joint's
 prototypes, and the head when other sites hold the same joint); a site whose policy asks for DP trains with
 DP-SGD and keeps its accountant in `privacy.pt`; the private layers stay in
@@ -25,6 +26,7 @@ from flwr.clientapp import ClientApp
 from client.audit_mod import audit_mod
 from client.node_settings import node_settings, site_policy, state_dir
 from client.policy_mod import policy_mod
+from client.secure_aggregation_mod import secure_aggregation_mod
 from pedseg_core.config import config_from_run_config
 from pedseg_core.data.validate import require_valid_dataset
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
@@ -146,7 +148,7 @@ def _prior_loss(msg: Message, site: SiteTrainer) -> ShapePriorLoss | None:
     return ShapePriorLoss(autoencoder, [offset], site.cfg.prior.weight)
 
 
-@app.train()
+@app.train(mods=[secure_aggregation_mod])  # SecAgg+ masks the shared weights when the run uses it
 def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     config = msg.content[CONFIG]

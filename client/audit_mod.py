@@ -1,6 +1,7 @@
 """The site's audit log as a Flower mod, outermost around every handler: one line in `STATE_DIR/audit.jsonl` per
 message that leaves the site, written before the reply goes: the run, the round, the message type, every
-array (record, key, shape, dtype, sha256 of its values) and every metric and config value sent. An array the
+array (record, key, shape, dtype, sha256 of its values) and every metric and config value sent (bytes, such as
+SecAgg+'s keys and masked vectors, by size and sha256). An array the
 site did not receive in the message it answers (by record, key and shape) with two dimensions of 32 or more is
 marked `image_sized`; a reply whose result holds per-case metrics is marked `per_case`. `pedseg audit
 STATE_DIR` reads it back."""
@@ -43,8 +44,10 @@ def audit_line(msg: Message, reply: Message | None, context: Context) -> dict:
     """What `reply` (the answer to `msg`; None: the handler failed) carries out of the site, as one JSON-able
     record."""
     config = msg.content[CONFIG] if CONFIG in msg.content.config_records else {}
+    group = msg.metadata.group_id  # SecAgg+'s key-exchange stages carry no config: their round is the group id
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": context.run_id,
-            "federation_run": str(config.get(FEDERATION_RUN, context.run_id)), "round": config.get(SERVER_ROUND),
+            "federation_run": str(config.get(FEDERATION_RUN, context.run_id)),
+            "round": config.get(SERVER_ROUND, int(group) if group.isdigit() else None),
             "type": msg.metadata.message_type}
     if reply is None or reply.has_error():
         return {**line, "error": reply.error.reason} if reply is not None else line
@@ -61,8 +64,21 @@ def audit_line(msg: Message, reply: Message | None, context: Context) -> dict:
             arrays.append(entry)
     line["arrays"] = arrays
     line["metrics"] = {name: dict(record.items()) for name, record in reply.content.metric_records.items()}
-    line["config"] = {name: dict(record.items()) for name, record in reply.content.config_records.items()}
+    line["config"] = {name: {k: _loggable(v) for k, v in record.items()}
+                      for name, record in reply.content.config_records.items()}
     site = reply.content[SITE] if SITE in reply.content.config_records else {}
     if RESULT_JSON in site and json.loads(str(site[RESULT_JSON])).get("per_case"):
         line["per_case"] = True
     return line
+
+
+def _loggable(value):
+    """A config value as the log keeps it: bytes (SecAgg+'s keys, shares and masked vectors) by size and sha256."""
+    if isinstance(value, bytes):
+        return {"bytes": len(value), "sha256": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        digest = hashlib.sha256()
+        for item in value:
+            digest.update(item)
+        return {"bytes": sum(len(item) for item in value), "items": len(value), "sha256": digest.hexdigest()}
+    return value

@@ -110,6 +110,7 @@ class FederationConfig:
     # this many times the median of the other replies' norms in the round is rejected; 0 = no bound
     aggregation: str = "mean"  # shared weights: mean (example-weighted) | median | trimmed-mean (coordinate-wise)
     trim_fraction: float = 0.2  # trimmed-mean: the share of values cut at each end, per coordinate
+    secure_aggregation: bool = False  # SecAgg+: the server learns only the mean of the sites' shared weights
     cached_sites: int = 3  # site trainers a client process keeps between messages (a simulation actor serves
     # several virtual sites; a deployed SuperNode starts a process per message, so nothing is kept there)
 
@@ -220,6 +221,10 @@ def _validate(cfg: PedsegConfig) -> None:
     if len(cfg.model.decoder_channels) != 5:
         raise PedsegError("model.decoder_channels must list 5 widths (one per ResNet stage)")
     _validate_federation(cfg.federation)
+    if cfg.federation.secure_aggregation and cfg.scheme == "shared":
+        raise PedsegError("federation.secure_aggregation needs a scheme whose shared weights are all floating point "
+                          "(the shared scheme shares BatchNorm's integer step counters): use multi-domain, "
+                          "contrastive or full")
 
 
 STRATEGIES = ("fedavg", "fedprox")
@@ -237,7 +242,9 @@ def _validate_federation(fed: FederationConfig) -> None:
               ("cached_sites", fed.cached_sites >= 0, "0 or more"),
               ("norm_bound", fed.norm_bound == 0 or fed.norm_bound >= 1, "0 (no bound) or at least 1"),
               ("aggregation", fed.aggregation in AGGREGATIONS, f"one of {', '.join(AGGREGATIONS)}"),
-              ("trim_fraction", 0 <= fed.trim_fraction < 0.5, "in [0, 0.5)")]
+              ("trim_fraction", 0 <= fed.trim_fraction < 0.5, "in [0, 0.5)"),
+              ("aggregation", not fed.secure_aggregation or fed.aggregation == "mean",
+               "mean under secure_aggregation (the server learns only the mean)")]
     for name, ok, expected in bounds:
         if not ok:
             raise PedsegError(f"federation.{name} must be {expected}, got {getattr(fed, name)}")
@@ -287,6 +294,7 @@ RUN_CONFIG_FIELDS = {
     "per-case-metrics": "federation.per_case_metrics",
     "norm-bound": "federation.norm_bound",
     "aggregation": "federation.aggregation",
+    "secure-aggregation": "federation.secure_aggregation",
     "share-prototypes": "contrastive.share_prototypes",
 }
 

@@ -10,6 +10,7 @@ share_prototypes: true   # contrastive/full: may per-joint mean embeddings leave
 min_prototype_slices: 32 # ... each a mean over at least this many slices
 share_head: true         # may the head be pooled with other sites of the same joint?
 per_case_metrics: false  # default: only per-bone means and the case count leave
+require_secure_aggregation: false  # true: shared weights leave only masked by SecAgg+
 approved_apps:           # the apps (sha256 of the FAB, `pedseg-client app-hash APP_DIR`) this site runs;
   - 3f2a...              # absent = any app its federation sends (pedseg-client warns)
 ```
@@ -22,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from typing_extensions import Annotated
 
 from pedseg_core.config import load_yaml
 from pedseg_core.errors import PedsegError
@@ -50,6 +51,7 @@ class SitePolicy(BaseModel):
     share_head: bool = True
     per_case_metrics: bool = False
     approved_apps: tuple[AppHash, ...] | None = None  # None: any app; checked outside the app (client/approved_app.py)
+    require_secure_aggregation: bool = False  # send shared weights only masked by SecAgg+
 
     def approves(self, fab_hash: str) -> bool:
         return self.approved_apps is None or fab_hash in self.approved_apps
@@ -94,8 +96,10 @@ def describe_policy(policy: SitePolicy) -> str:
                   else "no prototypes")
     apps = ("any app (no approved_apps)" if policy.approved_apps is None
             else f"{len(policy.approved_apps)} approved app(s) only")
+    secagg = "; shared weights only under SecAgg+" if policy.require_secure_aggregation else ""
     return (f"{dp}; {prototypes}; head {'may be' if policy.share_head else 'never'} pooled; "
-            f"{'per-case metrics allowed' if policy.per_case_metrics else 'no per-case metrics'}; runs {apps}")
+            f"{'per-case metrics allowed' if policy.per_case_metrics else 'no per-case metrics'}{secagg}; "
+            f"runs {apps}")
 
 
 def load_policy(path: Path | None) -> SitePolicy:

@@ -23,6 +23,7 @@ from pedseg_core.model.unet import build_model
 from pedseg_core.train.run_dir import RunDir
 from server.prior_stage import train_prior
 from server.run_state import RunState, load_run_state, save_run_state
+from server.secure_aggregation import SecureAggregationGrid
 from server.site_query import query_sites, union_labels
 from server.strategy import SharedFedAvg, SharedFedProx
 
@@ -41,6 +42,8 @@ def main(grid: Grid, context: Context) -> None:
         state = RunState(federation_run=str(context.run_id), completed_round=0, arrays={}, strategy={})
         out = str(context.run_config.get("out-dir", "")) or f"pedseg-runs/run-{context.run_id}"
         run = RunDir(Path(out)).create(cfg)
+    if cfg.federation.secure_aggregation:  # every training round through SecAgg+
+        grid = SecureAggregationGrid(grid, context.run_id)
     try:
         federate(grid, cfg, run, state)
     except PedsegError as err:
@@ -62,6 +65,7 @@ def federate(grid: Grid, cfg: PedsegConfig, run: RunDir, state: RunState) -> Non
     else:
         strategy = SharedFedAvg(fraction_train=fed.fraction_train, **nodes)
     strategy.setup_run(run, fed, num_rounds)
+    strategy.secure = grid if isinstance(grid, SecureAggregationGrid) else None
     strategy.federation_run = state.federation_run
     strategy.rounds_done = done = state.completed_round
     if state.strategy:

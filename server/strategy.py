@@ -80,6 +80,7 @@ class SharedWeightsAggregation:
         self.sent: list[Message] = []  # this round's messages (Flower sets their ids when it sends them)
         self.round_start = time.perf_counter()
         self.federation_run = ""  # names the sites' private stores: the first Flower run id of this run
+        self.secure = None  # a SecureAggregationGrid: the replies' ARRAYS are all the SecAgg+ mean
 
     def state_dict(self) -> dict:
         """What a resumed run needs of this strategy (torch-saveable: tensors, strings, numbers)."""
@@ -153,6 +154,9 @@ class SharedWeightsAggregation:
                                                     heads, self.prototypes, known)
         self._note_rejected(rejected)
         self.record["update_norms"] = norms
+        if self.secure is not None:  # every reply holds the same mean: single updates are not seen
+            self.record["update_norms"] = {}
+            self.record["secure_aggregation"] = self.secure.report
         self._note_missing(valid, errors, [m for m, _ in rejected])
         if not valid:
             return None, None
