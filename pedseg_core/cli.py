@@ -125,6 +125,8 @@ def cmd_federate(args: argparse.Namespace) -> int:
                   "num-server-rounds": args.rounds or 0, "overrides": " ".join([*pairs, *args.set])}
     if args.min_sites is not None:
         app_config["min-nodes"] = args.min_sites
+    if args.secure_aggregation:
+        app_config["secure-aggregation"] = True
     sites, joints = parse_site_args(args.data)
     # The Flower orchestration lives outside pedseg_core (which never imports Flower code).
     if args.simulation:
@@ -262,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     federate.add_argument("--min-sites", type=int, metavar="K",
                           help="the quorum: a round starts once K sites are connected, and the run goes on while "
                                "K remain (default: every site with a valid dataset)")
+    federate.add_argument("--secure-aggregation", action="store_true",
+                          help="SecAgg+: the server learns only the mean of the sites' shared weights (at least 3 "
+                               "sites; per-site update checks and robust aggregation are off)")
     federate.add_argument("--policy", metavar="POLICY.yaml",
                           help="every site's privacy policy (default: the safe one: no per-case metrics leave; "
                                "a simulation, on your own data, allows them)")

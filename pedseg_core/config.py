@@ -79,8 +79,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0  # Adam as in the paper; L2 decay costs ~5% step time here
     poly_power: float = 0.9  # nnU-Net-style polynomial learning-rate decay over the whole run
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-    channels_last: bool = False
+    precision: str = "auto"  # auto (bf16 + channels-last where bf16 is native, else fp32) | fp32 | bf16 (autocast)
+    channels_last: bool = False  # with fp32 or bf16 (auto sets it with bf16)
     num_threads: int = 0  # torch threads; 0 = torch's default
     device: str = "auto"  # auto (the first CUDA GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N
     seed: int = 0
@@ -212,8 +212,8 @@ def _validate(cfg: PedsegConfig) -> None:
         raise PedsegError(f"model.norm must be 'batch' or 'group', got '{cfg.model.norm}'")
     if cfg.model.backbone not in ("resnet10", "resnet18", "resnet34"):
         raise PedsegError(f"model.backbone must be resnet10, resnet18 or resnet34, got '{cfg.model.backbone}'")
-    if cfg.train.precision not in ("fp32", "bf16"):
-        raise PedsegError(f"train.precision must be fp32 or bf16, got '{cfg.train.precision}'")
+    if cfg.train.precision not in PRECISIONS:
+        raise PedsegError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{cfg.train.precision}'")
     if cfg.federation.strategy not in ("fedavg", "fedprox"):
         raise PedsegError(f"federation.strategy must be fedavg or fedprox, got '{cfg.federation.strategy}'")
     if cfg.data.folds < 1 or not 0 <= cfg.data.fold < cfg.data.folds:
@@ -228,6 +228,7 @@ def _validate(cfg: PedsegConfig) -> None:
 
 
 STRATEGIES = ("fedavg", "fedprox")
+PRECISIONS = ("auto", "fp32", "bf16")  # see pedseg_core.precision
 AGGREGATIONS = ("mean", "median", "trimmed-mean")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from pedseg_core.losses.multiscale import MultiScaleContrastive
 from pedseg_core.losses.segmentation import SegmentationLoss
 from pedseg_core.model.shape_prior import ShapePriorLoss
 from pedseg_core.model.unet import MultiDomainUNet, domain_slices
+from pedseg_core.precision import Precision, resolve_precision
 from pedseg_core.progress import progress_bar
 from pedseg_core.train.private_training import PrivateTraining
 from pedseg_core.train.schedule import poly_lr
@@ -32,13 +34,29 @@ class StepPlan:
     total: int
 
 
-def autocast(precision: str, device: torch.device):
-    if precision == "bf16":
+def autocast(precision: Precision, device: torch.device):
+    if precision.dtype == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def batch_loss(model: MultiDomainUNet, batch: Batch, loss_fn: SegmentationLoss, cfg: TrainConfig,
+_ANNOUNCED: set[Precision] = set()
+
+
+def training_precision(cfg: TrainConfig, device: torch.device, private: bool) -> Precision:
+    """The precision this process trains in (said once on stderr). DP-SGD stays in fp32 unless asked: Opacus'
+    per-sample gradients are computed from the layers' activations and backprops."""
+    if private and cfg.precision == "auto":
+        precision = Precision("fp32", cfg.channels_last, "auto: DP-SGD")
+    else:
+        precision = resolve_precision(cfg.precision, cfg.channels_last, device)
+    if precision not in _ANNOUNCED:
+        _ANNOUNCED.add(precision)
+        print(f"pedseg: training in {precision.describe()}", file=sys.stderr, flush=True)
+    return precision
+
+
+def batch_loss(model: MultiDomainUNet, batch: Batch, loss_fn: SegmentationLoss, precision: Precision,
                domain_map: Sequence[int] | None = None, contrastive: MultiScaleContrastive | None = None,
                prior: ShapePriorLoss | None = None) -> dict[str, torch.Tensor]:
     """The loss terms of a mixed-domain batch: {"seg_loss"} plus "contrastive_loss" and "prior_loss" when
@@ -48,11 +66,11 @@ def batch_loss(model: MultiDomainUNet, batch: Batch, loss_fn: SegmentationLoss, 
     device = device_of(model)
     batch = Batch(*(t.to(device, non_blocking=True) for t in (batch.images, batch.labels, batch.domains)))
     terms = {"seg_loss": batch.images.new_zeros(())} | ({"prior_loss": batch.images.new_zeros(())} if prior else {})
-    images = batch.images.to(memory_format=torch.channels_last) if cfg.channels_last else batch.images
+    images = batch.images.to(memory_format=torch.channels_last) if precision.channels_last else batch.images
     scales: list[list[torch.Tensor]] = []
     for d, idx in domain_slices(batch.domains):
         domain = d if domain_map is None else domain_map[d]
-        with autocast(cfg.precision, device):
+        with autocast(precision, device):
             logits, embeddings = model.forward_with_embeddings(images[idx], domain)
         share = len(batch.domains[idx]) / len(batch.domains)
         terms["seg_loss"] = terms["seg_loss"] + loss_fn(logits, batch.labels[idx]) * share
@@ -83,8 +101,9 @@ def train_steps(model: MultiDomainUNet, batches: Iterator[Batch], optimizer: tor
     "prior_loss": mean unweighted terms when used, "lr": last lr, "slices": n}.
     """
     loss_fn = SegmentationLoss(cfg, per_sample=private is not None)
+    precision = training_precision(cfg, device_of(model), private is not None)
     model.train()
-    if cfg.channels_last:
+    if precision.channels_last:
         model.to(memory_format=torch.channels_last)
     weights = {"seg_loss": 1.0, "contrastive_loss": contrastive.weight if contrastive else 0.0,
                "prior_loss": prior.weight if prior else 0.0}
@@ -100,7 +119,7 @@ def train_steps(model: MultiDomainUNet, batches: Iterator[Batch], optimizer: tor
         if private is not None and not len(batch.domains):
             private.empty_step()
             continue
-        terms = batch_loss(model, batch, loss_fn, cfg, domain_map, contrastive, prior)
+        terms = batch_loss(model, batch, loss_fn, precision, domain_map, contrastive, prior)
         loss = sum(weights[k] * v for k, v in terms.items())
         loss = loss + sum((reg(model) for reg in regularizers), loss.new_zeros(()))
         for key, value in terms.items():
