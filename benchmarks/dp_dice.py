@@ -1,8 +1,9 @@
 """Differential privacy's price on the reproduction data: the federated `full` scheme (FedAvg, `small` preset,
 one site per joint, Flower's simulation engine) without DP, with epsilon 8 and with epsilon 1, one after the
-other in one process, on the same data and splits. All three runs use group norms (DP needs them), so the only
-difference is the sites' policy. Prints, per run: mean Dice per joint and overall, each site's epsilon spent,
-the sites' local training time per round (and its ratio to the run without DP) and the run's wall time.
+other in one process, on the same data and splits. All three runs use group norms (DP needs them) and fp32
+(DP-SGD trains in fp32), so the only difference is the sites' policy. Prints, per run: mean Dice per joint and
+overall, each site's epsilon spent, the sites' local training time per round (and its ratio to the run without
+DP) and the run's wall time.
 
     python benchmarks/dp_dice.py [--data DIR] [--out DIR] [--preset small] [--epsilons 8 1]
 
@@ -37,7 +38,7 @@ def run(name: str, data: Path, out: Path, preset: str, epsilon: float | None) ->
     dp = f"dp:\n  epsilon: {epsilon}\n  delta: {DELTA}\n  max_grad_norm: {CLIP}\n" if epsilon else "dp: null\n"
     policy.write_text(dp + "per_case_metrics: true\n")
     config = {"preset": preset, "scheme": "full", "strategy": "fedavg", "num-server-rounds": 0,
-              "overrides": "model.norm=group", "per-case-metrics": True}
+              "overrides": "model.norm=group train.precision=fp32", "per-case-metrics": True}
     started = time.perf_counter()
     results = federate_simulation({j: data / j for j in JOINTS}, out / name, config, progress=False, policy=policy)
     return {"name": name, "results": results, "wall_s": time.perf_counter() - started,
@@ -62,7 +63,7 @@ def main() -> None:
     runs = [run("no-dp", data, out, args.preset, None)]
     runs += [run(f"epsilon-{e:g}", data, out, args.preset, e) for e in args.epsilons]
     base = runs[0]["train_s"]
-    print(f"federated full (FedAvg), preset {args.preset}, group norms, delta {DELTA:g}, clip {CLIP:g}; {out}")
+    print(f"federated full (FedAvg), preset {args.preset}, group norms, fp32, delta {DELTA:g}, clip {CLIP:g}; {out}")
     print("| run | " + " | ".join(JOINTS) + " | mean Dice | epsilon spent per site | site training s/round "
           "(x no DP) | wall time |")
     print("|---|" + "---|" * (len(JOINTS) + 4))
