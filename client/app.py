@@ -2,7 +2,8 @@
 
 Node config (set by `pedseg-client`): site, joint, data-dir, state-dir, threads, keep-sent, policy (see
 `client.node_settings`). Two mods wrap every handler: the site's audit log (outermost) and its privacy policy;
-training also goes through SecAgg+ (`client.secure_aggregation_mod`) when the run uses secure aggregation.
+training also goes through `client.message_dtype_mod` (fp16 on the wire when the run asks for it) and SecAgg+
+(`client.secure_aggregation_mod`) when the run uses secure aggregation.
 Replies carry only the shared arrays, `num-examples` and metrics (plus, when asked and allowed: the joint's
 prototypes, and the head when other sites hold the same joint); a site whose policy asks for DP trains with
 DP-SGD and keeps its accountant in `privacy.pt`; the private layers stay in
@@ -24,6 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.audit_mod import audit_mod
+from client.message_dtype_mod import message_dtype_mod
 from client.node_settings import node_settings, site_policy, state_dir
 from client.policy_mod import policy_mod
 from client.secure_aggregation_mod import secure_aggregation_mod
@@ -148,7 +150,7 @@ def _prior_loss(msg: Message, site: SiteTrainer) -> ShapePriorLoss | None:
     return ShapePriorLoss(autoencoder, [offset], site.cfg.prior.weight)
 
 
-@app.train(mods=[secure_aggregation_mod])  # SecAgg+ masks the shared weights when the run uses it
+@app.train(mods=[message_dtype_mod, secure_aggregation_mod])  # fp16 on the wire; SecAgg+ masks when used
 def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     config = msg.content[CONFIG]
@@ -217,7 +219,7 @@ def _evaluate(site: SiteTrainer, store: PrivateStore, shared: dict[str, torch.Te
     return result
 
 
-@app.evaluate()
+@app.evaluate(mods=[message_dtype_mod])
 def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     site, store = _site(context, config)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from pedseg_core.errors import PedsegError
+from pedseg_core.message_dtype import MESSAGE_DTYPES
 
 SCHEMES = ("individual", "transfer", "shared", "multi-domain", "contrastive", "full")
 CONTRASTIVE_SCHEMES = ("contrastive", "full")
@@ -111,6 +112,8 @@ class FederationConfig:
     aggregation: str = "mean"  # shared weights: mean (example-weighted) | median | trimmed-mean (coordinate-wise)
     trim_fraction: float = 0.2  # trimmed-mean: the share of values cut at each end, per coordinate
     secure_aggregation: bool = False  # SecAgg+: the server learns only the mean of the sites' shared weights
+    message_dtype: str = "fp32"  # fp16: shared weights travel in fp16 (down: rounded; up: the update), see
+    # pedseg_core.message_dtype; under secure_aggregation they travel as SecAgg+ carries them
     cached_sites: int = 3  # site trainers a client process keeps between messages (a simulation actor serves
     # several virtual sites; a deployed SuperNode starts a process per message, so nothing is kept there)
 
@@ -244,6 +247,7 @@ def _validate_federation(fed: FederationConfig) -> None:
               ("norm_bound", fed.norm_bound == 0 or fed.norm_bound >= 1, "0 (no bound) or at least 1"),
               ("aggregation", fed.aggregation in AGGREGATIONS, f"one of {', '.join(AGGREGATIONS)}"),
               ("trim_fraction", 0 <= fed.trim_fraction < 0.5, "in [0, 0.5)"),
+              ("message_dtype", fed.message_dtype in MESSAGE_DTYPES, f"one of {', '.join(MESSAGE_DTYPES)}"),
               ("aggregation", not fed.secure_aggregation or fed.aggregation == "mean",
                "mean under secure_aggregation (the server learns only the mean)")]
     for name, ok, expected in bounds:
@@ -296,6 +300,7 @@ RUN_CONFIG_FIELDS = {
     "norm-bound": "federation.norm_bound",
     "aggregation": "federation.aggregation",
     "secure-aggregation": "federation.secure_aggregation",
+    "message-dtype": "federation.message_dtype",
     "share-prototypes": "contrastive.share_prototypes",
 }
 

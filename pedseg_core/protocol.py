@@ -9,8 +9,10 @@ A federated run, as messages:
    `config{STAGE: STAGE_PRIOR, UNION_OFFSETS_JSON, UNION_CLASSES, SERVER_ROUND}`; site -> `arrays`,
    `metrics{NUM_EXAMPLES, ...}`.
 3. Each round r (train): server -> `arrays` (the global shared weights), `config{SERVER_ROUND, NUM_ROUNDS,
-   FEDERATION_RUN, EVALUATE_FIRST, SHARE_HEAD, [UNION_*], [PROXIMAL_MU]}`, [`prior`], [`prototypes` of every
-   joint], [`joint-arrays`: this joint's pooled head]; site -> `arrays` (its shared weights after training),
+   FEDERATION_RUN, EVALUATE_FIRST, SHARE_HEAD, [UNION_*], [PROXIMAL_MU], [MESSAGE_DTYPE]}`, [`prior`],
+   [`prototypes` of every joint], [`joint-arrays`: this joint's pooled head]; site -> `arrays` (its shared
+   weights after training; under MESSAGE_DTYPE fp16 the arrays and the prior travel down in fp16 and the reply's
+   `arrays` is its fp16 update, marked by the site record's ARRAYS_ENCODING: `pedseg_core.message_dtype`),
    `metrics{NUM_EXAMPLES, TRAIN_LOSS, ...}`, `site{SITE_NAME, JOINT, [RESULT_JSON]: its evaluation of round
    r-1's global weights when EVALUATE_FIRST}`, [`prototypes`: its joint's, with PROTOTYPE_SLICES],
    [`joint-arrays`: its head, when SHARE_HEAD], and the site record's [REFUSALS_JSON] when its policy refused a
@@ -39,6 +41,7 @@ SHARE_HEAD = "share-head"
 UNION_OFFSETS_JSON = "union-offsets-json"
 UNION_CLASSES = "union-classes"
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
+MESSAGE_DTYPE = "message-dtype"  # fp16: the shared weights travel in fp16 (pedseg_core.message_dtype)
 STAGE = "stage"
 STAGE_PRIOR = "prior"
 ASK = "ask"
@@ -49,6 +52,7 @@ SITE_NAME = "site"
 JOINT = "joint"
 LABELS_JSON = "labels-json"
 RESULT_JSON = "result-json"
+ARRAYS_ENCODING = "arrays-encoding"  # message_dtype.FP16_UPDATE: `arrays` holds the update, not the weights
 REFUSALS_JSON = "refusals-json"  # what this site's policy refused of the run's requests (a JSON list of lines)
 
 # metrics, site -> server

@@ -9,6 +9,9 @@ model), and each key is aggregated over the replies that passed: weighted by `nu
 Evaluation rides on the training message: in round r the server asks the sites (`evaluate-first`) to evaluate
 their personalized model on the global weights they just received (the result of round r-1) before training,
 which saves a whole message exchange per round. Only after the last round is there a separate evaluation.
+
+Under `federation.message_dtype: fp16` the arrays travel down rounded to fp16 and come back as fp16 updates,
+which the server turns back into weights before it checks them (`pedseg_core.message_dtype`).
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 
 from pedseg_core.config import FederationConfig
 from pedseg_core.evaluate.metrics import mean_or_none
+from pedseg_core.message_dtype import FP16_UPDATE, decode_update, rounded, widened
 from pedseg_core.protocol import (
     ARRAYS,
+    ARRAYS_ENCODING,
     CONFIG,
     EVALUATE_FIRST,
     FEDERATION_RUN,
     HEAD,
     JOINT,
+    MESSAGE_DTYPE,
     METRICS,
     NUM_EXAMPLES,
     NUM_ROUNDS,
@@ -55,6 +61,14 @@ from pedseg_core.train.run_dir import RunDir
 from server.aggregation import aggregate, weighted_mean
 from server.quorum import BoundedQuorum
 from server.update_checks import UpdateChecks, check_evaluation
+
+
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
 class SharedWeightsAggregation:
@@ -81,6 +95,9 @@ class SharedWeightsAggregation:
         self.round_start = time.perf_counter()
         self.federation_run = ""  # names the sites' private stores: the first Flower run id of this run
         self.secure = None  # a SecureAggregationGrid: the replies' ARRAYS are all the SecAgg+ mean
+        self.message_dtype = "fp32" if fed.secure_aggregation else fed.message_dtype  # SecAgg+ carries its own
+        self.on_wire: dict[str, ArrayRecord] = {}  # fp16: this round's arrays and prior as they travel down
+        self.reference: dict[str, np.ndarray] = {}  # fp16: what the sites train from (the rounded global, fp32)
 
     def state_dict(self) -> dict:
         """What a resumed run needs of this strategy (torch-saveable: tensors, strings, numbers)."""
@@ -119,8 +136,20 @@ class SharedWeightsAggregation:
         config[NUM_ROUNDS] = self.num_rounds
         config[FEDERATION_RUN] = self.federation_run
         config[EVALUATE_FIRST] = server_round > 1 and (server_round - 1) % self.evaluate_every == 0
+        self._round_for_the_wire(arrays, config)
         self.sent = [self._for_node(m) for m in super().configure_train(server_round, arrays, config, grid)]
         return self.sent
+
+    def _round_for_the_wire(self, arrays: ArrayRecord, config: ConfigRecord) -> None:
+        """Under fp16 messages, the arrays (and the prior) as they travel down, and what the sites train from."""
+        if self.message_dtype != "fp16":
+            return
+        config[MESSAGE_DTYPE] = "fp16"
+        down = rounded(_numpy(arrays))
+        self.reference = widened(down)
+        self.on_wire = {ARRAYS: _record(down)}
+        if self.prior is not None:
+            self.on_wire[PRIOR] = _record(rounded(_numpy(self.prior)))
 
     def _for_node(self, msg: Message) -> Message:
         """A node's own copy of the round's message: the shared arrays and config, the joints' prototypes,
@@ -134,6 +163,7 @@ class SharedWeightsAggregation:
         config.update(self.union_config)
         if self.prior is not None:
             content[PRIOR] = self.prior
+        content.update(self.on_wire)
         content[CONFIG] = config
         if self.prototypes:
             content[PROTOTYPES] = ArrayRecord({k: Array(v) for k, v in self.prototypes.items()})
@@ -145,7 +175,7 @@ class SharedWeightsAggregation:
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check every reply (`server.update_checks`), then aggregate the shared weights, prototypes and heads
         of those that passed; the round's record names contributors, missing sites and rejected updates."""
-        replies = list(replies)
+        replies = [self._decoded(m) for m in replies]
         errors = [m for m in replies if m.has_error()]
         self._note_errors(errors)
         heads = {j: {k: Array(v) for k, v in h.items()} for j, h in self.joint_heads.items()}
@@ -184,6 +214,14 @@ class SharedWeightsAggregation:
         self.record["aggregation_s"] = round(time.perf_counter() - started, 4)
         return aggregated, MetricRecord({TRAIN_LOSS: loss, NUM_EXAMPLES: total})
 
+    def _decoded(self, reply: Message) -> Message:
+        """A reply whose shared arrays are an fp16 update, with them as weights (the rounded global + update)."""
+        if reply.has_error() or SITE not in reply.content.config_records or \
+                reply.content[SITE].get(ARRAYS_ENCODING) != FP16_UPDATE or ARRAYS not in reply.content.array_records:
+            return reply
+        reply.content[ARRAYS] = _record(decode_update(_numpy(reply.content[ARRAYS]), self.reference))
+        return reply
+
     def _aggregate_prototypes(self, replies: list[Message]) -> None:
         """Per joint and scale, the slice-weighted mean of the sites' prototypes (sites of one joint pool)."""
         sent = [(m.content[PROTOTYPES], float(m.content[METRICS][PROTOTYPE_SLICES]))
@@ -211,7 +249,11 @@ class SharedWeightsAggregation:
             return []  # earlier rounds are evaluated at the start of the next round's training
         config.update(self.union_config)
         config[FEDERATION_RUN] = self.federation_run
+        self._round_for_the_wire(arrays, config)
         self.sent = list(super().configure_evaluate(server_round, arrays, config, grid))
+        for msg in self.sent:
+            if ARRAYS in self.on_wire:
+                msg.content[ARRAYS] = self.on_wire[ARRAYS]
         return self.sent
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

@@ -9,6 +9,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 from client.audit_mod import audit_mod
+from client.message_dtype_mod import message_dtype_mod
 from client.policy_mod import policy_mod
 from pedseg_core.cli import main as pedseg
 
@@ -111,3 +112,25 @@ def test_an_error_that_leaves_the_site_is_audited_too(tmp_path):
         raise AssertionError("the handler's error must reach Flower")
     (line,) = [json.loads(x) for x in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
     assert line["error"] == "RuntimeError: site ankle: case_007 cannot be read" and line["round"] == 3
+
+
+def test_fp16_messages_give_the_handler_fp32_and_send_its_update_in_fp16(tmp_path):
+    weights = np.linspace(-0.2, 0.2, 12, dtype=np.float32).reshape(4, 3)
+    msg = train_message()
+    msg.content["arrays"] = ArrayRecord({"w": Array(weights.astype(np.float16))})
+    msg.content["config"]["message-dtype"] = "fp16"
+    seen = {}
+
+    def handler(m: Message, ctx: Context) -> Message:
+        seen["dtype"] = m.content["arrays"]["w"].numpy().dtype
+        trained = m.content["arrays"]["w"].numpy() + np.float32(1e-3)
+        return Message(RecordDict({"arrays": ArrayRecord({"w": Array(trained)}),
+                                   "site": ConfigRecord({"site": "ankle", "joint": "ankle"})}), reply_to=m)
+
+    reply = message_dtype_mod(msg, context(tmp_path), handler)
+    sent = reply.content["arrays"]["w"].numpy()
+    assert seen["dtype"] == np.float32
+    assert sent.dtype == np.float16 and np.allclose(sent, 1e-3, rtol=2 ** -10)
+    assert reply.content["site"]["arrays-encoding"] == "fp16-update"
+    plain = message_dtype_mod(train_message(), context(tmp_path), handler)  # the run did not ask: fp32 as before
+    assert plain.content["arrays"]["w"].numpy().dtype == np.float32 and "arrays-encoding" not in plain.content["site"]

@@ -4,6 +4,7 @@ SuperNodes to sites through the run config; a joint's dataset splits into severa
 import json
 
 import psutil
+import torch
 
 from pedseg_core.cli import main as pedseg
 from simulations.simulation import federate_simulation, simulation_options, virtual_sites
@@ -16,10 +17,10 @@ def test_virtual_sites_split_each_joint(tmp_path):
     assert {s["policy"] for s in table} == {str(tmp_path / "p.yaml")}
 
 
-def test_simulation_matches_the_local_contract(tmp_path):
+def test_simulation_matches_the_local_contract_with_fp16_messages(tmp_path):
     data = tmp_path / "data"
     assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "4", "--test", "1"]) == 0
-    config = {"preset": "tiny", "scheme": "multi-domain", "num-server-rounds": 2,
+    config = {"preset": "tiny", "scheme": "multi-domain", "num-server-rounds": 2, "message-dtype": "fp16",
               "overrides": "train.steps_per_epoch=2"}
     out = tmp_path / "run"
     results = federate_simulation({j: data / j for j in ("ankle", "knee")}, out, config, sites_per_joint=2,
@@ -34,6 +35,12 @@ def test_simulation_matches_the_local_contract(tmp_path):
     assert all(line["sites"][s]["num-examples"] == 2 * 4 for line in lines for s in results["sites"])
     assert lines[1]["pooled_heads"] == ["ankle", "knee"]  # split sites of one joint pool their heads
     assert [p.pid for p in psutil.process_iter() if started_here(p, out)] == []
+    for site in results["sites"]:  # the shared weights left every site as fp16 updates; the server kept fp32
+        audit = [json.loads(x) for x in (out / "sites" / site / "audit.jsonl").read_text().splitlines()]
+        shared = [a for line in audit if line["type"] == "train" for a in line["arrays"] if a["record"] == "arrays"]
+        assert shared and {a["dtype"] for a in shared} == {"float16"}
+    final = torch.load(out / "checkpoints" / "global_final.pt", weights_only=True)["shared_state_dict"]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in final.values())
 
 
 def started_here(proc, out):
