@@ -46,8 +46,9 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Every benchmark, one after the other (hours on 2 cores), into benchmarks/RESULTS.md.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/run_all.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -128,13 +128,16 @@ def cmd_federate(args: argparse.Namespace) -> int:
     if args.secure_aggregation:
         app_config["secure-aggregation"] = True
     sites, joints = parse_site_args(args.data)
+    if (args.ray_address or args.gpus_per_site) and not args.simulation:
+        raise PedsegError("--ray-address and --gpus-per-site are options of --simulation")
     # The Flower orchestration lives outside pedseg_core (which never imports Flower code).
     if args.simulation:
         simulation = importlib.import_module("simulations.simulation")
         results = simulation.federate_simulation(sites, Path(args.out), app_config, joints=joints,
                                                  sites_per_joint=args.sites_per_joint,
                                                  cpus_per_site=args.cpus_per_site, insecure=args.insecure,
-                                                 policy=Path(args.policy) if args.policy else None)
+                                                 policy=Path(args.policy) if args.policy else None,
+                                                 ray_address=args.ray_address, gpus_per_site=args.gpus_per_site)
     else:
         local = importlib.import_module("simulations.local")
         results = local.federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads,
@@ -256,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="simulation: split each joint's training cases into K sites")
     federate.add_argument("--cpus-per-site", type=int, default=1,
                           help="simulation: CPU cores Ray reserves for each virtual site")
+    federate.add_argument("--ray-address", metavar="HOST:PORT",
+                          help="simulation: run the virtual sites on this existing Ray cluster (its head's address) "
+                               "instead of a private Ray on this machine; see docs/ray-cluster.md")
+    federate.add_argument("--gpus-per-site", type=float, default=0.0,
+                          help="simulation on a Ray cluster: GPUs Ray reserves for each virtual site (e.g. 0.25)")
     federate.add_argument("--rounds", type=int)
     federate.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
     federate.add_argument("--threads", type=int, default=0,

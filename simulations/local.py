@@ -211,6 +211,20 @@ class LocalLaunch:
             raise PedsegError(f"{path}: not a pedseg launch record: {err}") from None
 
 
+def norms_for_policy(app_config: dict[str, object], policy: Path | None) -> dict[str, object]:
+    """The run config for sites that all run `policy` (checked here, one line if it is bad): under a DP policy,
+    group norms (Opacus cannot bound a slice's gradient through BatchNorm), said on stderr; a run that asks for
+    batch norms explicitly is refused."""
+    if load_policy(policy).dp is None or config_from_run_config(app_config).model.norm == "group":
+        return app_config
+    overrides = str(app_config.get("overrides", ""))
+    if "model.norm=" in overrides:
+        raise PedsegError(f"{policy}: asks for DP-SGD, which needs group norms: drop model.norm=batch")
+    print("pedseg federate: the sites' policy asks for DP-SGD: they train with group norms (model.norm=group)",
+          file=sys.stderr)
+    return {**app_config, "overrides": f"{overrides} model.norm=group".strip()}
+
+
 def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, object],
                    joints: dict[str, str] | None = None, threads: int = 0, keep_sent: bool = False,
                    progress: bool = True, insecure: bool = False, policy: Path | None = None,
@@ -221,7 +235,7 @@ def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, objec
     site's privacy policy (default: the safe one). `app_dir`: the Flower app to run (a directory with its
     pyproject.toml)."""
     sites = valid_sites(data)
-    load_policy(policy)  # a bad policy is refused before anything starts
+    app_config = norms_for_policy(app_config, policy)  # a bad policy is refused before anything starts
     app_config = {**app_config, "min-nodes": quorum(app_config, sites)}
     out, rounds = prepare_run_dir(out, app_config)
     launch = LocalLaunch({site: str(Path(path).resolve()) for site, path in data.items()},

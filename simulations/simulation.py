@@ -5,7 +5,8 @@ Virtual SuperNodes know only their partition id; the run config's `sites-json` t
 into several sites). The simulation SuperLink serves on a free port of 127.0.0.1, by default over TLS with the
 run's private CA (RUN/pki/): there are no SuperNodes to authenticate, so TLS protects what the `flwr` CLI
 exchanges with it (the app, the run config, the logs). Ray is kept on 127.0.0.1 with its usage statistics off,
-and every process the run started (the SuperLink, Ray) is stopped afterwards.
+and every process the run started (the SuperLink, Ray) is stopped afterwards. With `--ray-address`, the sites
+run on an existing Ray cluster instead (docs/ray-cluster.md), which is the user's and stays up.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from pedseg_core.policy import SitePolicy, load_policy
+from pedseg_core.policy import SitePolicy
 from simulations.local import (
     APP_DIR,
     INSECURE_WARNING,
     LocalFederation,
+    norms_for_policy,
     prepare_run_dir,
     quorum,
     start_superlink,
@@ -49,24 +51,33 @@ def virtual_sites(data: dict[str, Path], joints: dict[str, str], sites_per_joint
     return table
 
 
-def simulation_options(num_supernodes: int, cpus_per_site: int, cpus: int, gpus: int = 0) -> str:
+def simulation_options(num_supernodes: int, cpus_per_site: int, cpus: int, gpus: int = 0,
+                       on_cluster: bool = False) -> str:
     """The connection's simulation options (TOML lines): this many virtual SuperNodes and their resources. With
-    GPUs, the virtual sites share them (Ray hides GPUs from actors that reserve none)."""
+    GPUs, the virtual sites share them (Ray hides GPUs from actors that reserve none). On an existing cluster
+    (`on_cluster`: the engine finds it through RAY_ADDRESS, as `ray.init` does), the cluster's CPUs and GPUs are
+    its own (Ray refuses sizes for it); otherwise the engine starts a private Ray with this machine's `cpus`."""
     gpu_share = f"options.backend.client-resources.num-gpus = {gpus / num_supernodes}\n" if gpus else ""
+    cluster = "" if on_cluster else f"options.backend.init-args.num-cpus = {cpus}\n"
     return (f"options.num-supernodes = {num_supernodes}\n"
-            f"options.backend.client-resources.num-cpus = {cpus_per_site}\n{gpu_share}"
-            f"options.backend.init-args.num-cpus = {cpus}\n")
+            f"options.backend.client-resources.num-cpus = {cpus_per_site}\n{gpu_share}{cluster}")
 
 
 def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, object],
                         joints: dict[str, str] | None = None, sites_per_joint: int = 1,
                         cpus_per_site: int = 1, progress: bool = True, insecure: bool = False,
-                        policy: Path | None = None) -> dict:
+                        policy: Path | None = None, ray_address: str | None = None,
+                        gpus_per_site: float = 0.0) -> dict:
     """Run the federation on Flower's simulation engine; returns results.json (as `pedseg federate --local`).
     The data is the researcher's own: unless a `policy` is given, every virtual site runs the default policy
-    with per-case metrics allowed, and the run asks for them (for the reproduction's paired tests)."""
+    with per-case metrics allowed, and the run asks for them (for the reproduction's paired tests).
+
+    `ray_address` (HOST:PORT of a running Ray head): the virtual sites run on that cluster's workers, which
+    must see the data, the run directory and this checkout at the same paths (a shared filesystem), each with
+    `cpus_per_site` CPUs and `gpus_per_site` GPUs; the cluster is left running. Without it, a private Ray on
+    this machine shares its CPUs and GPUs among the sites."""
     good = valid_sites(data)
-    load_policy(policy)
+    app_config = norms_for_policy(app_config, policy)
     out, rounds = prepare_run_dir(out, app_config)
     if policy is None:
         policy = out / "site-policy.yaml"
@@ -77,13 +88,15 @@ def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, 
     cpus = os.cpu_count() or 1
     table = virtual_sites({s: data[s] for s in good}, joints or {}, sites_per_joint, out,
                           threads=cpus_per_site, policy=Path(policy).resolve())
-    fed = LocalFederation(out, connection=CONNECTION, extra_env=RAY_LOOPBACK_ENV)
+    ray_env = {"RAY_ADDRESS": ray_address or ""}  # "": a private Ray, whatever the user's shell has set
+    fed = LocalFederation(out, connection=CONNECTION, extra_env={**RAY_LOOPBACK_ENV, **ray_env})
     config = {**app_config, "min-nodes": quorum(app_config, [site["site"] for site in table]), "out-dir": str(out),
               "sites-json": json.dumps(table)}
     try:
         pki = None if insecure else make_run_pki(out / "pki", [])
+        gpus = gpus_per_site * len(table) if ray_address else torch.cuda.device_count()
         start_superlink(fed, pki, simulation=True, connection_extra=simulation_options(
-            len(table), cpus_per_site, cpus, torch.cuda.device_count()))
+            len(table), cpus_per_site, cpus, gpus, on_cluster=bool(ray_address)))
         return submit_and_follow(fed, APP_DIR, config, [], rounds, progress)
     finally:
         fed.stop_all()  # the SuperLink's guard also stops Ray's processes, which are re-parented to it

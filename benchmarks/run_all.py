@@ -1,0 +1,99 @@
+"""`make bench`: run every benchmark in one go and write benchmarks/RESULTS.md, the one place the README's
+figures come from.
+
+Each benchmark runs as its own process and prints its figures as markdown; RESULTS.md gets one section per
+benchmark: the command, when and on what it ran (date, commit, CPU model, whether bf16 is native there, cores,
+torch threads), its wall time, and what it printed. `--only NAME ...` re-runs some and keeps the other sections
+as they were (each says when it was measured).
+
+    python benchmarks/run_all.py [--only NAME ...] [--results benchmarks/RESULTS.md] [--list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pedseg_core.precision import native_bf16
+
+ROOT = Path(__file__).resolve().parent.parent
+# name -> what it measures (each with its own defaults), in the order they run: the short ones first
+BENCHMARKS = {
+    "train_step": "pedseg's training step against a bare PyTorch loop",
+    "tls_round": "TLS + SuperNode keys against --insecure, round time",
+    "round_overhead": "a loopback round's fixed cost and bytes",
+    "secure_aggregation": "SecAgg+ against plain aggregation, per round",
+    "message_dtype": "fp16 against fp32 messages: bytes and Dice",
+    "sites_scaling": "cost with 3, 12 and 30 simulated sites",
+    "fault_runs": "resumed and site-killed runs against an uninterrupted one",
+    "precision_dice": "train.precision auto against fp32: Dice",
+    "dp_dice": "DP-SGD at epsilon 8 and 1 against no DP: Dice and time",
+}
+SECTION = re.compile(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->\n", re.DOTALL)
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown"
+    reason = native_bf16(torch.device("cpu"))
+    bf16 = f"bf16 native ({reason})" if reason else "no native bf16 (it would be emulated)"
+    return f"{model}; {bf16}; {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + dirty
+
+
+def run(name: str) -> str:
+    what = BENCHMARKS[name]
+    command = ["python", f"benchmarks/{name}.py"]
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    minutes = (time.perf_counter() - started) / 60
+    output = done.stdout.strip() if done.returncode == 0 else \
+        f"**failed** (exit {done.returncode}):\n\n```\n{done.stderr.strip()[-3000:]}\n```"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"<!-- bench:{name} -->\n## {name}: {what}\n\n`{' '.join(command)}`: {stamp}, commit {commit()}, "
+            f"{machine()}; {minutes:.1f} min\n\n{output}\n<!-- /bench:{name} -->\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), metavar="NAME")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--list", action="store_true", help="name the benchmarks and stop")
+    args = parser.parse_args()
+    if args.list:
+        print("\n".join(f"{name}: {what}" for name, what in BENCHMARKS.items()))
+        return
+    kept = {m.group(1): m.group(0) for m in SECTION.finditer(args.results.read_text())} \
+        if args.results.exists() else {}
+    for name in args.only or list(BENCHMARKS):
+        print(f"benchmark {name} ...", file=sys.stderr, flush=True)
+        kept[name] = run(name)
+        write(args.results, kept)
+    print(f"wrote {args.results}")
+
+
+def write(path: Path, sections: dict[str, str]) -> None:
+    """RESULTS.md: a header, then the sections in BENCHMARKS' order (written after each benchmark)."""
+    body = "\n".join(sections[name] for name in BENCHMARKS if name in sections)
+    path.write_text("# Benchmark results\n\nWritten by `make bench` (`python benchmarks/run_all.py`); every figure "
+                    "is a ratio or a count measured side by side in one run of its benchmark. Each section says "
+                    "when, at which commit and on which CPU it ran.\n\n" + body)
+
+
+if __name__ == "__main__":
+    main()
