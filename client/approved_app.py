@@ -5,7 +5,9 @@ SuperNode starts every ClientApp process as `flwr-clientapp` found on PATH, and 
 module's launcher first on its SuperNode's PATH. It is Flower's own `flwr-clientapp`, with one difference: before
 the FAB is installed (so before any of its code runs), its sha256 is checked against `approved_apps` in the
 site's policy. A FAB not on the list is refused: the process replies with an error that names the app (the
-run's log shows it), prints one line to the site's log and writes an `app-refused` line to the site's audit log.
+run's log shows it), prints one line to the site's log and writes an `app` line (with the error) to its audit log.
+An approved FAB is what runs: the modules this launcher imported from pedseg's own installation are forgotten
+before Flower imports the app from the FAB's folder.
 
 Flower's own mechanism (`flower-supernode --trusted-entities` with signed FABs) needs signatures that only
 Flower's Hub attaches (see docs/dev/secure-aggregation-and-app-trust.md), so it cannot serve an offline
@@ -61,9 +63,19 @@ def approval_check(site: str, policy_path: Path | None, state_dir: Path | None,
                     log.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": None, "round": None,
                                           "type": "app", "error": message, "fab_sha256": digest}) + "\n")
             raise AppNotApproved(message)
-        return install(fab_content, *args, **kwargs)
+        installed = Path(install(fab_content, *args, **kwargs))
+        forget_modules_of(installed)
+        return installed
 
     return install_if_approved
+
+
+def forget_modules_of(app_dir: Path) -> None:
+    """Drop the modules this launcher imported from pedseg's own installation whose packages the app also
+    holds (client, pedseg_core, ...), so that Flower imports them from the approved app, not from here."""
+    own = {path.stem for path in app_dir.iterdir() if path.is_dir() or path.suffix == ".py"}
+    for name in [name for name in sys.modules if name.split(".")[0] in own]:
+        del sys.modules[name]
 
 
 def install_launcher(bin_dir: Path) -> Path:
