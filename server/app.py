@@ -22,6 +22,7 @@ from pedseg_core.model.partition import split_for_scheme
 from pedseg_core.model.unet import build_model
 from pedseg_core.train.run_dir import RunDir
 from server.prior_stage import train_prior
+from server.prompt_grid import PromptGrid
 from server.run_state import RunState, load_run_state, save_run_state
 from server.secure_aggregation import SecureAggregationGrid
 from server.site_query import query_sites, union_labels
@@ -42,6 +43,7 @@ def main(grid: Grid, context: Context) -> None:
         state = RunState(federation_run=str(context.run_id), completed_round=0, arrays={}, strategy={})
         out = str(context.run_config.get("out-dir", "")) or f"pedseg-runs/run-{context.run_id}"
         run = RunDir(Path(out)).create(cfg)
+    grid = PromptGrid(grid)  # replies taken as they arrive, not every 3 s
     if cfg.federation.secure_aggregation:  # every training round through SecAgg+
         grid = SecureAggregationGrid(grid, context.run_id)
     try:
