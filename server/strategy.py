@@ -219,7 +219,11 @@ class SharedWeightsAggregation:
         if reply.has_error() or SITE not in reply.content.config_records or \
                 reply.content[SITE].get(ARRAYS_ENCODING) != FP16_UPDATE or ARRAYS not in reply.content.array_records:
             return reply
-        reply.content[ARRAYS] = _record(decode_update(_numpy(reply.content[ARRAYS]), self.reference))
+        try:
+            sent = _numpy(reply.content[ARRAYS])
+        except Exception:  # noqa: BLE001 - an undecodable array: the update checks reject the reply for it
+            return reply
+        reply.content[ARRAYS] = _record(decode_update(sent, self.reference))
         return reply
 
     def _aggregate_prototypes(self, replies: list[Message]) -> None:

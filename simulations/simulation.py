@@ -51,7 +51,7 @@ def virtual_sites(data: dict[str, Path], joints: dict[str, str], sites_per_joint
     return table
 
 
-def simulation_options(num_supernodes: int, cpus_per_site: int, cpus: int, gpus: int = 0,
+def simulation_options(num_supernodes: int, cpus_per_site: int, cpus: int, gpus: float = 0,
                        on_cluster: bool = False) -> str:
     """The connection's simulation options (TOML lines): this many virtual SuperNodes and their resources. With
     GPUs, the virtual sites share them (Ray hides GPUs from actors that reserve none). On an existing cluster

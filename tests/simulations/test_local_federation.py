@@ -36,7 +36,8 @@ def federation(tmp_path_factory):
     truncated.write_bytes(truncated.read_bytes()[:300])
     out = tmp_path_factory.mktemp("runs") / "fed"
     sites = {j: data / j for j in JOINTS} | {"broken": broken}
-    config = {"preset": "tiny", "num-server-rounds": ROUNDS, "strategy": "fedavg",
+    # fp32 messages: the weighted-mean check below is exact (fp16 messages: test_simulation.py)
+    config = {"preset": "tiny", "num-server-rounds": ROUNDS, "strategy": "fedavg", "message-dtype": "fp32",
               "overrides": f"train.steps_per_epoch={STEPS}"}
     results = federate_local(sites, out, config, threads=1, keep_sent=True, progress=False)
     return out, results, truncated
