@@ -67,19 +67,22 @@ from pedseg_core.train.private_training import spent_epsilon
 from pedseg_core.train.site import SiteTrainer
 
 PRIVATE_KEY = "pedseg-private"
+SEQUENCE_KEY = "pedseg-sequence"  # how many messages this node has handled: a cached trainer must have seen them all
 RUN_ID = re.compile(r"[0-9]{1,24}")
 
 app = ClientApp(mods=[audit_mod, policy_mod])  # the audit log sees exactly what the policy lets leave
 
 
-_CACHE: OrderedDict[tuple, tuple[SiteTrainer, PrivateStore]] = OrderedDict()
+_CACHE: OrderedDict[tuple, tuple[SiteTrainer, PrivateStore, int]] = OrderedDict()
 
 
 def _site(context: Context, config: ConfigRecord | None = None) -> tuple[SiteTrainer, PrivateStore]:
-    """This site's trainer (validating the site's data) with its private layers and Adam state restored,
-    preferring the node's memory (`Context.state`) over its disk. A process that serves several messages (a
-    simulation actor) keeps its last `federation.cached_sites` trainers, with their slices and optimizer, in
-    memory."""
+    """This site's trainer (validating the site's data) with its private layers, Adam state and DP accountant
+    restored, preferring the node's memory (`Context.state`) over its disk. A process that serves several
+    messages (a simulation actor) keeps its last `federation.cached_sites` trainers, with their slices and
+    optimizer, in memory, and uses one only if it handled this node's previous message: the simulation engine
+    hands a node's messages to any of its actors, and another actor's trainer would hold an older state of the
+    site (its private layers, its Adam state and the epsilon it has spent)."""
     node = node_settings(context)
     cfg = config_from_run_config(dict(context.run_config))
     cfg.train.num_threads = int(node.get("threads", cfg.train.num_threads))
@@ -88,9 +91,13 @@ def _site(context: Context, config: ConfigRecord | None = None) -> tuple[SiteTra
     named = str(config.get(FEDERATION_RUN, "")) if config is not None else ""
     run = named if RUN_ID.fullmatch(named) else str(context.run_id)  # it names a folder: digits only
     key = (run, str(node["site"]), union)
-    if key in _CACHE:
+    handled = int(context.state[SEQUENCE_KEY]["messages"]) if SEQUENCE_KEY in context.state.config_records else 0
+    context.state[SEQUENCE_KEY] = ConfigRecord({"messages": handled + 1})
+    if key in _CACHE and _CACHE[key][2] == handled:
+        site, store, _ = _CACHE[key]
+        _CACHE[key] = site, store, handled + 1
         _CACHE.move_to_end(key)
-        return _CACHE[key]
+        return site, store
     site = SiteTrainer(str(node["site"]), str(node["joint"]), Path(str(node["data-dir"])), cfg,
                        (int(node.get("part", 0)), int(node.get("parts", 1))), union)
     store = PrivateStore(state_dir(node), run)  # a resumed run keeps the private layers of the run it continues
@@ -100,7 +107,7 @@ def _site(context: Context, config: ConfigRecord | None = None) -> tuple[SiteTra
         site.load_private(private)
     if (optimizer := store.load_optimizer()) is not None:
         site.load_optimizer_state(optimizer)
-    _CACHE[key] = site, store
+    _CACHE[key] = site, store, handled + 1
     while len(_CACHE) > cfg.federation.cached_sites:
         _CACHE.popitem(last=False)
     return site, store
