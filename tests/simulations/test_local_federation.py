@@ -279,6 +279,7 @@ def split_dataset(source, targets):
             (target / "imagesTr" / f"{case}_0000.nii.gz").unlink()
 
 
+@pytest.mark.slow  # make test stays under 10 minutes; pooled heads also run in test_simulation.py
 def test_sites_of_one_joint_pool_their_heads_and_keep_their_norms(tmp_path):
     data = tmp_path / "data"
     assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "4", "--test", "1"]) == 0
