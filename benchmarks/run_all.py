@@ -56,6 +56,18 @@ def commit() -> str:
     return (git("rev-parse", "--short", "HEAD") or "unknown") + dirty
 
 
+def spaced(output: str) -> str:
+    """A benchmark's printout with a blank line around each markdown table, so that tables render."""
+    lines = output.splitlines()
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        table, before = line.startswith("|"), i > 0 and lines[i - 1].startswith("|")
+        if i > 0 and table != before and out[-1] != "":
+            out.append("")
+        out.append(line)
+    return "\n".join(out)
+
+
 def run(name: str) -> str:
     what = BENCHMARKS[name]
     command = ["python", f"benchmarks/{name}.py"]
@@ -63,7 +75,7 @@ def run(name: str) -> str:
     done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     minutes = (time.perf_counter() - started) / 60
-    output = done.stdout.strip() if done.returncode == 0 else \
+    output = spaced(done.stdout.strip()) if done.returncode == 0 else \
         f"**failed** (exit {done.returncode}):\n\n```\n{done.stderr.strip()[-3000:]}\n```"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"<!-- bench:{name} -->\n## {name}: {what}\n\n`{' '.join(command)}`: {stamp}, commit {commit()}, "
