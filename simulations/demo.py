@@ -50,9 +50,13 @@ def main() -> None:
     centralized_min = (time.perf_counter() - started) / 60
     federated = json.loads((run_dir / "results.json").read_text())["mean_dice"]
     centralized = json.loads((run_dir / "centralized" / "results.json").read_text())["mean_dice"]
-    print(f"\nmean Dice: federated {federated:.3f} ({federated_min:.1f} min), centralized on the same data and "
-          f"budget {centralized:.3f} ({centralized_min:.1f} min): federated / centralized = "
-          f"{federated / centralized:.3f}")
+    ratio = f"{federated / centralized:.3f}" if federated is not None and centralized else "n/a"
+    print(f"\nmean Dice: federated {_dice(federated)} ({federated_min:.1f} min), centralized on the same data and "
+          f"budget {_dice(centralized)} ({centralized_min:.1f} min): federated / centralized = {ratio}")
+
+
+def _dice(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":
