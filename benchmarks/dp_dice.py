@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from synthetic_data import synthesized
 
 from simulations.simulation import federate_simulation
 
@@ -54,12 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="pedseg-bench-dp-"))
     out.mkdir(parents=True, exist_ok=True)
-    data = args.data
-    if data is None:
-        data = out / "data"
-        if not (data / "shoulder" / "dataset.json").is_file():
-            subprocess.run([sys.executable, "-m", "pedseg_core.cli", "data", "synth", str(data), "--seed", "0"],
-                           check=True, stdout=subprocess.DEVNULL)
+    data = args.data or synthesized(out / "data")
     runs = [run("no-dp", data, out, args.preset, None)]
     runs += [run(f"epsilon-{e:g}", data, out, args.preset, e) for e in args.epsilons]
     base = runs[0]["train_s"]

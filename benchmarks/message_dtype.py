@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from synthetic_data import synthesized
 
 from simulations.local import federate_local
 from simulations.simulation import federate_simulation
@@ -29,16 +28,9 @@ JOINTS = ("ankle", "knee", "shoulder")
 DTYPES = ("fp32", "fp16")
 
 
-def synth(data: Path, *extra: str) -> Path:
-    if not (data / "shoulder" / "dataset.json").is_file():
-        subprocess.run([sys.executable, "-m", "pedseg_core.cli", "data", "synth", str(data), "--seed", "0", *extra],
-                       check=True, stdout=subprocess.DEVNULL)
-    return data
-
-
 def traffic(out: Path, rounds: int, dtype: str) -> dict:
     """MB per site and round, each way, of a loopback federation, and the fp32 shared weights' MB."""
-    data = synth(out / "bytes-data", "--train", "8", "--test", "3")
+    data = synthesized(out / "bytes-data", "--train", "8", "--test", "3")
     run = out / f"bytes-{dtype}"
     federate_local({j: data / j for j in JOINTS}, run, {"preset": "demo", "scheme": "multi-domain",
                                                         "num-server-rounds": rounds, "message-dtype": dtype},
@@ -76,7 +68,7 @@ def main() -> None:
         print(f"| {d} | {s['up']:.1f} ({s['up'] / shared:.2f}x) | {s['down']:.1f} ({s['down'] / shared:.2f}x) |")
     if args.skip_dice:
         return
-    data = args.data or synth(out / "data")
+    data = args.data or synthesized(out / "data")
     runs = {d: dice(data, out, d) for d in DTYPES}
     print("\nDice: federated full (FedAvg), preset small, reproduction data")
     print("| messages | " + " | ".join(JOINTS) + " | mean Dice |")

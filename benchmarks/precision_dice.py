@@ -11,13 +11,12 @@ Without --data, the reproduction data is synthesized (`pedseg data synth DIR --s
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from synthetic_data import synthesized
 
 from pedseg_core.config import build_config
 from pedseg_core.precision import resolve_precision
@@ -48,12 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="pedseg-bench-precision-"))
     out.mkdir(parents=True, exist_ok=True)
-    data = args.data
-    if data is None:
-        data = out / "data"
-        if not (data / "shoulder" / "dataset.json").is_file():
-            subprocess.run([sys.executable, "-m", "pedseg_core.cli", "data", "synth", str(data), "--seed", "0"],
-                           check=True, stdout=subprocess.DEVNULL)
+    data = args.data or synthesized(out / "data")
     chosen = resolve_precision("auto", False, torch.device("cpu"))
     runs = [run(mode, p, data, out, args.preset) for mode in ("centralized", "federated") for p in ("fp32", "auto")]
     print(f"full scheme, preset {args.preset}; auto chose {chosen.describe()}; {out}")

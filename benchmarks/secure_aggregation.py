@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from synthetic_data import synthesized
 
 from simulations.local import federate_local
 
@@ -50,10 +49,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="keep the data and runs here (default: a temporary folder)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="pedseg-bench-secagg-"))
-    data = out / "data"
-    if not (data / "shoulder" / "dataset.json").is_file():
-        subprocess.run([sys.executable, "-m", "pedseg_core.cli", "data", "synth", str(data), "--seed", "0",
-                        "--train", "8", "--test", "3"], check=True, stdout=subprocess.DEVNULL)
+    data = synthesized(out / "data", "--train", "8", "--test", "3")
     plain, secure = run("plain", data, out, args, False), run("secagg", data, out, args, True)
     gap = max(float((plain["final"][k].double() - secure["final"][k].double()).abs().max()) for k in plain["final"])
     print(f"{args.scheme}, preset {args.preset}, 3 sites, {args.rounds} rounds, `pedseg federate --local`; {out}")
