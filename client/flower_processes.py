@@ -22,8 +22,6 @@ def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str
     """Environment for a Flower process: quiet, private FLWR_HOME, and this Python's scripts first on PATH
     (Flower starts flower-superexec, flwr-serverapp and flwr-clientapp by name)."""
     env = dict(os.environ, **QUIET_FLOWER_ENV, FLWR_HOME=str(flwr_home))
-    # Flower's SuperExec (which starts the ServerApp and every ClientApp) looks for work every second by default
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra or {})
     Path(flwr_home).mkdir(parents=True, exist_ok=True)
