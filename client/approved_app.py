@@ -1,18 +1,16 @@
-"""The site runs only code it approved: the `flwr-clientapp` that a pedseg site's SuperNode starts.
+"""The site runs only code it approved: the check its warm worker (`client.site_worker`) makes on every app.
 
-A check inside the app (the FAB the federation sends) would attest itself, so it runs outside: Flower's
-SuperNode starts every ClientApp process as `flwr-clientapp` found on PATH, and `pedseg-client` puts this
-module's launcher first on its SuperNode's PATH. It is Flower's own `flwr-clientapp`, with one difference: before
-the FAB is installed (so before any of its code runs), its sha256 is checked against `approved_apps` in the
-site's policy. A FAB not on the list is refused: the process replies with an error that names the app (the
-run's log shows it), prints one line to the site's log and writes an `app` line (with the error) to its audit log.
-An approved FAB is what runs: the modules this launcher imported from pedseg's own installation are forgotten
-before Flower imports the app from the FAB's folder.
+A check inside the app (the FAB the federation sends) would attest itself, so it runs outside: Flower's SuperNode
+starts its task executor as `flower-superexec` found on PATH, and `pedseg-client` puts pedseg's worker first on
+its SuperNode's PATH under that name. Before a FAB is installed (so before any of its code runs), its sha256 is
+checked against `approved_apps` in the site's policy. A FAB not on the list is refused: the task replies with an
+error that names the app (the run's log shows it), prints one line to the site's log and writes an `app` line
+(with the error) to its audit log. An approved FAB is what runs: the modules the worker imported from pedseg's
+own installation are forgotten before Flower imports the app from the FAB's folder.
 
 Flower's own mechanism (`flower-supernode --trusted-entities` with signed FABs) needs signatures that only
 Flower's Hub attaches (see docs/dev/secure-aggregation-and-app-trust.md), so it cannot serve an offline
-federation. Flower has no public hook before a FAB is installed: this wraps the `install_from_fab` that its
-`flwr.supernode.runtime.run_clientapp` calls (flwr 1.41-1.42).
+federation.
 
 Environment (set by `pedseg-client`): PEDSEG_SITE, PEDSEG_POLICY (a YAML file or empty), PEDSEG_STATE_DIR.
 """
@@ -27,15 +25,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import flwr.supernode.runtime.run_clientapp as clientapp_runtime
 from flwr.cli.build import build_fab_from_disk
-from flwr.supernode.cli import flwr_clientapp
 
 from pedseg_core.audit import AUDIT_FILE
 from pedseg_core.errors import PedsegError
 from pedseg_core.policy import load_policy
-
-LAUNCHER = "flwr-clientapp"
 
 
 class AppNotApproved(PedsegError):
@@ -71,33 +65,15 @@ def approval_check(site: str, policy_path: Path | None, state_dir: Path | None,
 
 
 def forget_modules_of(app_dir: Path) -> None:
-    """Drop the modules this launcher imported from pedseg's own installation whose packages the app also
+    """Drop the modules the worker imported from pedseg's own installation whose packages the app also
     holds (client, pedseg_core, ...), so that Flower imports them from the approved app, not from here."""
     own = {path.stem for path in app_dir.iterdir() if path.is_dir() or path.suffix == ".py"}
     for name in [name for name in sys.modules if name.split(".")[0] in own]:
         del sys.modules[name]
 
 
-def install_launcher(bin_dir: Path) -> Path:
-    """Write `bin_dir/flwr-clientapp`, which runs this module with this Python; returns bin_dir (for PATH)."""
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    launcher = bin_dir / LAUNCHER
-    launcher.write_text(f"#!{sys.executable}\nimport sys\nfrom client.approved_app import main\nsys.exit(main())\n")
-    launcher.chmod(0o755)
-    return bin_dir
-
-
 def launcher_env(env: dict[str, str], bin_dir: Path, site: str, policy: Path | None, state_dir: Path
                  ) -> dict[str, str]:
-    """`env` (a SuperNode's) with what makes every ClientApp it starts go through this check."""
+    """`env` (a SuperNode's) with `bin_dir` (the worker's launcher) first on PATH and what the check needs."""
     return {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", "PEDSEG_SITE": site,
             "PEDSEG_POLICY": str(policy or ""), "PEDSEG_STATE_DIR": str(state_dir)}
-
-
-def main() -> None:
-    policy = os.environ.get("PEDSEG_POLICY") or None
-    state_dir = os.environ.get("PEDSEG_STATE_DIR") or None
-    clientapp_runtime.install_from_fab = approval_check(
-        os.environ.get("PEDSEG_SITE", "?"), Path(policy) if policy else None,
-        Path(state_dir) if state_dir else None, clientapp_runtime.install_from_fab)
-    flwr_clientapp()

@@ -1,5 +1,6 @@
-"""`pedseg-client`: one hospital site. Validates the site's data, then runs a Flower SuperNode for it; every
-ClientApp that SuperNode starts first checks that the app is one the site approved (client/approved_app.py).
+"""`pedseg-client`: one hospital site. Validates the site's data, then runs a Flower SuperNode for it, whose
+messages one warm worker process runs (client/site_worker.py) after checking that the app is one the site
+approved (client/approved_app.py).
 
     pedseg-client --site NAME --joint J --data DIR --superlink HOST:PORT
                   (--root-certificates CA.pem [--auth-key KEY] | --insecure) [--state-dir DIR] [--policy POLICY.yaml]
@@ -18,10 +19,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.approved_app import app_hash, install_launcher, launcher_env
+from client.approved_app import app_hash, launcher_env
 from client.flower_processes import flower_env, flower_tool, free_port, split_address, wait_for_port
 from client.process_guard import start_guarded, stop_guarded
 from client.supernode_log import SupernodeLog
+from client.worker_supervisor import install_launcher
 from pedseg_core.cli import EXIT_USER_ERROR, report_error
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import PedsegError

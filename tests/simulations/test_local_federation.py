@@ -217,14 +217,14 @@ def test_ctrl_c_stops_every_process_of_an_insecure_run(tmp_path, write_dataset):
     assert processes_using(out) == []
 
 
-def clientapp_running(pids: set[int]) -> bool:
+def workers_and_serverapp_running(pids: set[int]) -> bool:
     names = set()
     for pid in pids:
         try:
             names.add(" ".join(psutil.Process(pid).cmdline()))
         except psutil.Error:
             pass
-    return any("flwr-clientapp" in name for name in names) and any("flwr-serverapp" in name for name in names)
+    return any("client.site_worker" in name for name in names) and any("flwr-serverapp" in name for name in names)
 
 
 def test_a_killed_orchestrator_takes_every_process_of_its_run_with_it(tmp_path, write_dataset):
@@ -234,10 +234,10 @@ def test_a_killed_orchestrator_takes_every_process_of_its_run_with_it(tmp_path, 
                              "--out", str(out), "--preset", "tiny", "--rounds", "50"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, pids = time.monotonic() + 240, set()
-    while not clientapp_running(pids) and time.monotonic() < deadline:  # a site trains: every process is up
+    while not workers_and_serverapp_running(pids) and time.monotonic() < deadline:  # every process is up
         time.sleep(0.5)
         pids = family(proc.pid)  # the guards, the SuperLink with its SuperExec and ServerApp, each site's tree
-    assert clientapp_running(pids)
+    assert workers_and_serverapp_running(pids)
     proc.kill()
     proc.wait()
     assert wait_gone(pids, timeout=60) == set()

@@ -1,0 +1,55 @@
+"""The SuperNode's `flower-superexec` as pedseg installs it: a supervisor that keeps one site worker running,
+starts a new one when the worker is killed, and ends (with its worker) when the SuperNode is gone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psutil
+
+from client.flower_processes import free_port
+from client.worker_supervisor import install_launcher
+
+
+def workers(supervisor: psutil.Process) -> list[psutil.Process]:
+    found = []
+    for child in supervisor.children():
+        try:
+            if "client.site_worker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # a killed worker not reaped yet
+            pass
+    return found
+
+
+def wait_for(condition, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    return condition()
+
+
+def test_a_killed_worker_is_replaced_and_all_end_with_the_supernode(tmp_path):
+    launcher = install_launcher(tmp_path / "bin") / "flower-superexec"
+    supernode = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # stands in for its pid
+    supervisor = subprocess.Popen([str(launcher), "--insecure", "--runtime-api-address", f"127.0.0.1:{free_port()}",
+                                   "--parent-pid", str(supernode.pid)], stderr=subprocess.PIPE, text=True)
+    try:
+        first = wait_for(lambda: workers(psutil.Process(supervisor.pid)))
+        assert len(first) == 1
+        first[0].kill()
+        second = wait_for(lambda: [w for w in workers(psutil.Process(supervisor.pid)) if w.pid != first[0].pid])
+        assert len(second) == 1
+        supernode.kill()
+        supernode.wait()
+        assert supervisor.wait(timeout=60) == 0
+        assert not psutil.pid_exists(second[0].pid) or second[0].status() == psutil.STATUS_ZOMBIE
+        assert "the site's worker exited with status -9; starting a new one" in supervisor.stderr.read()
+    finally:
+        for proc in (supervisor, supernode):
+            if proc.poll() is None:
+                proc.kill()
