@@ -6,7 +6,7 @@ loaded again every round (docs/dev/flower-round-cost.md). `pedseg-client` puts t
 SuperNode's PATH under that name, so the SuperNode starts this supervisor instead; it keeps one
 `client.site_worker` running (the process that runs every message) and starts a new one if it dies: the task the
 dead one was running fails after Flower's token expiry, as a dead `flwr-clientapp`'s does. Imports nothing
-heavy; ends when the SuperNode does.
+heavy (psutil only); ends when the SuperNode does.
 
     flower-superexec (--insecure | --root-certificates CA) --runtime-api-address HOST:PORT --parent-pid PID
 """
@@ -20,6 +20,8 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import psutil
 
 LAUNCHER = "flower-superexec"
 RESTART_PAUSE_SECONDS = 1.0
@@ -44,10 +46,10 @@ def supervise(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     forwarded = [*worker_args(args), "--parent-pid", str(os.getpid())]
-    while args.parent_pid is None or alive(args.parent_pid):
+    while args.parent_pid is None or psutil.pid_exists(args.parent_pid):
         worker = subprocess.Popen([sys.executable, "-m", "client.site_worker", *forwarded])
         try:
-            while (code := worker.poll()) is None and (args.parent_pid is None or alive(args.parent_pid)):
+            while (code := worker.poll()) is None and (args.parent_pid is None or psutil.pid_exists(args.parent_pid)):
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
             code = None
@@ -67,16 +69,6 @@ def worker_args(args: argparse.Namespace) -> list[str]:
     """The Runtime API address and its TLS, as the worker takes them."""
     tls = ["--root-certificates", args.root_certificates] if args.root_certificates else ["--insecure"]
     return ["--runtime-api-address", args.runtime_api_address, *tls]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def install_launcher(bin_dir: Path) -> Path:
