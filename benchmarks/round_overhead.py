@@ -6,7 +6,8 @@ private state); the rest of a round is Flower's messaging and polling. Also the 
 (Flower's own traffic count) against the size of the shared parameters. Issue 14's setting by default: the demo
 network, 3 sites on this machine's cores, 50 local steps; target: the fixed cost <= 10% of a round.
 
-    python benchmarks/round_overhead.py [--preset demo] [--rounds 4] [--steps 50] [--cases 8] [--out DIR]
+    python benchmarks/round_overhead.py [--preset demo] [--rounds 4] [--steps 50] [--cases 8] [--message-dtype fp32]
+                                          [--out DIR]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=50, help="local steps per round")
     parser.add_argument("--cases", type=int, default=8, help="training cases per site")
+    parser.add_argument("--message-dtype", default="fp32", choices=("fp32", "fp16"))
     parser.add_argument("--out", help="keep the data and run here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -45,8 +47,9 @@ def main() -> None:
     data = synthesize(work / "data", JOINTS, args.cases, 1, seed=0)
     steps = args.steps
     overrides = [f"train.steps_per_epoch={steps}"]
-    config = {"preset": args.preset, "scheme": "multi-domain", "strategy": "fedavg", "message-dtype": "fp32",
-              "num-server-rounds": args.rounds, "evaluate-every": args.rounds, "overrides": " ".join(overrides)}
+    config = {"preset": args.preset, "scheme": "multi-domain", "strategy": "fedavg",
+              "message-dtype": args.message_dtype, "num-server-rounds": args.rounds, "evaluate-every": args.rounds,
+              "overrides": " ".join(overrides)}
     federate_local(data, work / "run", config)
 
     lines = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from client.approved_app import app_hash, launcher_env
-from client.flower_processes import flower_env, flower_tool, free_port, split_address, wait_for_port
+from client.flower_processes import flower_env, free_port, split_address, wait_for_port
 from client.process_guard import start_guarded, stop_guarded
 from client.supernode_log import SupernodeLog
 from client.worker_supervisor import install_launcher
@@ -79,7 +79,8 @@ def supernode_command(args: argparse.Namespace, state_dir: Path) -> list[str]:
     config = {"site": args.site, "joint": args.joint, "data-dir": str(Path(args.data).resolve()),
               "state-dir": str(state_dir), "threads": args.threads, "keep-sent": args.keep_sent,
               "policy": str(Path(args.policy).resolve()) if args.policy else ""}
-    cmd = [flower_tool("flower-supernode"), "--superlink", args.superlink, "--node-config", node_config(config),
+    cmd = [sys.executable, "-m", "client.flower_waits",  # flower-supernode with shorter fixed waits
+           "--superlink", args.superlink, "--node-config", node_config(config),
            "--port", str(args.port or free_port()), "--max-wait-time", str(args.connect_timeout)]
     if args.insecure:
         cmd.append("--insecure")

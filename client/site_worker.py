@@ -46,6 +46,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from client.approved_app import approval_check
+from client.flower_waits import shorten_task_waits
 from client.worker_supervisor import parse_args, worker_args
 
 POLL_SECONDS = 0.05
@@ -148,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         start_parent_process_monitor(args.parent_pid)  # SIGINT here when the supervisor is gone
     replacement = [*worker_args(args), *(["--parent-pid", str(args.parent_pid)] if args.parent_pid else [])]
     certificates = Path(args.root_certificates).read_bytes() if args.root_certificates else None
+    shorten_task_waits()
     try:
         SiteWorker(args.runtime_api_address, certificates, replacement).serve(args.token)
     except KeyboardInterrupt:
