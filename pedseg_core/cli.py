@@ -165,7 +165,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     domain = find_domain(domains, args.joint, Path(args.checkpoint))
     images = list_images(Path(args.input))
     outputs = predict_files(model, domain, images, Path(args.out), cfg.data, cfg.eval.batch_size,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, largest_component=not args.keep_all_components)
     print(f"wrote {len(outputs)} label volume(s) to {args.out}")
     return 0
 
@@ -309,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, metavar="DIR|FILE")
     predict.add_argument("--out", required=True, metavar="DIR")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument("--keep-all-components", action="store_true",
+                         help="no post-processing (default: each bone keeps its largest 3D connected component)")
     predict.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one) | cpu | cuda:N")
     predict.set_defaults(func=cmd_predict)
 

@@ -25,7 +25,8 @@ def evaluate_site(model: MultiDomainUNet, domain: int, joint: str, cases: Sequen
     per_case = {}
     for case in cases:
         image, label, spacing, affine = read_case(case)
-        pred = predict_volume(model, domain, image, spacing, cfg.data, cfg.eval.batch_size)
+        pred = predict_volume(model, domain, image, spacing, cfg.data, cfg.eval.batch_size,
+                              cfg.eval.largest_component)
         if label_lut is not None:
             pred = label_lut[pred]
         per_case[case.case_id] = case_metrics(pred, label, bones, spacing)
