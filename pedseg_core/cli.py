@@ -170,6 +170,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from pedseg_core.evaluate.table import results_table
+    from pedseg_core.train.adapt import MODEL_FILE, adapt_site
+
+    results = adapt_site(Path(args.weights), args.site or args.joint, args.joint, Path(args.data), Path(args.out),
+                         args.steps, args.cases, args.fine_tune_shared)
+    print(results_table(results))
+    print(f"model for pedseg predict: {Path(args.out) / 'checkpoints' / MODEL_FILE}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pedseg_core.evaluate.folders import evaluate_folders
     from pedseg_core.evaluate.table import evaluation_table
@@ -313,6 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
                          help="no post-processing (default: each bone keeps its largest 3D connected component)")
     predict.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one) | cpu | cuda:N")
     predict.set_defaults(func=cmd_predict)
+
+    adapt = sub.add_parser("adapt", help="a model for a hospital that did not take part: the federation's shared "
+                           "filters plus a few labelled cases of its joint train its own norms and head")
+    adapt.add_argument("--weights", required=True, metavar="GLOBAL_FINAL.pt",
+                       help="the federation's shared weights (a federated RUN/checkpoints/global_final.pt)")
+    adapt.add_argument("--joint", required=True, help="the new site's joint (ankle, knee, shoulder)")
+    adapt.add_argument("--data", required=True, metavar="DIR", help="the new site's nnU-Net dataset (its labelled "
+                       "training cases train; its labelsTs, or a held-out part of its training cases, evaluate)")
+    adapt.add_argument("--out", required=True, metavar="RUN", help="a new run folder: config.yaml, metrics.jsonl, "
+                       "results.json, checkpoints/final.pt")
+    adapt.add_argument("--site", help="the new domain's name in the checkpoint (default: the joint)")
+    adapt.add_argument("--cases", type=int, metavar="N", help="train on the first N training cases only")
+    adapt.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    adapt.add_argument("--fine-tune-shared", action="store_true",
+                       help="also fine-tune the shared filters (default: frozen; only the norms and head train)")
+    adapt.set_defaults(func=cmd_adapt)
 
     evaluate = sub.add_parser("evaluate", help="Dice, HD95 and ASSD per case and bone")
     evaluate.add_argument("--pred", required=True, metavar="DIR")

@@ -320,3 +320,36 @@ def test_full_scheme_learns_the_prior_first_then_segments_with_it(tmp_path):
     saved = torch.load(tmp_path / "run" / "checkpoints" / "shape_prior.pt", weights_only=True)
     assert saved["union_labels"] == {"background": 0, "ankle/tibia": 1, "ankle/talus": 2, "ankle/calcaneus": 3,
                                      "knee/femur": 4, "knee/tibia": 5, "knee/patella": 6}
+
+
+def test_a_new_hospital_adapts_the_federation_model(federation, tmp_path, capsys):
+    """`pedseg adapt`: the federation's shared filters stay as they are (frozen) while the new site's norms and
+    head train; the checkpoint it writes predicts with `pedseg predict`; --fine-tune-shared moves the filters."""
+    out, _, truncated = federation
+    data = truncated.parents[2] / "knee"
+    weights = out / "checkpoints" / "global_final.pt"
+    shared = torch.load(weights, weights_only=True)["shared_state_dict"]
+    frozen, tuned = tmp_path / "frozen", tmp_path / "tuned"
+    common = ["adapt", "--weights", str(weights), "--joint", "knee", "--data", str(data), "--steps", "3"]
+    assert pedseg([*common, "--out", str(frozen), "--cases", "1", "--site", "new-knee"]) == 0
+    assert pedseg([*common, "--out", str(tuned), "--fine-tune-shared"]) == 0
+    results = json.loads((frozen / "results.json").read_text())
+    assert results["mode"] == "adapted" and len(results["train_cases"]) == 1 and set(results["sites"]) == {"new-knee"}
+    assert set(results["sites"]["new-knee"]["dice"]) == {"femur", "tibia", "patella"}
+    assert results["sites"]["new-knee"]["cases"] == 1
+    before = {k: v for k, v in shared.items() if v.is_floating_point()}
+    kept = torch.load(frozen / "checkpoints" / "final.pt", weights_only=True)["state_dict"]
+    moved = torch.load(tuned / "checkpoints" / "final.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(kept[k], v) for k, v in before.items())
+    assert not all(torch.equal(moved[k], v) for k, v in before.items())
+    private = [k for k in kept if k not in shared and kept[k].is_floating_point()]
+    initial = MultiDomainUNet([4], build_config("tiny", None, {}).model).state_dict()
+    assert private and any(not torch.equal(kept[k], initial[k]) for k in private if k in initial)
+    pred = tmp_path / "pred"
+    assert pedseg(["predict", "--checkpoint", str(frozen / "checkpoints" / "final.pt"), "--joint", "new-knee",
+                   "--input", str(data / "imagesTs"), "--out", str(pred)]) == 0
+    assert len(list(pred.iterdir())) == 1
+    capsys.readouterr()
+    assert pedseg([*common, "--weights", str(frozen / "checkpoints" / "final.pt"), "--out", str(tmp_path / "x")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "final.pt: not a federation's shared weights" in line
