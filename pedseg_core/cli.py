@@ -69,6 +69,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_dicom(args: argparse.Namespace) -> int:
+    from pedseg_core.data.dicom_import import import_dicom
+
+    report = import_dicom(Path(args.dicom_dir), Path(args.out), args.joint, overwrite=args.overwrite)
+    print(report.summary())
+    print(f"predict with: pedseg predict --input {Path(args.out) / 'imagesTs'} --joint {args.joint} ...")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from pedseg_core.data.validate import check_dataset
 
@@ -248,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = data.add_parser("check", help="validate nnU-Net v2 raw datasets (exit 2 on problems)")
     check.add_argument("dirs", nargs="+", metavar="DIR")
     check.set_defaults(func=cmd_check)
+    dicom = data.add_parser("import-dicom", help="DICOM MR series -> an nnU-Net dataset of images (imagesTs/) with "
+                            "their geometry; no DICOM tag is copied (exit 2 and one line per bad series)")
+    dicom.add_argument("dicom_dir", metavar="DICOM_DIR", help="a folder searched recursively for DICOM series")
+    dicom.add_argument("out", metavar="OUT", help="the dataset folder to write")
+    dicom.add_argument("--joint", required=True, help="the series' joint (ankle, knee, shoulder): its labels go "
+                       "into dataset.json")
+    dicom.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    dicom.set_defaults(func=cmd_import_dicom)
     montage = data.add_parser("montage", help="PNG with one labeled slice per dataset, for a visual check")
     montage.add_argument("dirs", nargs="+", metavar="DIR")
     montage.add_argument("--out", required=True, help="PNG file to write")
