@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -14,9 +14,12 @@ from pedseg_core.data.geometry import voxel_spacing
 from pedseg_core.data.preprocess import logits_to_volume, prepare_image
 from pedseg_core.device import device_of
 from pedseg_core.errors import PedsegError
+from pedseg_core.evaluate.meshes import mesh_paths, write_meshes
 from pedseg_core.evaluate.postprocess import keep_largest_components
 from pedseg_core.model.unet import MultiDomainUNet
 from pedseg_core.progress import progress_bar
+
+MESHES_FOLDER = "meshes"  # `pedseg predict --meshes`: OUT/meshes/<case>_<bone>.stl
 
 
 @torch.no_grad()
@@ -85,9 +88,18 @@ def output_paths(images: Sequence[Path], out_dir: Path, overwrite: bool) -> list
 
 def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], out_dir: Path,
                   cfg: DataConfig, batch_size: int, overwrite: bool = False, progress: bool = True,
-                  largest_component: bool = True) -> list[Path]:
-    """Write one uint8 label NIfTI per image, with the image's shape, affine and header geometry."""
+                  largest_component: bool = True, mesh_bones: Mapping[str, int] | None = None) -> list[Path]:
+    """Write one uint8 label NIfTI per image, with the image's shape, affine and header geometry; with
+    `mesh_bones` (bone -> label value), also one STL surface per bone and case in `out_dir/meshes/`
+    (`evaluate.meshes`: scanner coordinates, mm)."""
     outputs = output_paths(images, out_dir, overwrite)
+    meshes_dir = out_dir / MESHES_FOLDER
+    if mesh_bones and not overwrite:  # every mesh a case could get, checked before any prediction
+        existing = [p for out in outputs for p in mesh_paths(meshes_dir, case_of(out), mesh_bones).values()
+                    if p.exists()]
+        if existing:
+            raise PedsegError(f"{existing[0]}: already exists ({len(existing)} meshes would be overwritten; "
+                              "pass --overwrite or choose another --out)")
     out_dir.mkdir(parents=True, exist_ok=True)
     for image_path, out_path in progress_bar(list(zip(images, outputs)), "predict", progress, unit="case"):
         img, volume = read_image(image_path)
@@ -96,4 +108,11 @@ def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], o
         header.set_data_dtype(np.uint8)
         header["scl_slope"], header["scl_inter"] = 1.0, 0.0
         nib.save(nib.Nifti1Image(labels.reshape(img.shape), img.affine, header), str(out_path))
+        if mesh_bones:
+            write_meshes(labels.reshape(img.shape), img.affine, mesh_bones, meshes_dir, case_of(out_path), overwrite)
     return outputs
+
+
+def case_of(output: Path) -> str:
+    """OUT/<case>.nii.gz -> <case>."""
+    return output.name.removesuffix(".nii.gz")

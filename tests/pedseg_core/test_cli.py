@@ -142,3 +142,33 @@ def test_wrong_joint_and_console_script_without_traceback(run, tmp_path):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "no domain 'elbow' (it has: ankle, shoulder)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_predict_meshes_follow_the_predicted_bones(run, data, tmp_path, capsys):
+    """`pedseg predict --meshes`: one closed STL per bone present in the predicted label volume, in LPS mm where
+    that bone's voxels lie (computed here from the NIfTI affine), enclosing about its voxel volume."""
+    import trimesh
+
+    pred = tmp_path / "pred"
+    args = ["predict", "--checkpoint", str(run / "checkpoints" / "final.pt"), "--joint", "ankle",
+            "--input", str(data / "ankle" / "imagesTs"), "--out", str(pred), "--meshes"]
+    assert main(args) == 0
+    (label_path,) = pred.glob("*.nii.gz")
+    label = nib.load(label_path)
+    values = np.asarray(label.dataobj)
+    case = label_path.name.removesuffix(".nii.gz")
+    present = {b: v for b, v in (("tibia", 1), ("talus", 2), ("calcaneus", 3)) if (values == v).any()}
+    assert present and max((values == v).sum() for v in present.values()) >= 500
+    assert {p.name for p in (pred / "meshes").iterdir()} == {f"{case}_{b}.stl" for b in present}
+    voxel_volume = abs(np.linalg.det(label.affine[:3, :3]))
+    for bone, value in present.items():
+        mesh = trimesh.load(pred / "meshes" / f"{case}_{bone}.stl")
+        assert mesh.is_watertight
+        voxels = (values == value).sum()
+        if voxels >= 500:  # a barely trained model's fragments of a few voxels lose more to smoothing
+            assert mesh.volume == pytest.approx(voxels * voxel_volume, rel=0.05)
+        centres = nib.affines.apply_affine(label.affine, np.argwhere(values == value)) * [-1, -1, 1]  # RAS -> LPS
+        low, high = mesh.bounds
+        assert np.all(low >= centres.min(0) - 3) and np.all(high <= centres.max(0) + 3)
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
