@@ -174,8 +174,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     domain = find_domain(domains, args.joint, Path(args.checkpoint))
     images = list_images(Path(args.input))
     outputs = predict_files(model, domain, images, Path(args.out), cfg.data, cfg.eval.batch_size,
-                            overwrite=args.overwrite, largest_component=not args.keep_all_components)
+                            overwrite=args.overwrite, largest_component=not args.keep_all_components,
+                            mesh_bones=domains[domain].bones if args.meshes else None)
     print(f"wrote {len(outputs)} label volume(s) to {args.out}")
+    if args.meshes:
+        print(f"wrote surface meshes (STL, scanner LPS mm, one per bone and case) to {Path(args.out) / 'meshes'}")
     return 0
 
 
@@ -187,6 +190,14 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                          args.steps, args.cases, args.fine_tune_shared)
     print(results_table(results))
     print(f"model for pedseg predict: {Path(args.out) / 'checkpoints' / MODEL_FILE}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pedseg_core.report import write_report
+
+    path = write_report(Path(args.run), Path(args.out) if args.out else None, parse_data_args(args.data) or None)
+    print(f"wrote {path}")
     return 0
 
 
@@ -337,10 +348,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, metavar="DIR|FILE")
     predict.add_argument("--out", required=True, metavar="DIR")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument("--meshes", action="store_true", help="also one STL surface mesh per bone and case in "
+                         "OUT/meshes/ (scanner coordinates in mm, LPS as 3D Slicer reads them)")
     predict.add_argument("--keep-all-components", action="store_true",
                          help="no post-processing (default: each bone keeps its largest 3D connected component)")
     predict.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one) | cpu | cuda:N")
     predict.set_defaults(func=cmd_predict)
+
+    report = sub.add_parser("report", help="one self-contained HTML page of a federated, centralized or "
+                            "reproduction run: Dice per round, box plots, overlays, timeline, configuration")
+    report.add_argument("run", metavar="RUN", help="a run or reproduction folder")
+    report.add_argument("--out", metavar="FILE", help="the HTML file to write (default: RUN/report.html, replaced)")
+    report.add_argument("--data", action="append", default=[], metavar="JOINT=DIR",
+                        help="where the test images are, for the overlays of a run that did not record it "
+                             "(`pedseg train`); repeat for each joint")
+    report.set_defaults(func=cmd_report)
 
     adapt = sub.add_parser("adapt", help="a model for a hospital that did not take part: the federation's shared "
                            "filters plus a few labelled cases of its joint train its own norms and head")
