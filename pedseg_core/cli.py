@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pedseg_core import __version__
 from pedseg_core.config import FEDERATED_SCHEMES, SCHEMES, load_yaml, parse_overrides
@@ -106,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pedseg_core.evaluate.table import results_table
     from pedseg_core.train.centralized import train_centralized
 
-    overrides = parse_overrides(args.set)
+    overrides = parse_overrides([*args.set, *mlflow_settings(args.mlflow)])
     overrides["scheme"] = args.scheme
     cfg = build_config(args.preset, Path(args.config) if args.config else None, overrides)
     results = train_centralized(parse_data_args(args.data), cfg, Path(args.out))
@@ -130,8 +131,9 @@ def cmd_federate(args: argparse.Namespace) -> int:
     if not (args.data and args.out):
         raise PedsegError("federate needs --data (one per site) and --out RUN")
     pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
+    overrides = [*pairs, *args.set, *mlflow_settings(args.mlflow)]
     app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,
-                  "num-server-rounds": args.rounds or 0, "overrides": " ".join([*pairs, *args.set])}
+                  "num-server-rounds": args.rounds or 0, "overrides": " ".join(overrides)}
     if args.min_sites is not None:
         app_config["min-nodes"] = args.min_sites
     if args.secure_aggregation:
@@ -248,7 +250,20 @@ def run_options(required: bool) -> argparse.ArgumentParser:
     common.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")
     common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one option, e.g. --set train.epochs=5")
+    common.add_argument("--mlflow", metavar="URI", help="also log to this MLflow tracking server or store (a local "
+                        "folder or file: URI works offline; default: TensorBoard in RUN/tensorboard/ only)")
     return common
+
+
+def mlflow_settings(uri: str | None) -> list[str]:
+    """--mlflow URI -> the `tracking.mlflow_uri` override; a folder or relative file: URI made absolute (a
+    federation's ServerApp runs in another working directory), spaces encoded."""
+    if not uri:
+        return []
+    scheme = urlparse(uri).scheme
+    if uri != "databricks" and (not scheme or scheme == "file" and not uri.startswith("file:///")):
+        uri = Path(uri.removeprefix("file:")).resolve().as_uri()
+    return [f"tracking.mlflow_uri={uri}"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -123,6 +124,13 @@ class FederationConfig:
 
 
 @dataclass
+class TrackingConfig:
+    tensorboard: bool = True  # mirror metrics.jsonl and results.json to RUN/tensorboard/ (pedseg_core.tracking)
+    mlflow_uri: str = ""  # also to this MLflow tracking URI, e.g. file:///path/mlruns or http://host:5000
+    mlflow_experiment: str = "pedseg"
+
+
+@dataclass
 class PedsegConfig:
     preset: str = "small"
     scheme: str = "multi-domain"
@@ -133,6 +141,7 @@ class PedsegConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,6 +209,8 @@ def _coerce(current: Any, value: Any, where: str) -> Any:
     elif isinstance(current, tuple):
         if isinstance(value, (list, tuple)):
             return tuple(type(current[0])(v) for v in value) if current else tuple(value)
+    elif isinstance(current, str) and value is None:  # `key=` (YAML reads an empty value as null)
+        return ""
     elif isinstance(current, (int, float, str)):
         try:
             return type(current)(value)
@@ -226,6 +237,7 @@ def _validate(cfg: PedsegConfig) -> None:
     if len(cfg.model.decoder_channels) != 5:
         raise PedsegError("model.decoder_channels must list 5 widths (one per ResNet stage)")
     _validate_federation(cfg.federation)
+    _validate_tracking(cfg.tracking)
     if cfg.federation.secure_aggregation and cfg.scheme == "shared":
         raise PedsegError("federation.secure_aggregation needs a scheme whose shared weights are all floating point "
                           "(the shared scheme shares BatchNorm's integer step counters): use multi-domain, "
@@ -255,6 +267,33 @@ def _validate_federation(fed: FederationConfig) -> None:
     for name, ok, expected in bounds:
         if not ok:
             raise PedsegError(f"federation.{name} must be {expected}, got {getattr(fed, name)}")
+
+
+MLFLOW_SCHEMES = ("file", "http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql")
+
+
+def valid_mlflow_uri(uri: str) -> bool:
+    """Empty (no MLflow), or a tracking URI MLflow understands: file:PATH, http(s)://HOST..., databricks, or a
+    database URI (a driver may follow the scheme: postgresql+psycopg2://...); never with spaces."""
+    if not uri:
+        return True
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if any(c.isspace() for c in uri) or scheme not in MLFLOW_SCHEMES:
+        return False
+    if scheme in ("http", "https"):
+        return bool(parsed.netloc)
+    if scheme == "file":
+        return bool(parsed.path)
+    return scheme == "databricks" or bool(parsed.netloc or parsed.path)
+
+
+def _validate_tracking(tracking: TrackingConfig) -> None:
+    if not valid_mlflow_uri(tracking.mlflow_uri):
+        raise PedsegError(f"tracking.mlflow_uri must be an MLflow tracking URI such as file:///path/to/mlruns or "
+                          f"http://host:5000, got '{tracking.mlflow_uri}'")
+    if not tracking.mlflow_experiment.strip():
+        raise PedsegError("tracking.mlflow_experiment must name an MLflow experiment, got ''")
 
 
 def build_config(preset: str = "small", yaml_path: Path | None = None,

@@ -100,7 +100,7 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: in
     configs = [build_config(preset, overrides=parse_overrides(pairs)) for pairs in fold_pairs]  # checked first
     # The resolved configuration (what the preset and options mean in this version of pedseg) is part of the
     # settings: a folder trained with another version's preset is refused, not resumed into a mixed table.
-    resolved = {k: v for k, v in configs[0].to_dict().items() if k != "scheme"}
+    resolved = {k: v for k, v in configs[0].to_dict().items() if k not in ("scheme", "tracking")}
     resolved["data"] = {k: v for k, v in resolved["data"].items() if k != "fold"}
     settings = {"data": {j: str(Path(p).resolve()) for j, p in data.items()}, "preset": preset, "folds": folds,
                 "overrides": list(overrides), "cells": [c.name for c in plan],

@@ -1,4 +1,5 @@
-"""The run directory of the contract: config.yaml, metrics.jsonl, checkpoints/, results.json."""
+"""The run directory of the contract: config.yaml, metrics.jsonl, checkpoints/, results.json (and tensorboard/:
+every record and the results mirrored to the trackers of `pedseg_core.tracking`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from pedseg_core.config import PedsegConfig, config_from_dict, load_yaml, save_yaml
 from pedseg_core.errors import PedsegError
+from pedseg_core.tracking import Tracker
 
 
 def _json_safe(value: Any) -> Any:
@@ -37,6 +39,7 @@ class RunDir:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.tracker: Tracker | None = None  # opened by create and reopen
 
     @property
     def checkpoints(self) -> Path:
@@ -52,13 +55,15 @@ class RunDir:
             raise PedsegError(f"{self.path}: already holds a run; choose a new --out")
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.path / "config.yaml")
+        self.tracker = Tracker(self.path, cfg)
         return self
 
     def reopen(self, cfg: PedsegConfig, metrics_bytes: int) -> RunDir:
         """The run directory of a run that continues: its config.yaml must be `cfg` (the same settings), and
-        metrics.jsonl is cut back to its first `metrics_bytes` bytes (the rounds that completed)."""
+        metrics.jsonl is cut back to its first `metrics_bytes` bytes (the rounds that completed). The tracking
+        settings may differ (they change no result)."""
         recorded = config_from_dict(load_yaml(self.path / "config.yaml")).to_dict()
-        differ = sorted(f"{section}.{key}" for section, values in cfg.to_dict().items()
+        differ = sorted(f"{section}.{key}" for section, values in cfg.to_dict().items() if section != "tracking"
                         for key, value in (values.items() if isinstance(values, dict) else [("", values)])
                         if (recorded[section].get(key) if key else recorded[section]) != value)
         if differ:
@@ -67,16 +72,29 @@ class RunDir:
         if self.metrics_path.exists():
             with self.metrics_path.open("r+b") as f:
                 f.truncate(metrics_bytes)
+        self.tracker = Tracker(self.path, cfg, resumed=True)
         return self
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one line to metrics.jsonl (flushed at once, so progress survives a crash)."""
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(record)
 
     def metrics_bytes(self) -> int:
         """The length of metrics.jsonl so far (a resumed run continues after it)."""
         return self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
 
     def write_results(self, results: dict[str, Any]) -> None:
+        """results.json, the end of a run: the trackers get the results, then close."""
         write_json(self.path / "results.json", results)
+        if self.tracker is not None:
+            self.tracker.results(results, self.path / "results.json")
+        self.close()
+
+    def close(self) -> None:
+        """Close the trackers (at the latest at exit: a run without results counts as failed in MLflow)."""
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
