@@ -41,8 +41,8 @@ def split_joint(dataset: Path, inside: Path, outside: Path) -> None:
             (target / folder).mkdir()
             for case in part:
                 shutil.copy2(dataset / folder / f"{case}{suffix}", target / folder / f"{case}{suffix}")
-        meta = json.loads((dataset / "dataset.json").read_text())
-        (target / "dataset.json").write_text(json.dumps({**meta, "numTraining": len(part)}, indent=2))
+        meta = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
+        (target / "dataset.json").write_text(json.dumps({**meta, "numTraining": len(part)}, indent=2), encoding="utf-8")
 
 
 def main() -> None:
@@ -60,7 +60,7 @@ def main() -> None:
     sites = {j: (inside if j == LEFT_OUT else data / j) for j in JOINTS}
     federation = out / "federation"
     if (federation / "results.json").is_file():
-        results = json.loads((federation / "results.json").read_text())
+        results = json.loads((federation / "results.json").read_text(encoding="utf-8"))
     else:
         results = federate_simulation(sites, federation, {"preset": "small", "scheme": "full",
                                                           "strategy": "fedavg"}, progress=False)
@@ -70,8 +70,11 @@ def main() -> None:
         for tune in (False, True):
             name = f"adapt-{cases}-cases" + ("-fine-tuned" if tune else "")
             run = out / name
-            adapted = (json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else
-                       adapt_site(weights, "new-knee", LEFT_OUT, outside, run, args.steps, cases, tune))
+            adapted = (
+                json.loads((run / "results.json").read_text(encoding="utf-8"))
+                if (run / "results.json").is_file()
+                else adapt_site(weights, "new-knee", LEFT_OUT, outside, run, args.steps, cases, tune)
+            )
             label = f"left-out hospital, {cases} cases, {args.steps} steps, filters " + ("fine-tuned" if tune
                                                                                        else "frozen")
             rows.append((label, adapted["sites"]["new-knee"]))

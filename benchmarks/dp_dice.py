@@ -29,14 +29,14 @@ DELTA, CLIP = 1e-5, 1.0
 
 def site_train_seconds(run: Path) -> float:
     """Mean over rounds and sites of the sites' own training time (train-time-s) in one round."""
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     return statistics.mean(s["train-time-s"] for line in lines if "sites" in line for s in line["sites"].values())
 
 
 def run(name: str, data: Path, out: Path, preset: str, epsilon: float | None) -> dict:
     policy = out / f"{name}.yaml"
     dp = f"dp:\n  epsilon: {epsilon}\n  delta: {DELTA}\n  max_grad_norm: {CLIP}\n" if epsilon else "dp: null\n"
-    policy.write_text(dp + "per_case_metrics: true\n")
+    policy.write_text(dp + "per_case_metrics: true\n", encoding="utf-8")
     config = {"preset": preset, "scheme": "full", "strategy": "fedavg", "num-server-rounds": 0,
               "overrides": "model.norm=group train.precision=fp32", "per-case-metrics": True}
     started = time.perf_counter()

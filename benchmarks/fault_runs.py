@@ -46,7 +46,7 @@ def federate(data: Path, out: Path, args: argparse.Namespace, *extra: str) -> su
     return subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local",
                              *(f"--data={j}={data / j}" for j in JOINTS), "--out", str(out), "--preset", args.preset,
                              "--rounds", str(args.rounds), "--scheme", "full", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
 
 
 def wait_for_round(run: Path, proc: subprocess.Popen, round_: int) -> None:
@@ -57,8 +57,8 @@ def wait_for_round(run: Path, proc: subprocess.Popen, round_: int) -> None:
 
 
 def summary(name: str, run: Path, seconds: float) -> dict:
-    results = json.loads((run / "results.json").read_text())
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     missing = {m["site"]: [] for line in lines for m in line.get("missing", [])}
     for line in lines:
         for m in line.get("missing", []):
@@ -95,7 +95,7 @@ def main() -> None:
     wait_for_round(work / "resumed", run, args.kill_after)
     kill_tree(psutil.Process(run.pid))
     resumed = subprocess.run([sys.executable, "-m", "pedseg_core.cli", "federate", "--resume", str(work / "resumed")],
-                             capture_output=True, text=True)
+                             capture_output=True, encoding="utf-8", errors="replace")
     if resumed.returncode != 0:
         raise SystemExit(f"resume failed: {resumed.stderr[-800:]}")
     summary("resumed", work / "resumed", time.monotonic() - start)

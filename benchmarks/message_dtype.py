@@ -35,7 +35,7 @@ def traffic(out: Path, rounds: int, dtype: str) -> dict:
     federate_local({j: data / j for j in JOINTS}, run, {"preset": "demo", "scheme": "multi-domain",
                                                         "num-server-rounds": rounds, "message-dtype": dtype},
                    progress=False)
-    count = json.loads((run / "logs" / "run-status.json").read_text())["network-traffic"]
+    count = json.loads((run / "logs" / "run-status.json").read_text(encoding="utf-8"))["network-traffic"]
     shared = torch.load(run / "checkpoints" / "global_final.pt", weights_only=True)["shared_state_dict"]
     per = len(JOINTS) * rounds * 1e6
     # Flower counts from the SuperLink's side: inbound = what the sites sent, outbound = what they received

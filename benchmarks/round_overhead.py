@@ -52,7 +52,7 @@ def main() -> None:
               "overrides": " ".join(overrides)}
     federate_local(data, work / "run", config)
 
-    lines = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     print(f"{args.preset} preset, {len(JOINTS)} sites, {steps} local steps per round; the first round (install, "
           "import) and the last (evaluation) are left out of the median")
     print(f"{'round':>5} {'round s':>8} {'max train s':>11} {'max load s':>10} {'max client s':>12} "
@@ -73,7 +73,7 @@ def main() -> None:
               f"time beside the training loop, {statistics.median(outside):.1%} outside the sites' handlers "
               "(target <= 10%)")
 
-    status = json.loads((work / "run" / "logs" / "run-status.json").read_text())
+    status = json.loads((work / "run" / "logs" / "run-status.json").read_text(encoding="utf-8"))
     traffic = status["network-traffic"]
     size = shared_bytes(args.preset, overrides)
     per_site_round = traffic["inbound-bytes"] / (args.rounds * len(JOINTS))

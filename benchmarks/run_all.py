@@ -42,8 +42,18 @@ SECTION = re.compile(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->\n", re.DOTALL
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown"
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+                if line.startswith("model name")
+            ),
+            "unknown CPU",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "unknown"
+    )
     reason = native_bf16(torch.device("cpu"))
     bf16 = f"bf16 native ({reason})" if reason else "no native bf16 (it would be emulated)"
     return f"{model}; {bf16}; {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
@@ -51,7 +61,10 @@ def machine() -> str:
 
 def commit() -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, encoding="utf-8", errors="replace"
+        ).stdout.strip()
+
     dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
     return (git("rev-parse", "--short", "HEAD") or "unknown") + dirty
 
@@ -72,8 +85,14 @@ def run(name: str) -> str:
     what = BENCHMARKS[name]
     command = ["python", f"benchmarks/{name}.py"]
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, *command[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     minutes = (time.perf_counter() - started) / 60
     output = spaced(done.stdout.strip()) if done.returncode == 0 else \
         f"**failed** (exit {done.returncode}):\n\n```\n{done.stderr.strip()[-3000:]}\n```"
@@ -92,7 +111,7 @@ def main() -> None:
     if args.list:
         print("\n".join(f"{name}: {what}" for name, what in BENCHMARKS.items()))
         return
-    kept = {m.group(1): m.group(0) for m in SECTION.finditer(args.results.read_text())} \
+    kept = {m.group(1): m.group(0) for m in SECTION.finditer(args.results.read_text(encoding="utf-8"))} \
         if args.results.exists() else {}
     for name in args.only or list(BENCHMARKS):
         print(f"benchmark {name} ...", file=sys.stderr, flush=True)
@@ -112,10 +131,13 @@ def write(path: Path, sections: dict[str, str], readme: Path | None) -> None:
     note = f"Not run yet: {', '.join(missing)}.\n\n" if missing else ""
     path.write_text("# Benchmark results\n\nWritten by `make bench` (`python benchmarks/run_all.py`); every figure "
                     "is a ratio or a count measured side by side in one run of its benchmark. Each section says "
-                    "when, at which commit and on which CPU it ran.\n\n" + note + body)
-    if readme is not None and README_BLOCK.search(readme.read_text()):
+                    "when, at which commit and on which CPU it ran.\n\n" + note + body, encoding="utf-8")
+    if readme is not None and README_BLOCK.search(readme.read_text(encoding="utf-8")):
         demoted = re.sub(r"^## ", "### ", note + body, flags=re.MULTILINE)
-        readme.write_text(README_BLOCK.sub(lambda m: m.group(1) + demoted + m.group(2), readme.read_text()))
+        readme.write_text(
+            README_BLOCK.sub(lambda m: m.group(1) + demoted + m.group(2), readme.read_text(encoding="utf-8")),
+            encoding="utf-8",
+        )
 
 
 if __name__ == "__main__":

@@ -30,9 +30,9 @@ def run(name: str, data: Path, out: Path, args: argparse.Namespace, secure: bool
     started = time.perf_counter()
     results = federate_local({j: data / j for j in JOINTS}, out / name, config, progress=False)
     wall = time.perf_counter() - started
-    lines = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     rounds = [line for line in lines if "round_time_s" in line]
-    status = json.loads((out / name / "logs" / "run-status.json").read_text())
+    status = json.loads((out / name / "logs" / "run-status.json").read_text(encoding="utf-8"))
     return {"name": name, "dice": results["mean_dice"], "wall_s": wall,
             "round_s": statistics.mean(r["round_time_s"] for r in rounds[1:] or rounds),
             "secagg_s": statistics.mean(r["secure_aggregation"]["seconds"] for r in rounds) if secure else 0.0,

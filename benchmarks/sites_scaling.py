@@ -79,7 +79,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         sampler.stop.set()
         sampler.join()
-        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
         rows.append((n, statistics.median(x["round_time_s"] for x in lines),
                      statistics.median(x["aggregation_s"] for x in lines), sampler.peak_total / 2**30,
                      sampler.peak_server / 2**30, wall))

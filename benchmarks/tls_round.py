@@ -25,7 +25,7 @@ JOINTS = ("ankle", "knee", "shoulder")
 
 def round_times(run: Path) -> list[float]:
     """Round times (server side) of a run, leaving out the last round, which also evaluates."""
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     return [line["round_time_s"] for line in lines[:-1]]
 
 

@@ -53,7 +53,7 @@ def approval_check(site: str, policy_path: Path | None, state_dir: Path | None,
                        f"{policy_path}; no code of it ran")
             print(f"pedseg-client: {message}", file=sys.stderr, flush=True)
             if state_dir is not None:
-                with (state_dir / AUDIT_FILE).open("a") as log:
+                with (state_dir / AUDIT_FILE).open("a", encoding="utf-8") as log:
                     log.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": None, "round": None,
                                           "type": "app", "error": message, "fab_sha256": digest}) + "\n")
             raise AppNotApproved(message)

@@ -36,7 +36,7 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
 def _write(context: Context, line: dict) -> None:
     path = state_dir(node_settings(context)) / AUDIT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as log:
+    with path.open("a", encoding="utf-8") as log:
         log.write(json.dumps(line, default=str) + "\n")
 
 

@@ -120,8 +120,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"{PROG}: $ {shlex.join(command)}", flush=True)
     env = launcher_env(flower_env(state_dir / "flwr-home"), install_launcher(state_dir / "bin"), args.site,
                        Path(args.policy).resolve() if args.policy else None, state_dir)
-    supernode = start_guarded(command, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    supernode = start_guarded(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        encoding="utf-8",
+        errors="replace",
+        bufsize=1,
+    )
     log = SupernodeLog(supernode.stdout, args.superlink)
     while supernode.poll() is None and not stop and not log.fatal.is_set():
         time.sleep(POLL_SECONDS)

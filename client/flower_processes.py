@@ -1,6 +1,6 @@
 """Starting Flower's own processes (flower-superlink, flower-supernode) the same way everywhere: telemetry,
-update checks and runtime dependency installation off, a private FLWR_HOME, this Python's scripts on PATH
-(process_guard.py stops their whole trees)."""
+update checks and runtime dependency installation off, UTF-8 whatever the host's locale (Flower prints emoji),
+a private FLWR_HOME, this Python's scripts on PATH (process_guard.py stops their whole trees)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ QUIET_FLOWER_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "PYTHONUTF8": "1",
 }
 
 

@@ -76,7 +76,7 @@ def install_launcher(bin_dir: Path) -> Path:
     bin_dir.mkdir(parents=True, exist_ok=True)
     launcher = bin_dir / LAUNCHER
     launcher.write_text(f"#!{sys.executable}\nimport sys\nfrom client.worker_supervisor import supervise\n"
-                        "sys.exit(supervise())\n")
+                        "sys.exit(supervise())\n", encoding="utf-8")
     launcher.chmod(0o755)
     return bin_dir
 

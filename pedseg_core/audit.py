@@ -21,7 +21,7 @@ def read_audit(state_dir: Path) -> list[dict]:
     if not path.is_file():
         raise PedsegError(f"{path}: no audit log (is {state_dir} a site's state directory?)")
     lines = []
-    for number, text in enumerate(path.read_text().splitlines(), start=1):
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
             lines.append(json.loads(text))
         except ValueError:

@@ -233,7 +233,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     cells = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells else None
     content = reproduction.reproduce(parse_data_args(args.data), Path(args.out), args.preset, args.folds,
                                      [*pairs, *args.set], cells)
-    print("\n" + (Path(args.out) / "results.md").read_text())
+    print("\n" + (Path(args.out) / "results.md").read_text(encoding="utf-8"))
     failed = [c["claim"] for c in content["acceptance"] if not c["met"]]
     print(f"reproduction folder: {args.out}" + (f"  (claims not met: {'; '.join(failed)})" if failed else ""))
     return 0

@@ -369,7 +369,7 @@ def config_from_dict(values: dict[str, Any]) -> PedsegConfig:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        values = yaml.safe_load(Path(path).read_text())
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise PedsegError(f"{path}: cannot read config: {err.strerror}") from None
     except yaml.YAMLError as err:
@@ -384,4 +384,4 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def save_yaml(cfg: PedsegConfig, path: Path) -> None:
     values = cfg.to_dict()
     values["model"]["decoder_channels"] = list(values["model"]["decoder_channels"])
-    Path(path).write_text(yaml.safe_dump(values, sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")

@@ -33,7 +33,7 @@ class Precision:
 def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
     """The first CPU's feature flags (empty where /proc/cpuinfo is not readable)."""
     try:
-        text = cpuinfo.read_text()
+        text = cpuinfo.read_text(encoding="utf-8")
     except OSError:
         return set()
     for line in text.splitlines():

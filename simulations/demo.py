@@ -48,8 +48,8 @@ def main() -> None:
     started = time.perf_counter()
     run(["train", *sites, "--scheme", "multi-domain", "--preset", args.preset, "--out", str(run_dir / "centralized")])
     centralized_min = (time.perf_counter() - started) / 60
-    federated = json.loads((run_dir / "results.json").read_text())["mean_dice"]
-    centralized = json.loads((run_dir / "centralized" / "results.json").read_text())["mean_dice"]
+    federated = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["mean_dice"]
+    centralized = json.loads((run_dir / "centralized" / "results.json").read_text(encoding="utf-8"))["mean_dice"]
     ratio = f"{federated / centralized:.3f}" if federated is not None and centralized else "n/a"
     print(f"\nmean Dice: federated {_dice(federated)} ({federated_min:.1f} min), centralized on the same data and "
           f"budget {_dice(centralized)} ({centralized_min:.1f} min): federated / centralized = {ratio}")

@@ -462,7 +462,7 @@ def main():
             "numTraining": args.train,
             "file_ending": ".nii.gz",
         }
-        with open(os.path.join(root, "dataset.json"), "w") as f:
+        with open(os.path.join(root, "dataset.json"), "w", encoding="utf-8") as f:
             json.dump(dataset, f, indent=2)
         for ci in range(args.train + args.test):
             rng = np.random.default_rng([args.seed, ji, ci])

@@ -64,7 +64,7 @@ class LocalFederation:
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.logs[name] = self.log_dir / f"{name}.log"
-        with self.logs[name].open("a") as log:  # a resumed run's processes log after the first ones
+        with self.logs[name].open("a", encoding="utf-8") as log:  # a resumed run's processes log after the first ones
             log.write(f"$ {shlex.join(cmd)}\n")
             log.flush()
             proc = start_guarded(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -91,8 +91,14 @@ class LocalFederation:
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """A `flwr` CLI command against this federation's SuperLink."""
-        return subprocess.run(self.flwr_command(*args), env=self.flwr_env(), capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            self.flwr_command(*args),
+            env=self.flwr_env(),
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
+        )
 
 
 def wait_for_health(port: int, proc: subprocess.Popen, log: Path, ca: Path | None) -> None:
@@ -139,7 +145,7 @@ def register_sites(fed: LocalFederation, pki: RunPKI, sites: list[str]) -> None:
     commands = {site: fed.flwr_command("supernode", "register", str(pki.site_public_key(site)), fed.connection,
                                        "--name", site) for site in sites}
     running = {site: subprocess.Popen(cmd, env=fed.flwr_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True) for site, cmd in commands.items()}
+                                      encoding="utf-8", errors="replace") for site, cmd in commands.items()}
     for site, proc in running.items():
         output, _ = proc.communicate(timeout=120)
         if proc.returncode != 0:
@@ -206,7 +212,7 @@ class LocalLaunch:
         if not path.is_file():
             raise PedsegError(f"{path}: not found: {run_dir} is not a run of `pedseg federate --local`")
         try:
-            return cls(**json.loads(path.read_text()))
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError) as err:
             raise PedsegError(f"{path}: not a pedseg launch record: {err}") from None
 
@@ -322,18 +328,20 @@ def submit_and_follow(fed: LocalFederation, app_dir: Path, config: dict[str, obj
         fed.flwr("stop", run_id, fed.connection, timeout=30)
         raise
     fed.log_dir.mkdir(parents=True, exist_ok=True)
-    (fed.log_dir / "run-status.json").write_text(json.dumps(status, indent=2))
-    (fed.log_dir / "serverapp.log").write_text(fed.flwr("log", run_id, fed.connection, "--show", timeout=60).stdout)
+    (fed.log_dir / "run-status.json").write_text(json.dumps(status, indent=2), encoding="utf-8")
+    (fed.log_dir / "serverapp.log").write_text(
+        fed.flwr("log", run_id, fed.connection, "--show", timeout=60).stdout, encoding="utf-8"
+    )
     if status["status"] != "finished:completed":
         reason = run_end_reason(fed.run_dir) or status.get("status-details", "")
         raise PedsegError(f"the federated run {run_id} ended as {status['status']}: {reason}; logs in {fed.log_dir}")
-    return json.loads((fed.run_dir / "results.json").read_text())
+    return json.loads((fed.run_dir / "results.json").read_text(encoding="utf-8"))
 
 
 def run_end_reason(run_dir: Path) -> str | None:
     """Why the ServerApp ended the run early, from the last line of RUN/metrics.jsonl (e.g. no quorum)."""
     metrics = run_dir / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.exists() else []
     last = json.loads(lines[-1]) if lines else {}
     return last.get("reason") if last.get("event") == "run-ended" else None
 
@@ -345,7 +353,7 @@ def write_connection(cli_home: Path, name: str, port: int, pki: RunPKI | None, e
     security = "insecure = true" if pki is None else f"root-certificates = {json.dumps(str(pki.ca))}"
     (cli_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
-        f'address = "127.0.0.1:{port}"\n{security}\n{extra}')
+        f'address = "127.0.0.1:{port}"\n{security}\n{extra}', encoding="utf-8")
 
 
 def parse_run_id(proc: subprocess.CompletedProcess) -> str:
@@ -371,7 +379,7 @@ def follow_run(fed: LocalFederation, run_id: str, sites: list[str], rounds: int,
             runs = json.loads(listing.stdout or "{}").get("runs", [])
             if runs and str(runs[0].get("status", "")).startswith("finished"):
                 return runs[0]
-            done = len((fed.run_dir / "metrics.jsonl").read_text().splitlines()) if (
+            done = len((fed.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) if (
                 fed.run_dir / "metrics.jsonl").exists() else 0
             bar.update(done - bar.n)
             for site in sites:

@@ -19,7 +19,7 @@ def dice_per_round(metrics_files: list[Path]) -> dict[str, dict[int, list[float]
     """site -> round -> the site's mean Dice in each given metrics.jsonl (one per fold) that evaluated it."""
     curves: dict[str, dict[int, list[float]]] = {}
     for path in metrics_files:
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             for site, result in record.get("evaluation", {}).get("sites", {}).items():
                 if result.get("mean_dice") is not None:

@@ -162,7 +162,7 @@ def build_report(rows: Sequence[CaseScore], cells: Sequence[str]) -> dict:
 
 
 def write_csv(path, records: Sequence[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else [])
         writer.writeheader()
         writer.writerows(records)

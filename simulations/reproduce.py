@@ -70,7 +70,7 @@ def _settings_guard(out: Path, settings: dict) -> None:
     """Write OUT/reproduce.json, or check that an existing one holds the same settings."""
     path = out / "reproduce.json"
     if path.is_file():
-        previous = json.loads(path.read_text())
+        previous = json.loads(path.read_text(encoding="utf-8"))
         if previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise PedsegError(f"{path}: this folder holds a reproduction with other settings "
@@ -123,7 +123,7 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: in
             cell_start = time.perf_counter()
             results = _run_cell(cell, data, run_dir, preset, pairs)
             seconds = time.perf_counter() - cell_start
-            with (out / "cells.jsonl").open("a") as f:
+            with (out / "cells.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"fold": fold, "cell": cell.name, "seconds": round(seconds, 1),
                                     "mean_dice": results["mean_dice"]}) + "\n")
             dice = "–" if results["mean_dice"] is None else f"{results['mean_dice']:.3f}"
@@ -147,10 +147,10 @@ def write_report(out: Path, settings: dict, plan: list[Cell]) -> dict:
     rows = []
     for fold in range(settings["folds"]):
         for name in names:
-            results = json.loads((out / "runs" / f"fold-{fold}" / name / "results.json").read_text())
+            results = json.loads((out / "runs" / f"fold-{fold}" / name / "results.json").read_text(encoding="utf-8"))
             rows += report.case_scores(name, fold, results)
     content = report.build_report(rows, names)
-    lines = (out / "cells.jsonl").read_text().splitlines() if (out / "cells.jsonl").is_file() else []
+    lines = (out / "cells.jsonl").read_text(encoding="utf-8").splitlines() if (out / "cells.jsonl").is_file() else []
     seconds = {(t["fold"], t["cell"]): t["seconds"] for t in map(json.loads, lines)}  # a re-run cell: its last
     compute = sum(seconds.get((fold, name), 0.0) for fold in range(settings["folds"]) for name in names)
     content["settings"], content["compute_seconds"] = settings, compute
@@ -160,7 +160,7 @@ def write_report(out: Path, settings: dict, plan: list[Cell]) -> dict:
     n_cases = len({(r.fold, r.joint, r.case) for r in rows})
     header = (f"## Reproduction: preset `{settings['preset']}`, {settings['folds']} fold(s), {n_cases} test cases\n\n"
               f"`{command_line(settings)}`\n\nTraining and evaluation time of the cells: {_minutes(compute)}.")
-    (out / "results.md").write_text(report.markdown(content, names, header))
+    (out / "results.md").write_text(report.markdown(content, names, header), encoding="utf-8")
     federated = {n: [out / "runs" / f"fold-{f}" / n / "metrics.jsonl" for f in range(settings["folds"])]
                  for n in names if n.startswith("federated-")}
     references = {n: report.joint_means(rows, report.centralized_counterpart(n)) for n in federated}

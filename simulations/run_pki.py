@@ -46,7 +46,9 @@ class RunPKI:
 def run_deploy_script(name: str, *args: str) -> None:
     """Run one deploy/ script; PedsegError with its own last line when it fails."""
     try:
-        done = subprocess.run(["bash", str(DEPLOY_DIR / name), *args], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["bash", str(DEPLOY_DIR / name), *args], capture_output=True, encoding="utf-8", errors="replace", timeout=60
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise PedsegError(f"deploy/{name}: {err}") from None
     if done.returncode != 0:

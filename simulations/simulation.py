@@ -81,7 +81,7 @@ def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, 
     out, rounds = prepare_run_dir(out, app_config)
     if policy is None:
         policy = out / "site-policy.yaml"
-        policy.write_text(yaml.safe_dump(SitePolicy(per_case_metrics=True).model_dump()))
+        policy.write_text(yaml.safe_dump(SitePolicy(per_case_metrics=True).model_dump()), encoding="utf-8")
         app_config = {"per-case-metrics": True, **app_config}
     if insecure:
         print(f"pedseg federate: {INSECURE_WARNING}", file=sys.stderr)

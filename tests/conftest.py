@@ -76,7 +76,7 @@ def write_dataset(tmp_path_factory):
             "numTraining": n_train,
             "file_ending": ".nii.gz",
         }
-        (root / "dataset.json").write_text(json.dumps(metadata, indent=2))
+        (root / "dataset.json").write_text(json.dumps(metadata, indent=2), encoding="utf-8")
         return root
 
     return write

@@ -25,7 +25,7 @@ ROW_HEIGHT_INCHES = 4.0
 def _first_training_case(dataset_dir: Path) -> tuple[dict, Path, Path]:
     """(dataset.json contents, image path, label path) of the dataset's first training case."""
     try:
-        metadata = json.loads((dataset_dir / "dataset.json").read_text())
+        metadata = json.loads((dataset_dir / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise PedsegError(f"{dataset_dir}: cannot read dataset.json ({error})") from error
     ending = metadata.get("file_ending", ".nii.gz")

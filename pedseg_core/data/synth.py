@@ -586,7 +586,7 @@ def synthesize_joint(out_dir: Path, joint: str, n_train: int, n_test: int, seed:
         "generator": f"pedseg synth {__version__}",
         "seed": seed,
     }
-    (out_dir / "dataset.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    (out_dir / "dataset.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
 

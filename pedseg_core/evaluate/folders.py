@@ -37,7 +37,7 @@ def labels_for(ref_dir: Path, labels_json: Path | None) -> dict[str, int]:
     if not path.is_file():
         raise PedsegError(f"{path}: no dataset.json to name the labels (pass --labels DATASET_JSON)")
     try:
-        labels = json.loads(path.read_text())["labels"]
+        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
         return {str(k): int(v) for k, v in labels.items() if int(v) != 0}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise PedsegError(f"{path}: cannot read the 'labels' of dataset.json ({err})") from None

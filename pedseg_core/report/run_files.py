@@ -46,7 +46,7 @@ class RunFiles:
 def read_json(path: Path) -> dict:
     """A JSON object from `path`; PedsegError (one line) when it is not one."""
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise PedsegError(f"{path}: cannot read as JSON ({error})") from None
     if not isinstance(value, dict):
@@ -57,7 +57,7 @@ def read_json(path: Path) -> dict:
 def read_lines(path: Path) -> list[dict]:
     """metrics.jsonl: one JSON object per line; PedsegError naming the first bad line."""
     lines = []
-    texts = path.read_text().splitlines()
+    texts = path.read_text(encoding="utf-8").splitlines()
     for number, text in enumerate(texts, start=1):
         if not text.strip():
             continue
@@ -108,9 +108,17 @@ def read_run(run_dir: Path, data: dict[str, Path] | None = None) -> RunFiles:
         rounds = [parse_round(x) for x in lines if is_round_line(x)]
     except (TypeError, ValueError, AttributeError) as error:
         raise PedsegError(f"{metrics}: a round line is not in the format of server/strategy.py ({error})") from None
-    return RunFiles(path=run_dir, kind="federated" if federated else "centralized", config_text=config.read_text(),
-                    results=result, rounds=rounds,
-                    epochs=[x for x in lines if "round" not in x and "event" not in x],
-                    prior_rounds=[x for x in lines if "round" in x and x.get("stage") == "prior"],
-                    events=[x for x in lines if "event" in x], data=recorded, data_source=source,
-                    launch=launch, status=read_json(status_file) if status_file.is_file() else None)
+    return RunFiles(
+        path=run_dir,
+        kind="federated" if federated else "centralized",
+        config_text=config.read_text(encoding="utf-8"),
+        results=result,
+        rounds=rounds,
+        epochs=[x for x in lines if "round" not in x and "event" not in x],
+        prior_rounds=[x for x in lines if "round" in x and x.get("stage") == "prior"],
+        events=[x for x in lines if "event" in x],
+        data=recorded,
+        data_source=source,
+        launch=launch,
+        status=read_json(status_file) if status_file.is_file() else None,
+    )

@@ -28,7 +28,7 @@ def _json_safe(value: Any) -> Any:
 def write_json(path: Path, value: Any) -> None:
     """Atomic write (temporary file, then rename) of strict JSON."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(value), indent=2, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(_json_safe(value), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -77,7 +77,7 @@ class RunDir:
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one line to metrics.jsonl (flushed at once, so progress survives a crash)."""
-        with self.metrics_path.open("a") as f:
+        with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
         if self.tracker is not None:
             self.tracker.log(record)

@@ -26,8 +26,8 @@ def isolated_imports():
 def test_an_approved_app_runs_its_own_copy_and_a_refused_one_is_never_installed(tmp_path, isolated_imports):
     app = tmp_path / "installed-app"
     (app / "client").mkdir(parents=True)
-    (app / "client" / "__init__.py").write_text("")
-    (app / "client" / "marker.py").write_text("FROM_THE_APP = True\n")
+    (app / "client" / "__init__.py").write_text("", encoding="utf-8")
+    (app / "client" / "marker.py").write_text("FROM_THE_APP = True\n", encoding="utf-8")
     fab = b"the app's bytes"
     installs = []
 
@@ -36,7 +36,7 @@ def test_an_approved_app_runs_its_own_copy_and_a_refused_one_is_never_installed(
         return app
 
     policy = tmp_path / "policy.yaml"
-    policy.write_text(f"approved_apps:\n  - {hashlib.sha256(fab).hexdigest()}\n")
+    policy.write_text(f"approved_apps:\n  - {hashlib.sha256(fab).hexdigest()}\n", encoding="utf-8")
     check = approval_check("ankle", policy, tmp_path, install)
     with pytest.raises(AppNotApproved, match="refused the app .*: it is not among the approved_apps"):
         check(b"another app")

@@ -57,7 +57,7 @@ def test_the_default_policy_lets_no_per_case_metric_leave_and_the_audit_log_show
     assert json.loads(reply.content["site"]["refusals-json"]) == [
         "per-case metrics: refused by the site's policy (per-bone means and the case count only)"]
     assert "prototypes" in reply.content and "joint-arrays" in reply.content  # allowed by default
-    (line,) = [json.loads(x) for x in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    (line,) = [json.loads(x) for x in (tmp_path / "state" / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
     assert (line["run"], line["federation_run"], line["round"], line["type"]) == (5, "5", 3, "train")
     w = next(a for a in line["arrays"] if a["key"] == "w")
     assert w["shape"] == [4, 3] and w["dtype"] == "float32" and len(w["sha256"]) == 64
@@ -68,7 +68,7 @@ def test_the_default_policy_lets_no_per_case_metric_leave_and_the_audit_log_show
 
 def test_a_strict_policy_keeps_prototypes_and_head_at_the_site(tmp_path):
     policy = tmp_path / "policy.yaml"
-    policy.write_text("share_prototypes: false\nshare_head: false\nper_case_metrics: true\n")
+    policy.write_text("share_prototypes: false\nshare_head: false\nper_case_metrics: true\n", encoding="utf-8")
     reply = through_mods(train_message(), context(tmp_path, str(policy), **{"per-case-metrics": True}))
     assert site_handler.seen == {"share-head": False, "head-in": False}  # neither asked for nor given the pool
     assert "prototypes" not in reply.content and "joint-arrays" not in reply.content
@@ -78,7 +78,7 @@ def test_a_strict_policy_keeps_prototypes_and_head_at_the_site(tmp_path):
 
 def test_prototypes_over_too_few_slices_stay(tmp_path):
     policy = tmp_path / "policy.yaml"
-    policy.write_text("min_prototype_slices: 64\n")
+    policy.write_text("min_prototype_slices: 64\n", encoding="utf-8")
     reply = through_mods(train_message(), context(tmp_path, str(policy)))
     assert "prototypes" not in reply.content  # 40 slices behind them, the policy needs 64
     assert "needs at least 64" in reply.content["site"]["refusals-json"]
@@ -91,7 +91,7 @@ def test_the_audit_flags_an_image_sized_array_and_per_case_metrics(tmp_path, cap
         return reply
 
     policy = tmp_path / "policy.yaml"
-    policy.write_text("per_case_metrics: true\n")
+    policy.write_text("per_case_metrics: true\n", encoding="utf-8")
     ctx = context(tmp_path, str(policy), **{"per-case-metrics": True})
     audit_mod(train_message(), ctx, lambda m, c: policy_mod(m, c, leaky))
     assert pedseg(["audit", str(tmp_path / "state")]) == 1
@@ -110,7 +110,7 @@ def test_an_error_that_leaves_the_site_is_audited_too(tmp_path):
         pass
     else:
         raise AssertionError("the handler's error must reach Flower")
-    (line,) = [json.loads(x) for x in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    (line,) = [json.loads(x) for x in (tmp_path / "state" / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
     assert line["error"] == "RuntimeError: site ankle: case_007 cannot be read" and line["round"] == 3
 
 

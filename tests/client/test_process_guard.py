@@ -45,7 +45,7 @@ def test_the_tree_ends_when_its_starter_is_killed():
         guard = start_guarded({ESCAPING_TREE!r})
         print(guard.pid, flush=True)
         time.sleep(300)
-        """)], stdout=subprocess.PIPE, text=True)
+        """)], stdout=subprocess.PIPE, encoding="utf-8", errors="replace")
     guard_pid = int(starter.stdout.readline())
     pids = tree(guard_pid, 4) | {guard_pid}
     starter.kill()

@@ -36,8 +36,19 @@ def wait_for(condition, timeout: float = 60.0):
 def test_a_killed_worker_is_replaced_and_all_end_with_the_supernode(tmp_path):
     launcher = install_launcher(tmp_path / "bin") / "flower-superexec"
     supernode = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # stands in for its pid
-    supervisor = subprocess.Popen([str(launcher), "--insecure", "--runtime-api-address", f"127.0.0.1:{free_port()}",
-                                   "--parent-pid", str(supernode.pid)], stderr=subprocess.PIPE, text=True)
+    supervisor = subprocess.Popen(
+        [
+            str(launcher),
+            "--insecure",
+            "--runtime-api-address",
+            f"127.0.0.1:{free_port()}",
+            "--parent-pid",
+            str(supernode.pid),
+        ],
+        stderr=subprocess.PIPE,
+        encoding="utf-8",
+        errors="replace",
+    )
     try:
         first = wait_for(lambda: workers(psutil.Process(supervisor.pid)))
         assert len(first) == 1

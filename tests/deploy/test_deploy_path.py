@@ -35,16 +35,23 @@ def env_with(flwr_home: Path, **extra: str) -> dict[str, str]:
 
 
 def script(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run(["bash", str(DEPLOY / name), *args], capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        ["bash", str(DEPLOY / name), *args],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return done
 
 
 def connection_file(flwr_home: Path, address: str, ca: Path) -> None:
     """deploy/flwr-config.toml with this federation's address and CA, as the guide says to copy and edit it."""
-    text = (DEPLOY / "flwr-config.toml").read_text()
+    text = (DEPLOY / "flwr-config.toml").read_text(encoding="utf-8")
     text = text.replace("127.0.0.1:9093", address).replace("/etc/pedseg/certs/ca.crt", str(ca))
-    (flwr_home / "config.toml").write_text(text)
+    (flwr_home / "config.toml").write_text(text, encoding="utf-8")
 
 
 class Operator:
@@ -59,16 +66,29 @@ class Operator:
         self.env = env_with(self.home)
         self.proc = subprocess.Popen(
             ["bash", str(DEPLOY / "start-superlink.sh"), str(self.certs), str(self.port)],
-            env=env_with(root / "superlink-flwr", PEDSEG_SUPERLINK_HOME=str(root / "superlink"),
-                         PEDSEG_SUPERLINK_HOST="127.0.0.1", PEDSEG_CONTROL_PORT=str(self.control_port)),
-            stdout=(root / "start-superlink.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+            env=env_with(
+                root / "superlink-flwr",
+                PEDSEG_SUPERLINK_HOME=str(root / "superlink"),
+                PEDSEG_SUPERLINK_HOST="127.0.0.1",
+                PEDSEG_CONTROL_PORT=str(self.control_port),
+            ),
+            stdout=(root / "start-superlink.log").open("w", encoding="utf-8"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         for port in (self.control_port, self.port):  # the SuperLink, then its gateway
             wait_for_health(port, self.proc, root / "start-superlink.log", self.certs / "ca.crt")
         connection_file(self.home, f"127.0.0.1:{self.control_port}", self.certs / "ca.crt")
 
     def flwr(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "flwr"), *args], capture_output=True, text=True, env=env or self.env,
-                              timeout=120)
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            env=env or self.env,
+            timeout=120,
+        )
 
     def register(self, public_key: Path) -> None:
         done = self.flwr("supernode", "register", str(public_key), "pedseg")
@@ -107,18 +127,25 @@ def site_env_file(root: Path, site: str, joint: str, data: Path, superlink: str,
               "PEDSEG_CA": str(ca), "PEDSEG_AUTH_KEY": str(key), "PEDSEG_STATE": str(root / "state" / site),
               "PEDSEG_THREADS": "1"}
     lines = []
-    for line in (DEPLOY / "site.env.example").read_text().splitlines():
+    for line in (DEPLOY / "site.env.example").read_text(encoding="utf-8").splitlines():
         name = line.split("=", 1)[0]
         lines.append(f"{name}={values.pop(name)}" if name in values else line)
     assert values == {}, f"site.env.example lacks {sorted(values)}"
     path = root / f"{site}.env"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
 def start_site(root: Path, env_file: Path) -> subprocess.Popen:
-    return subprocess.Popen(["bash", str(DEPLOY / "start-site.sh"), str(env_file)], env=env_with(root / "shell"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        ["bash", str(DEPLOY / "start-site.sh"), str(env_file)],
+        env=env_with(root / "shell"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        encoding="utf-8",
+        errors="replace",
+        start_new_session=True,
+    )
 
 
 @pytest.mark.slow
@@ -141,7 +168,7 @@ def test_three_sites_complete_a_run(operator, datasets, tmp_path):
         listing = json.loads(operator.flwr("ls", "pedseg", "--run-id", run_id, "--format", "json").stdout)
         status = listing["runs"][0]["status"]
     assert status == "finished:completed"
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert set(results["sites"]) == set(JOINTS)
     for joint, proc in sites.items():
         proc.send_signal(signal.SIGTERM)
@@ -169,9 +196,27 @@ def test_a_site_can_neither_register_a_key_nor_list_runs(operator, tmp_path):
 
 
 def client(args: list[str], data: Path, state: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "pedseg-client"), "--site", "h1", "--joint", "knee", "--data", str(data),
-                           "--state-dir", str(state), "--connect-timeout", "4", *args],
-                          capture_output=True, text=True, env=env_with(state / "shell"), timeout=120)
+    return subprocess.run(
+        [
+            str(BIN / "pedseg-client"),
+            "--site",
+            "h1",
+            "--joint",
+            "knee",
+            "--data",
+            str(data),
+            "--state-dir",
+            str(state),
+            "--connect-timeout",
+            "4",
+            *args,
+        ],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env_with(state / "shell"),
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -39,13 +39,13 @@ def test_check_accepts_synthetic_datasets(data, capsys):
 
 def test_run_directory_follows_the_contract(run):
     assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoints", "results.json"}
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     assert results["mode"] == "centralized" and results["scheme"] == "multi-domain"
     assert set(results["sites"]) == set(JOINTS)
     ankle = results["sites"]["ankle"]
     assert ankle["joint"] == "ankle" and ankle["cases"] == 1
     assert set(ankle["dice"]) == set(ankle["hd95"]) == set(ankle["assd"]) == {"tibia", "talus", "calcaneus"}
-    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
     assert (run / "checkpoints" / "final.pt").is_file()
 
@@ -64,7 +64,7 @@ def test_predict_keeps_geometry_and_evaluate_matches_numpy(run, data, tmp_path, 
     report_path = tmp_path / "eval.json"
     assert main(["evaluate", "--pred", str(pred), "--ref", str(data / "shoulder" / "labelsTs"),
                  "--json", str(report_path)]) == 0
-    report = json.loads(report_path.read_text())
+    report = json.loads(report_path.read_text(encoding="utf-8"))
     ref = np.asarray(nib.load(data / "shoulder" / "labelsTs" / out_path.name).dataobj)
     p = np.asarray(out.dataobj)
     case = out_path.name.removesuffix(".nii.gz")
@@ -139,7 +139,7 @@ def test_existing_run_directory_is_never_overwritten(data, run, capsys):
 def test_wrong_joint_and_console_script_without_traceback(run, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pedseg_core.cli", "predict", "--checkpoint",
                            str(run / "checkpoints" / "final.pt"), "--joint", "elbow", "--input", str(tmp_path),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+                           "--out", str(tmp_path / "o")], capture_output=True, encoding="utf-8", errors="replace")
     assert proc.returncode == 2
     assert "no domain 'elbow' (it has: ankle, shoulder)" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -37,7 +37,7 @@ def test_a_strict_policy_refuses_prototypes_and_the_head():
 ])
 def test_a_bad_policy_is_one_line_naming_the_file(text, message, tmp_path):
     path = tmp_path / "policy.yaml"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     with pytest.raises(PedsegError, match=message) as err:
         load_policy(path)
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)

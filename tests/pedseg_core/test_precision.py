@@ -16,7 +16,7 @@ AVX2_ONLY = {"sse4_2", "avx", "avx2", "fma"}
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n\n"
-                       "processor\t: 1\nflags\t\t: fpu avx2\n")
+                       "processor\t: 1\nflags\t\t: fpu avx2\n", encoding="utf-8")
     assert cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512f", "avx512_bf16", "amx_bf16"}
     assert cpu_flags(tmp_path / "missing") == set()
 

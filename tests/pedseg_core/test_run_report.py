@@ -61,7 +61,7 @@ def write_config(run: Path) -> None:
 
 
 def write_lines(path: Path, lines: list[dict], tail: str = "") -> None:
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + tail)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + tail, encoding="utf-8")
 
 
 def site_result(joint: str, dice: dict[str, float], epsilon: float | None = None) -> dict:
@@ -104,9 +104,11 @@ def federated_run(tmp_path) -> Path:
     ])
     sites = {s: site_result(s, {b: 0.6 for b in BONES[s]}, epsilon=7.5) for s in ("ankle", "knee", "shoulder")}
     (run / "results.json").write_text(json.dumps({"mode": "federated", "scheme": "full", "strategy": "fedavg",
-                                                  "rounds": 3, "sites": sites, "mean_dice": 0.6}))
+                                                  "rounds": 3, "sites": sites, "mean_dice": 0.6}), encoding="utf-8")
     (run / "logs").mkdir()
-    (run / "logs" / "run-status.json").write_text(json.dumps({"status": "finished:completed", "elapsed": 40.5}))
+    (run / "logs" / "run-status.json").write_text(
+        json.dumps({"status": "finished:completed", "elapsed": 40.5}), encoding="utf-8"
+    )
     return run
 
 
@@ -122,7 +124,7 @@ def test_federated_run_reads_rounds_missing_sites_rejected_updates_and_epsilon(f
 
 
 def test_federated_report_has_every_section(federated_run):
-    html = (write_report(federated_run)).read_text()
+    html = (write_report(federated_run)).read_text(encoding="utf-8")
     assert (federated_run / "report.html").is_file()
     self_contained(html)
     assert headings(html) == ["Final results per site and bone", "Dice per round, per site",
@@ -157,14 +159,14 @@ def centralized_run(tmp_path, write_dataset) -> tuple[Path, Path]:
                                                         "assd": {"a": 0.5, "b": None}}
     (run / "results.json").write_text(json.dumps({
         "mode": "centralized", "scheme": "full", "strategy": None, "rounds": 2, "mean_dice": 0.8,
-        "sites": {"ankle": site_result("ankle", {"a": 0.9, "b": 0.7}) | {"per_case": per_case}}}))
+        "sites": {"ankle": site_result("ankle", {"a": 0.9, "b": 0.7}) | {"per_case": per_case}}}), encoding="utf-8")
     return run, dataset
 
 
 def test_centralized_report_overlays_predictions_on_the_test_images(centralized_run, tmp_path):
     run, dataset = centralized_run
     out = write_report(run, tmp_path / "elsewhere" / "r.html", data={"ankle": dataset})
-    html = out.read_text()
+    html = out.read_text(encoding="utf-8")
     self_contained(html)
     assert "Federation timeline" not in html and "Training per epoch" in html
     figures = images(html)
@@ -176,7 +178,7 @@ def test_centralized_report_overlays_predictions_on_the_test_images(centralized_
 
 def test_centralized_run_without_data_paths_shows_its_predictions_alone(centralized_run):
     run, _ = centralized_run
-    html = write_report(run).read_text()
+    html = write_report(run).read_text(encoding="utf-8")
     assert "predictions of ankle on test slices" in images(html)
     assert any("no data path to find the test images" in n for n in notes(html))
 
@@ -188,7 +190,7 @@ def test_an_unfinished_run_shows_what_it_logged(tmp_path):
     write_lines(run / "metrics.jsonl", [line], tail='{"round": 2, "sites": {"ank')  # killed while writing
     files = read_run(run)
     assert files.results is None and files.kind == "federated" and [r.round for r in files.rounds] == [1]
-    html = write_report(run).read_text()
+    html = write_report(run).read_text(encoding="utf-8")
     assert any("has not finished" in n for n in notes(html))
     assert "Federation timeline" in html and "Final results per site and bone" not in html
     assert {"Dice per round per site", "training loss and epsilon per round", "federation timeline"} <= set(
@@ -200,10 +202,21 @@ def test_a_reproduction_report_holds_its_tables_and_every_cell(centralized_run, 
     repro = tmp_path / "repro"
     cell = repro / "runs" / "fold-0" / "centralized-full"
     shutil.copytree(run, cell)
-    (repro / "reproduce.json").write_text(json.dumps({"data": {"ankle": str(dataset)}, "preset": "tiny", "folds": 1,
-                                                      "cells": ["centralized-full", "federated-full-fedavg"]}))
-    (repro / "cells.jsonl").write_text(json.dumps({"fold": 0, "cell": "centralized-full", "seconds": 12.5}) + "\n")
-    html = write_report(repro).read_text()
+    (repro / "reproduce.json").write_text(
+        json.dumps(
+            {
+                "data": {"ankle": str(dataset)},
+                "preset": "tiny",
+                "folds": 1,
+                "cells": ["centralized-full", "federated-full-fedavg"],
+            }
+        ),
+        encoding="utf-8",
+    )
+    (repro / "cells.jsonl").write_text(
+        json.dumps({"fold": 0, "cell": "centralized-full", "seconds": 12.5}) + "\n", encoding="utf-8"
+    )
+    html = write_report(repro).read_text(encoding="utf-8")
     self_contained(html)
     assert "No results.json: the reproduction has not finished" in html
     assert "fold 0, federated-full-fedavg: not run yet" in html
@@ -215,7 +228,7 @@ def test_a_reproduction_report_holds_its_tables_and_every_cell(centralized_run, 
     (lambda p: None, "no such run folder"),
     (lambda p: p.mkdir(), "not a pedseg run: no config.yaml"),
     (lambda p: write_config(p), "config.yaml but no metrics.jsonl or results.json"),
-    (lambda p: (write_config(p), (p / "results.json").write_text("[1]")), "expected a JSON object"),
+    (lambda p: (write_config(p), (p / "results.json").write_text("[1]", encoding="utf-8")), "expected a JSON object"),
     (lambda p: (write_config(p), write_lines(p / "metrics.jsonl", [{"round": 1}], tail="oops\n{}\n")),
      "metrics.jsonl:2: not a JSON line"),
 ])
@@ -364,7 +377,7 @@ def check_page(chromium: Chromium, path: Path) -> list[dict]:
 def test_the_report_of_a_real_run_renders_in_chromium_with_its_figures(real_run, chromium, tmp_path):
     run, data = real_run
     report = write_report(run, tmp_path / "report.html", data=data)
-    html = report.read_text()
+    html = report.read_text(encoding="utf-8")
     self_contained(html)
     expected = set(images(html))
     assert expected == {"training loss per epoch", "per-bone box plots of per-case Dice",
@@ -387,11 +400,11 @@ def test_the_report_of_a_real_run_renders_in_chromium_with_its_figures(real_run,
 def test_chromium_finds_a_corrupted_figure(real_run, chromium, tmp_path):
     """The check above fails on a broken image: one figure replaced by bytes that are no PNG, one truncated."""
     run, data = real_run
-    html = write_report(run, tmp_path / "report.html", data=data).read_text()
+    html = write_report(run, tmp_path / "report.html", data=data).read_text(encoding="utf-8")
     (first, png), (second, other) = IMG.findall(html)[:2]
     broken = html.replace(png, base64.b64encode(b"not a PNG at all").decode())
     broken = broken.replace(other, base64.b64encode(base64.b64decode(other)[:2000]).decode())
-    (tmp_path / "broken.html").write_text(broken)
+    (tmp_path / "broken.html").write_text(broken, encoding="utf-8")
     shown = {i["alt"]: i for i in check_page(chromium, tmp_path / "broken.html")}
     assert shown[first]["error"] is not None and shown[first]["width"] == 0
     assert shown[second]["error"] is None and shown[second]["transparent"] > 0  # drawn only in part
@@ -404,7 +417,7 @@ def test_pedseg_report_command(real_run, tmp_path, capsys):
     args = ["report", str(run), *(f"--data={j}={p}" for j, p in data.items())]
     assert pedseg(args) == 0
     assert capsys.readouterr().out.strip() == f"wrote {run / 'report.html'}"
-    assert "predictions of ankle on test slices" in (run / "report.html").read_text()
+    assert "predictions of ankle on test slices" in (run / "report.html").read_text(encoding="utf-8")
     assert pedseg(["report", str(tmp_path)]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"pedseg: error: {tmp_path}: not a pedseg run")

@@ -43,7 +43,7 @@ def test_a_centralized_run_reads_back_from_tensorboard_and_mlflow(write_dataset,
                                           "tracking": {"mlflow_uri": uri}})
     run = tmp_path / "run"
     results = train_centralized({"ankle": write_dataset()}, cfg, run, progress=False)
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     ankle = results["sites"]["ankle"]
     expected = {"train/loss/multi-domain": [(x["epoch"], x["loss"]) for x in lines],
                 "train/seg_loss/multi-domain": [(x["epoch"], x["seg_loss"]) for x in lines],
@@ -61,7 +61,9 @@ def test_a_centralized_run_reads_back_from_tensorboard_and_mlflow(write_dataset,
     assert params["train.epochs"] == "2" and params["scheme"] == "multi-domain" and params["preset"] == "tiny"
     assert params["model.decoder_channels"] == "[64, 32, 16, 16, 8]" and params["tracking.mlflow_uri"] == uri
     artifact = client.download_artifacts(mlrun.info.run_id, "results.json", str(tmp_path))
-    assert json.loads(open(artifact).read()) == json.loads((run / "results.json").read_text())
+    assert json.loads(open(artifact, encoding="utf-8").read()) == json.loads(
+        (run / "results.json").read_text(encoding="utf-8")
+    )
 
 
 def round_line(number, evaluated):
@@ -127,7 +129,7 @@ def test_an_unreachable_mlflow_server_warns_once_and_the_run_goes_on(tmp_path, m
     run.write_results({"rounds": 1, "mean_dice": 0.4, "sites": {}})
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith("pedseg: warning: MLflow tracking is off for this run: ")
-    assert len(run.metrics_path.read_text().splitlines()) == 1 and (run.path / "results.json").is_file()
+    assert len(run.metrics_path.read_text(encoding="utf-8").splitlines()) == 1 and (run.path / "results.json").is_file()
     assert tensorboard_scalars(run.path)["mean_dice"] == approx([(1, 0.4)])
 
 
@@ -138,7 +140,7 @@ def test_a_tensorboard_failure_does_not_end_the_run(tmp_path, capsys):
     run.log(round_line(1, evaluated=False))
     run.log(round_line(2, evaluated=False))
     assert capsys.readouterr().err.count("TensorBoard tracking is off") == 1
-    assert len(run.metrics_path.read_text().splitlines()) == 2
+    assert len(run.metrics_path.read_text(encoding="utf-8").splitlines()) == 2
 
 
 @pytest.mark.parametrize("uri", ["mlruns", "file://", "http:/nohost", "ftp://host/x", "file:///a b"])

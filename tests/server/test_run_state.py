@@ -31,6 +31,6 @@ def test_nothing_to_resume_is_one_clear_line(tmp_path):
     torch.save({"format": "something else"}, state_path(tmp_path))
     with pytest.raises(PedsegError, match="not a pedseg server state"):
         load_run_state(tmp_path)
-    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "results.json").write_text("{}", encoding="utf-8")
     with pytest.raises(PedsegError, match="already completed"):
         load_run_state(tmp_path)

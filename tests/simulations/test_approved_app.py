@@ -23,7 +23,7 @@ def modified_app(root):
     shutil.copy(APP_DIR / "pyproject.toml", app / "pyproject.toml")
     for part in APP_PARTS:
         shutil.copytree(APP_DIR / part, app / part, ignore=shutil.ignore_patterns("__pycache__"))
-    with (app / "client" / "app.py").open("a") as f:
+    with (app / "client" / "app.py").open("a", encoding="utf-8") as f:
         f.write("\nSENT_ELSEWHERE = True  # a change the sites never reviewed\n")
     return app
 
@@ -36,20 +36,20 @@ def test_a_modified_app_is_refused_by_every_site_before_it_runs(tmp_path, capsys
     refused = app_hash(app)
     assert refused != approved
     policy = tmp_path / "policy.yaml"
-    policy.write_text(f"approved_apps:\n  - {approved}\n")
+    policy.write_text(f"approved_apps:\n  - {approved}\n", encoding="utf-8")
     out = tmp_path / "run"
     config = {"preset": "tiny", "num-server-rounds": 1, "overrides": "train.steps_per_epoch=2"}
     results = federate_local({"ankle": data / "ankle", "knee": data / "knee"}, out, config, threads=1,
                              progress=False, policy=policy, app_dir=app)
     assert results["sites"] == {}
-    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert record["sites"] == {} and len({e["site"] for e in record["errors"]}) == 2
     assert len(record["errors"]) == 4  # each site refused round 1's training and the final evaluation
     assert all(f"refused the app {refused}: it is not among the approved_apps" in e["reason"]
                for e in record["errors"])
-    assert "not among the approved_apps" in (out / "logs" / "serverapp.log").read_text()
+    assert "not among the approved_apps" in (out / "logs" / "serverapp.log").read_text(encoding="utf-8")
     for site in ("ankle", "knee"):
-        log = (out / "logs" / f"site-{site}.log").read_text()
+        log = (out / "logs" / f"site-{site}.log").read_text(encoding="utf-8")
         assert f"pedseg-client: site {site}: refused the app {refused}" in log
         assert not list((out / "sites" / site).glob("run-*"))  # no private state: nothing trained
         lines = read_audit(out / "sites" / site)

@@ -56,8 +56,8 @@ def test_results_follow_the_contract(federation):
         site = results["sites"][joint]
         assert site["joint"] == joint and site["cases"] == 1
         assert set(site["dice"]) == set(site["hd95"]) == set(site["assd"])
-    assert json.loads((out / "results.json").read_text()) == results
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert json.loads((out / "results.json").read_text(encoding="utf-8")) == results
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [line["round"] for line in lines] == [1, 2]
     assert all(set(line["sites"]) == set(JOINTS) and line["round_time_s"] > 0 for line in lines)
     # honest sites pass every update check; their update norms are logged
@@ -83,7 +83,9 @@ def test_no_case_id_reaches_the_server_and_every_site_audits_what_left_it(federa
         assert not [c for c in case_ids if c.encode() in content], path
     assert all("per_case" not in site for site in results["sites"].values())
     for joint in JOINTS:
-        audit = [json.loads(x) for x in (out / "sites" / joint / "audit.jsonl").read_text().splitlines()]
+        audit = [
+            json.loads(x) for x in (out / "sites" / joint / "audit.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
         assert {line["type"] for line in audit} == {"train", "evaluate"}
         assert sorted(line["round"] for line in audit if line["type"] == "train") == list(range(1, ROUNDS + 1))
         assert pedseg(["audit", str(out / "sites" / joint)]) == 0
@@ -140,14 +142,14 @@ def test_each_site_keeps_the_personalized_model_it_evaluated_for_pedseg_predict(
         assert pedseg(["evaluate", "--pred", str(predictions), "--ref", str(data / joint / "labelsTs"),
                        "--json", str(report)]) == 0
         # the same model on the same cases: the site's own score in results.json
-        scored = json.loads(report.read_text())
+        scored = json.loads(report.read_text(encoding="utf-8"))
         assert scored["mean_dice"] == pytest.approx(results["sites"][joint]["mean_dice"], abs=1e-6)
 
 
 def test_broken_site_is_refused_with_a_clear_message(federation, capfd):
     out, results, truncated = federation
     assert "broken" not in results["sites"]
-    log = (out / "logs" / "site-broken.log").read_text()
+    log = (out / "logs" / "site-broken.log").read_text(encoding="utf-8")
     assert f"{truncated}: cannot read NIfTI" in log and "Traceback" not in log
 
 
@@ -155,22 +157,22 @@ def test_the_default_federation_runs_tls_and_admits_only_registered_site_keys(fe
     out, _, _ = federation
     pki = out / "pki"
     assert all((pki / name).is_file() for name in ("ca.crt", "server.crt", "server.key"))
-    superlink_log = (out / "logs" / "superlink.log").read_text()
+    superlink_log = (out / "logs" / "superlink.log").read_text(encoding="utf-8")
     command = superlink_log.splitlines()[0]
     assert "--enable-supernode-auth" in command and "--ssl-certfile" in command and "--insecure" not in command
     assert "Uvicorn running on https://127.0.0.1:" in superlink_log
     for site in (*JOINTS, "broken"):
         assert (pki / "sites" / f"{site}.key").is_file()
-        log = (out / "logs" / f"site-{site}.log").read_text()
+        log = (out / "logs" / f"site-{site}.log").read_text(encoding="utf-8")
         assert "--insecure" not in log
         assert f"--root-certificates {pki / 'ca.crt'} --auth-key {pki / 'sites' / f'{site}.key'}" in log
     for site in JOINTS:  # each valid site's SuperNode started with the CA and its own key, and was admitted
-        log = (out / "logs" / f"site-{site}.log").read_text()
+        log = (out / "logs" / f"site-{site}.log").read_text(encoding="utf-8")
         key = pki / "sites" / f"{site}.key"
         assert f"--root-certificates {pki / 'ca.crt'} --auth-supernode-private-key {key}" in log
         assert "SuperNode ID:" in log
     assert superlink_log.count("Activated node_id=") >= len(JOINTS)
-    connection = (out / ".flower" / "cli" / "config.toml").read_text()
+    connection = (out / ".flower" / "cli" / "config.toml").read_text(encoding="utf-8")
     assert f'root-certificates = "{pki / "ca.crt"}"' in connection and "insecure" not in connection
 
 
@@ -202,7 +204,7 @@ def test_ctrl_c_stops_every_process_of_an_insecure_run(tmp_path, write_dataset):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local", *sites,
                              "--out", str(out), "--preset", "tiny", "--rounds", "50", "--insecure"],
-                            stderr=subprocess.PIPE, text=True, preexec_fn=take_ctrl_c)
+                            stderr=subprocess.PIPE, encoding="utf-8", errors="replace", preexec_fn=take_ctrl_c)
     connection = out / ".flower" / "cli" / "config.toml"
     deadline = time.monotonic() + 120
     while not connection.exists() and time.monotonic() < deadline:
@@ -212,7 +214,7 @@ def test_ctrl_c_stops_every_process_of_an_insecure_run(tmp_path, write_dataset):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert "warning: --insecure: no TLS and no SuperNode authentication" in err
-    assert "--insecure" in (out / "logs" / "superlink.log").read_text().splitlines()[0]
+    assert "--insecure" in (out / "logs" / "superlink.log").read_text(encoding="utf-8").splitlines()[0]
     assert not (out / "pki").exists()
     assert processes_using(out) == []
 
@@ -257,10 +259,10 @@ def federate_two_joints(tmp_path, joints, scheme, overrides, policy=None):
 def test_contrastive_federation_exchanges_prototypes_only_as_per_joint_means(tmp_path):
     """Its sites also approve pedseg's app by hash (`approved_apps`): the app `flwr run` sends passes the check."""
     policy = tmp_path / "policy.yaml"
-    policy.write_text(f"approved_apps: [{app_hash(APP_DIR)}]\nmin_prototype_slices: 16\n")
+    policy.write_text(f"approved_apps: [{app_hash(APP_DIR)}]\nmin_prototype_slices: 16\n", encoding="utf-8")
     results = federate_two_joints(tmp_path, ("ankle", "shoulder"), "contrastive", "", policy)
     assert results["scheme"] == "contrastive" and set(results["sites"]) == {"ankle", "shoulder"}
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     for line in lines:
         assert line["prototype_joints"] == ["ankle", "shoulder"]
         assert all(site["contrastive-loss"] >= 0 and site["prototype-slices"] >= 16 for site in line["sites"].values())
@@ -290,7 +292,7 @@ def test_sites_of_one_joint_pool_their_heads_and_keep_their_norms(tmp_path):
     out = tmp_path / "run"
     results = federate_local(sites, out, config, joints=joints, threads=1, keep_sent=True, progress=False)
     assert {s: r["joint"] for s, r in results["sites"].items()} == joints
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [line["pooled_heads"] for line in lines] == [[], ["knee"], ["knee"]]
     final = torch.load(out / "checkpoints" / "global_final.pt", weights_only=True)
     assert set(final["joint_heads"]) == {"knee"}
@@ -310,7 +312,7 @@ def test_sites_of_one_joint_pool_their_heads_and_keep_their_norms(tmp_path):
 def test_full_scheme_learns_the_prior_first_then_segments_with_it(tmp_path):
     results = federate_two_joints(tmp_path, ("ankle", "knee"), "full", "prior.epochs=2")
     assert results["scheme"] == "full" and set(results["sites"]) == {"ankle", "knee"}
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     prior, segmentation = lines[:2], lines[2:]
     assert [line["stage"] for line in prior] == ["prior", "prior"]
     assert all(line["prior-recon-last"] > 0 for line in prior)
@@ -333,7 +335,7 @@ def test_a_new_hospital_adapts_the_federation_model(federation, tmp_path, capsys
     common = ["adapt", "--weights", str(weights), "--joint", "knee", "--data", str(data), "--steps", "3"]
     assert pedseg([*common, "--out", str(frozen), "--cases", "1", "--site", "new-knee"]) == 0
     assert pedseg([*common, "--out", str(tuned), "--fine-tune-shared"]) == 0
-    results = json.loads((frozen / "results.json").read_text())
+    results = json.loads((frozen / "results.json").read_text(encoding="utf-8"))
     assert results["mode"] == "adapted" and len(results["train_cases"]) == 1 and set(results["sites"]) == {"new-knee"}
     assert set(results["sites"]["new-knee"]["dice"]) == {"femur", "tibia", "patella"}
     assert results["sites"]["new-knee"]["cases"] == 1

@@ -20,13 +20,13 @@ def test_a_dp_policy_spends_at_most_its_epsilon(tmp_path):
     data = tmp_path / "data"
     assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "3", "--test", "1"]) == 0
     policy = tmp_path / "policy.yaml"
-    policy.write_text("dp:\n  epsilon: 8.0\n  delta: 1.0e-5\n  max_grad_norm: 1.0\n")
+    policy.write_text("dp:\n  epsilon: 8.0\n  delta: 1.0e-5\n  max_grad_norm: 1.0\n", encoding="utf-8")
     config = {"preset": "tiny", "scheme": "full", "num-server-rounds": ROUNDS,
               "overrides": "train.steps_per_epoch=3 model.norm=group prior.epochs=2 prior.steps_per_epoch=3"}
     out = tmp_path / "run"
     results = federate_local({"ankle": data / "ankle", "knee": data / "knee"}, out, config, threads=1,
                              progress=False, policy=policy)
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     prior = [r for r in lines if r.get("stage") == "prior"]
     assert [r["round"] for r in prior] == [1, 2] and not any("prior-recon-last" in r for r in prior)
     records = [r for r in lines if "sites" in r]

@@ -64,5 +64,5 @@ def test_a_simulation_runs_on_an_existing_ray_cluster_and_leaves_it_running(ray_
     assert (out / "results.json").is_file()
     assert head.poll() is None  # the cluster is the user's: still up
     # the sites ran as Flower's actors in the cluster's workers (Ray names an actor at the top of its log)
-    logs = [w.read_text(errors="replace") for w in temp.glob("session_*/logs/worker-*.out")]
+    logs = [w.read_text(errors="replace", encoding="utf-8") for w in temp.glob("session_*/logs/worker-*.out")]
     assert any(":actor_name:ClientAppActor\n" in log[:200] for log in logs), [log[:80] for log in logs]

@@ -73,4 +73,4 @@ def test_markdown_lists_every_cell_and_test(tmp_path):
     assert "| federated-full-fedavg | 0.750 ± 0.050 | 1.000 ± 0.000 | **0.875** |" in text
     assert "| centralized-full | federated-full-fedavg | 3 | +0.0250 |" in text
     report.write_csv(tmp_path / "s.csv", report.build_report(rows, cells)["summary"])
-    assert (tmp_path / "s.csv").read_text().splitlines()[0].startswith("cell,joint,bone,n,dice_mean")
+    assert (tmp_path / "s.csv").read_text(encoding="utf-8").splitlines()[0].startswith("cell,joint,bone,n,dice_mean")

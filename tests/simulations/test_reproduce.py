@@ -52,7 +52,7 @@ def test_every_cell_is_tested_on_the_same_cases(reproduction):
     assert ("federated-full-fedavg", "centralized-full", 4) in tests
     assert {r["cell"] for r in content["federated_over_centralized"]} == {"federated-full-fedavg",
                                                                           "federated-shared-fedavg"}
-    markdown = (out / "results.md").read_text()
+    markdown = (out / "results.md").read_text(encoding="utf-8")
     assert all(f"| {cell} |" in markdown for cell in CELL_NAMES)
 
 
@@ -62,8 +62,11 @@ def test_federated_shared_averages_the_whole_model(reproduction):
     assert [d.name for d in domains] == ["shared"]
     assert list(domains[0].labels) == ["background", "ankle/tibia", "ankle/talus", "ankle/calcaneus",
                                        "knee/femur", "knee/tibia", "knee/patella"]
-    lines = [json.loads(x) for x in (run_dir(out, "federated-shared-fedavg") / "metrics.jsonl").read_text().split("\n")
-             if x]
+    lines = [
+        json.loads(x)
+        for x in (run_dir(out, "federated-shared-fedavg") / "metrics.jsonl").read_text(encoding="utf-8").split("\n")
+        if x
+    ]
     assert all(line["aggregated_keys"] == len(model.state_dict()) for line in lines)  # norms and head too
     final = torch.load(run_dir(out, "federated-shared-fedavg") / "checkpoints" / "global_final.pt", weights_only=True)
     torch.testing.assert_close(final["shared_state_dict"], dict(model.state_dict()))
@@ -77,7 +80,7 @@ def test_a_rerun_resumes_and_redoes_only_an_interrupted_cell(reproduction, capsy
     reproduce(data, out, "tiny", 1, SETTINGS, CELL_NAMES)
     assert kept.stat().st_mtime_ns == before
     assert (run_dir(out, "centralized-individual") / "results.json").is_file()
-    finished = [json.loads(x)["cell"] for x in (out / "cells.jsonl").read_text().splitlines()]
+    finished = [json.loads(x)["cell"] for x in (out / "cells.jsonl").read_text(encoding="utf-8").splitlines()]
     assert finished == ["centralized-individual", "centralized-full", "federated-full-fedavg",
                         "federated-shared-fedavg", "centralized-individual"]
     assert "federated-full-fedavg: finished earlier, kept" in capsys.readouterr().out

@@ -24,10 +24,10 @@ def recording_app_dir(root: Path) -> Path:
     """pedseg's Flower app with the recording ServerApp in place of its own (pyproject derived from pedseg's)."""
     app = root / "recording-app"
     app.mkdir()
-    pyproject = (APP_DIR / "pyproject.toml").read_text()
+    pyproject = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
     assert 'serverapp = "server.app:app"' in pyproject
     (app / "pyproject.toml").write_text(pyproject.replace('serverapp = "server.app:app"',
-                                                          'serverapp = "recording_server:app"'))
+                                                          'serverapp = "recording_server:app"'), encoding="utf-8")
     shutil.copy(Path(__file__).with_name("recording_server.py"), app / "recording_server.py")
     return app
 
@@ -47,7 +47,7 @@ def test_the_server_learns_only_the_mean_of_the_shared_weights(tmp_path):
     results = federate_local({j: data / j for j in JOINTS}, out, config, threads=1, keep_sent=True,
                              progress=False, app_dir=recording_app_dir(tmp_path))
     assert set(results["sites"]) == set(JOINTS)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["secure_aggregation"]["sites"] for r in records] == [3] * ROUNDS
     assert all(r["update_norms"] == {} and set(r["sites"]) == set(JOINTS) for r in records)
 

@@ -30,13 +30,13 @@ def test_simulation_matches_the_local_contract_with_fp16_messages(tmp_path):
         "ankle-1": "ankle", "ankle-2": "ankle", "knee-1": "knee", "knee-2": "knee"}
     # on the researcher's own data the simulation opts in to per-case metrics (for the paired tests)
     assert all(len(r["per_case"]) == r["cases"] for r in results["sites"].values())
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [line["round"] for line in lines] == [1, 2]
     assert all(line["sites"][s]["num-examples"] == 2 * 4 for line in lines for s in results["sites"])
     assert lines[1]["pooled_heads"] == ["ankle", "knee"]  # split sites of one joint pool their heads
     assert [p.pid for p in psutil.process_iter() if started_here(p, out)] == []
     for site in results["sites"]:  # the shared weights left every site as fp16 updates; the server kept fp32
-        audit = [json.loads(x) for x in (out / "sites" / site / "audit.jsonl").read_text().splitlines()]
+        audit = [json.loads(x) for x in (out / "sites" / site / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
         shared = [a for line in audit if line["type"] == "train" for a in line["arrays"] if a["record"] == "arrays"]
         assert shared and {a["dtype"] for a in shared} == {"float16"}
     final = torch.load(out / "checkpoints" / "global_final.pt", weights_only=True)["shared_state_dict"]

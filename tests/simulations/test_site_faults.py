@@ -37,7 +37,7 @@ STEPS = 3
 
 def lines(out: Path) -> list[dict]:
     metrics = out / "metrics.jsonl"
-    return [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+    return [json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines()] if metrics.exists() else []
 
 
 def wait_for(condition, timeout: float, what: str):
@@ -63,7 +63,7 @@ def federate(data: Path, out: Path, joints: tuple[str, ...], rounds: int, *extra
     return subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local", *sites, "--out", str(out),
                              "--preset", "tiny", "--scheme", "multi-domain", "--rounds", str(rounds),
                              "--set", f"train.steps_per_epoch={STEPS}", "--threads", "1", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,9 @@ def test_a_killed_site_is_named_the_run_goes_on_and_the_restarted_site_rejoins(d
     run = federate(data, out, ("ankle", "knee", "shoulder"), 7, "--min-sites", "2")
     wait_for(lambda: len(lines(out)) >= 1, 300, "the first round")
     client, pids = site_processes(run.pid, "shoulder")
-    command = shlex.split((out / "logs" / "site-shoulder.log").read_text().splitlines()[0].removeprefix("$ "))
+    command = shlex.split(
+        (out / "logs" / "site-shoulder.log").read_text(encoding="utf-8").splitlines()[0].removeprefix("$ ")
+    )
     for pid in pids:  # pedseg-client and its SuperNode, SIGKILLed
         try:
             psutil.Process(pid).kill()
@@ -93,7 +95,7 @@ def test_a_killed_site_is_named_the_run_goes_on_and_the_restarted_site_rejoins(d
 
     first_missing = wait_for(missing_round, 240, "a round that names the killed site")
     restarted = subprocess.Popen(command, env=flower_env(out / "sites" / "shoulder" / "flwr-home"),
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
     try:
         stdout, stderr = run.communicate(timeout=600)
     finally:
@@ -109,7 +111,7 @@ def test_a_killed_site_is_named_the_run_goes_on_and_the_restarted_site_rejoins(d
     back = [r["round"] for r in records if "shoulder" in r["sites"]]
     assert first_missing in missing and any(r > max(missing) for r in back), (missing, back)
     assert all(set(r["sites"]) >= {"ankle", "knee"} for r in records)
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert set(results["sites"]) == {"ankle", "knee", "shoulder"}
     # the rejoined site continued from its private layers: its BatchNorm counted the steps of every round it
     # trained before and after (one more when it was killed after saving them but before its reply came)
@@ -172,7 +174,7 @@ def test_a_killed_run_is_completed_by_resume(data, tmp_path):
     assert not (out / "results.json").exists()
 
     resumed = subprocess.run([sys.executable, "-m", "pedseg_core.cli", "federate", "--resume", str(out)],
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr and "after round 2 of 4" in resumed.stderr
     records = lines(out)
@@ -184,7 +186,7 @@ def test_a_killed_run_is_completed_by_resume(data, tmp_path):
     assert set(round3["sites"]) == {"ankle-a", "ankle-b", "knee"} and round3["pooled_heads"] == ["ankle"]
     # round 2's evaluation was still to come at the kill: it came with round 3's replies, into round 2's line
     assert round2["evaluation"]["sites"].keys() == {"ankle-a", "ankle-b", "knee"}
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert set(results["sites"]) == {"ankle-a", "ankle-b", "knee"} and results["rounds"] == 4
     # each site kept one private store: the resumed run's messages named the first run
     for site in ("ankle-a", "ankle-b", "knee"):
@@ -239,7 +241,7 @@ def test_a_superlink_restarted_with_its_database_continues_the_run(data, tmp_pat
     records = lines(out)
     assert [r["round"] for r in records if "event" not in r] == [1, 2, 3, 4, 5]
     assert all(set(r["sites"]) == set(sites) for r in records if "event" not in r)
-    assert json.loads((out / "results.json").read_text())["rounds"] == 5
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["rounds"] == 5
     for site in sites:  # the sites kept the private layers of the first run: one store each
         (store,) = (out / "sites" / site).glob("run-*")
         assert store.name == f"run-{first}"

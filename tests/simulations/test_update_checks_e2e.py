@@ -28,12 +28,12 @@ def corrupting_app_dir(root: Path) -> Path:
     """pedseg's Flower app with the corrupting ClientApp in place of its own (pyproject derived from pedseg's)."""
     app = root / "corrupting-app"
     app.mkdir()
-    pyproject = (APP_DIR / "pyproject.toml").read_text()
+    pyproject = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
     assert 'clientapp = "client.app:app"' in pyproject and "[tool.flwr.app.config]\n" in pyproject
     pyproject = pyproject.replace('clientapp = "client.app:app"', 'clientapp = "corrupting_client:app"')
     pyproject = pyproject.replace("[tool.flwr.app.config]\n",
                                   '[tool.flwr.app.config]\ncorrupt-site = ""\ncorruptions-json = ""\n')
-    (app / "pyproject.toml").write_text(pyproject)
+    (app / "pyproject.toml").write_text(pyproject, encoding="utf-8")
     shutil.copy(Path(__file__).with_name("corrupting_client.py"), app / "corrupting_client.py")
     return app
 
@@ -48,7 +48,7 @@ def test_every_corrupted_update_is_rejected_and_the_run_completes(tmp_path):
     out = tmp_path / "run"
     results = federate_local({"ankle": data / "ankle", "knee": data / "knee"}, out, config, threads=1,
                              progress=False, app_dir=corrupting_app_dir(tmp_path))
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["round"] for r in records] == list(range(1, 8))
     assert set(records[0]["sites"]) == {"ankle", "knee"} and records[0]["rejected"] == []
     for record in records[1:]:

@@ -150,11 +150,11 @@ def test_import_writes_metadata_without_identifying_tags(two_series, tmp_path):
     dicom, _, _ = two_series
     out = tmp_path / "out"
     import_dicom(dicom, out, "ankle")
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "MRI"}
     assert meta["labels"] == joint_labels("ankle")
     assert meta["file_ending"] == ".nii.gz" and meta["numTraining"] == 0 and meta["numTest"] == 2
-    rows = [line.split("\t") for line in (out / "series.tsv").read_text().splitlines()]
+    rows = [line.split("\t") for line in (out / "series.tsv").read_text(encoding="utf-8").splitlines()]
     assert rows == [
         ["case_id", "source", "series_instance_uid"],
         ["ankle_001", "patient/pd", "1.2.826.0.1.3680043.2.1125.1.2"],
@@ -208,7 +208,7 @@ def test_several_series_in_one_folder(tmp_path):
     assert [(case.series_uid, case.source) for case in report.cases] == [("1.2.3.1", dicom), ("1.2.3.2", dicom)]
     np.testing.assert_array_equal(np.asanyarray(nib.load(report.cases[0].image).dataobj), small)
     np.testing.assert_array_equal(np.asanyarray(nib.load(report.cases[1].image).dataobj), large)
-    assert (tmp_path / "out" / "series.tsv").read_text().splitlines()[1] == "knee_001\t.\t1.2.3.1"
+    assert (tmp_path / "out" / "series.tsv").read_text(encoding="utf-8").splitlines()[1] == "knee_001\t.\t1.2.3.1"
 
 
 def test_single_multi_frame_file(tmp_path):
@@ -349,7 +349,7 @@ def test_no_dicom(tmp_path, content):
     dicom = tmp_path / "dicom"
     (dicom / "sub").mkdir(parents=True)
     if content:
-        (dicom / "sub" / content).write_text("not DICOM")
+        (dicom / "sub" / content).write_text("not DICOM", encoding="utf-8")
     with pytest.raises(PedsegError, match="no DICOM series found") as error:
         import_dicom(dicom, tmp_path / "out", "knee")
     assert str(error.value).startswith(f"{dicom}: ") and "\n" not in str(error.value)
@@ -359,7 +359,7 @@ def test_no_dicom(tmp_path, content):
 def test_bad_arguments(tmp_path):
     with pytest.raises(PedsegError, match="no such folder"):
         import_dicom(tmp_path / "missing", tmp_path / "out", "knee")
-    (tmp_path / "file").write_text("x")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
     with pytest.raises(PedsegError, match="not a folder"):
         import_dicom(tmp_path / "file", tmp_path / "out", "knee")
     with pytest.raises(PedsegError, match="unknown joint 'elbow'"):
@@ -371,14 +371,14 @@ def test_existing_outputs_are_kept_unless_overwrite(two_series, tmp_path):
     out = tmp_path / "out"
     import_dicom(dicom, out, "knee")
     before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
-    (out / "series.tsv").write_text("edited\n")
+    (out / "series.tsv").write_text("edited\n", encoding="utf-8")
     before[out / "series.tsv"] = b"edited\n"
     with pytest.raises(PedsegError, match=r"dataset.json: already exists \(4 output file\(s\) would be overwritten"):
         import_dicom(dicom, out, "knee")
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
 
     report = import_dicom(dicom, out, "knee", overwrite=True)
-    assert len(report.cases) == 2 and (out / "series.tsv").read_text().startswith("case_id\t")
+    assert len(report.cases) == 2 and (out / "series.tsv").read_text(encoding="utf-8").startswith("case_id\t")
     assert sorted(path.name for path in out.rglob(".*")) == []  # no temporary files left
 
     stale = out / "imagesTs" / "knee_003_0000.nii.gz"

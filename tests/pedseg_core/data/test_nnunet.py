@@ -12,9 +12,9 @@ from pedseg_core.errors import DatasetError, PedsegError
 
 def _edit_json(root, **changes):
     path = root / "dataset.json"
-    metadata = json.loads(path.read_text())
+    metadata = json.loads(path.read_text(encoding="utf-8"))
     metadata.update(changes)
-    path.write_text(json.dumps(metadata))
+    path.write_text(json.dumps(metadata), encoding="utf-8")
 
 
 def test_read_dataset_pairs_images_and_labels(write_dataset):
@@ -48,7 +48,7 @@ def test_test_images_without_labels(write_dataset):
 
 def test_unrelated_files_are_ignored(write_dataset):
     root = write_dataset()
-    (root / "imagesTr" / "README.txt").write_text("notes")
+    (root / "imagesTr" / "README.txt").write_text("notes", encoding="utf-8")
     (root / "imagesTr" / ".DS_Store").write_bytes(b"\0")
     (root / "imagesTr" / "._case_000_0000.nii.gz").write_bytes(b"\0")
     (root / "labelsTr" / "old").mkdir()
@@ -65,7 +65,7 @@ def test_read_dataset_reads_no_image_data(write_dataset):
     "breaks, expected",
     [
         (lambda root: (root / "dataset.json").unlink(), "dataset.json: missing"),
-        (lambda root: (root / "dataset.json").write_text("{"), "dataset.json: not valid JSON"),
+        (lambda root: (root / "dataset.json").write_text("{", encoding="utf-8"), "dataset.json: not valid JSON"),
         (lambda root: _edit_json(root, channel_names=None), "missing required key(s): channel_names"),
         (lambda root: (root / "labelsTr/case_000.nii.gz").unlink(), "case_000_0000.nii.gz: missing label"),
     ],

@@ -48,7 +48,7 @@ def test_layout_and_dataset_json(datasets):
     assert set(datasets) == set(JOINT_BONES)
     for joint, root in datasets.items():
         assert root.name == joint
-        metadata = json.loads((root / "dataset.json").read_text())
+        metadata = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
         assert metadata["name"] == metadata["joint"] == joint
         assert metadata["labels"] == joint_labels(joint)
         assert metadata["channel_names"] == {"0": "MRI"}
@@ -125,13 +125,13 @@ def test_deterministic_by_seed(datasets, tmp_path):
 def test_refuses_non_empty_output_and_leaves_it_alone(tmp_path):
     target = tmp_path / "knee"
     target.mkdir()
-    (target / "keep.txt").write_text("mine")
+    (target / "keep.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(PedsegError, match="not empty"):
         synthesize_joint(target, "knee", 1, 0, SEED)
     with pytest.raises(PedsegError, match="not empty"):
         synthesize(tmp_path, ["ankle", "knee"], 1, 0, SEED)
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
-    assert (target / "keep.txt").read_text() == "mine"
+    assert (target / "keep.txt").read_text(encoding="utf-8") == "mine"
     assert not (tmp_path / "ankle").exists()  # nothing written before the check failed
 
 

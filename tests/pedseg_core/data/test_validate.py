@@ -31,9 +31,9 @@ def _rewrite(path, change):
 
 
 def _edit_json(root, **changes):
-    metadata = json.loads((root / "dataset.json").read_text())
+    metadata = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     metadata.update(changes)
-    (root / "dataset.json").write_text(json.dumps(metadata))
+    (root / "dataset.json").write_text(json.dumps(metadata), encoding="utf-8")
 
 
 def _corrupt_gzip(path):
@@ -130,13 +130,17 @@ BROKEN = {
     ),
     "missing-dataset-json": (lambda root: (root / "dataset.json").unlink(), "dataset.json", "missing"),
     "invalid-json": (
-        lambda root: (root / "dataset.json").write_text('{"labels"'),
+        lambda root: (root / "dataset.json").write_text('{"labels"', encoding="utf-8"),
         "dataset.json",
         "not valid JSON",
     ),
-    "json-not-object": (lambda root: (root / "dataset.json").write_text("[]"), "dataset.json", "JSON object"),
+    "json-not-object": (
+        lambda root: (root / "dataset.json").write_text("[]", encoding="utf-8"),
+        "dataset.json",
+        "JSON object",
+    ),
     "missing-keys": (
-        lambda root: (root / "dataset.json").write_text("{}"),
+        lambda root: (root / "dataset.json").write_text("{}", encoding="utf-8"),
         "dataset.json",
         "missing required key(s): labels, channel_names, file_ending",
     ),
@@ -227,7 +231,7 @@ def test_summary_names_cases_with_another_through_plane_axis(write_dataset):
         lambda root: _rewrite(root / LABEL, lambda data, affine: (data.astype(np.float32), affine)),
         lambda root: _rewrite(root / LABEL, lambda data, affine: (np.zeros_like(data), affine)),
         lambda root: _rewrite(root / LABEL, lambda data, affine: (data, affine + 1e-5)),
-        lambda root: (root / "imagesTr/README.txt").write_text("notes"),
+        lambda root: (root / "imagesTr/README.txt").write_text("notes", encoding="utf-8"),
         lambda root: shutil.rmtree(root / "labelsTs"),
     ],
     ids=[
@@ -264,7 +268,7 @@ def test_collects_all_problems_at_once(write_dataset):
 
 @pytest.mark.parametrize("make_root", [lambda tmp: tmp / "absent", lambda tmp: tmp / "file.txt"])
 def test_root_not_a_dataset_folder(tmp_path, make_root):
-    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "file.txt").write_text("x", encoding="utf-8")
     root = make_root(tmp_path)
     report = check_dataset(root)
     assert not report.ok and report.problems[0].startswith(f"{root}: ")

@@ -23,7 +23,7 @@ def test_a_continued_run_cuts_the_lines_after_its_checkpoint(tmp_path):
     checkpoint = run.metrics_bytes()
     run.log({"round": 2})  # written after the last server state: this round is trained again
     RunDir(tmp_path / "run").reopen(cfg, checkpoint).log({"round": 2, "again": True})
-    assert run.metrics_path.read_text().splitlines() == ['{"round": 1}', '{"round": 2, "again": true}']
+    assert run.metrics_path.read_text(encoding="utf-8").splitlines() == ['{"round": 1}', '{"round": 2, "again": true}']
 
 
 def test_a_continued_run_refuses_other_settings_naming_them(tmp_path):

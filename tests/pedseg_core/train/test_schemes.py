@@ -27,7 +27,7 @@ def test_scheme_trains_evaluates_and_saves(scheme, data, tmp_path):
     results = train_centralized(data, tiny(scheme), tmp_path / "run", progress=False)
     assert results["scheme"] == scheme and set(results["sites"]) == {"ankle", "shoulder"}
     assert set(results["sites"]["ankle"]["dice"]) == {"tibia", "talus", "calcaneus"}
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     per_joint = scheme in ("individual", "transfer")
     assert len(lines) == 2 * (2 if per_joint else 1) + (scheme == "full")
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name != "shape_prior.pt")
