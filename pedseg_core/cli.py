@@ -177,7 +177,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = list_images(Path(args.input))
     outputs = predict_files(model, domain, images, Path(args.out), cfg.data, cfg.eval.batch_size,
                             overwrite=args.overwrite, largest_component=not args.keep_all_components,
-                            mesh_bones=domains[domain].bones if args.meshes else None)
+                            mesh_bones=domains[domain].bones if args.meshes else None,
+                            min_fraction=cfg.eval.component_min_fraction)
     print(f"wrote {len(outputs)} label volume(s) to {args.out}")
     if args.meshes:
         print(f"wrote surface meshes (STL, scanner LPS mm, one per bone and case) to {Path(args.out) / 'meshes'}")
@@ -366,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--meshes", action="store_true", help="also one STL surface mesh per bone and case in "
                          "OUT/meshes/ (scanner coordinates in mm, LPS as 3D Slicer reads them)")
     predict.add_argument("--keep-all-components", action="store_true",
-                         help="no post-processing (default: each bone keeps its largest 3D connected component)")
+                         help="no post-processing (default: each bone keeps its largest 3D connected components, "
+                         "stray islands removed)")
     predict.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one) | cpu | cuda:N")
     predict.set_defaults(func=cmd_predict)
 

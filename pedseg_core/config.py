@@ -94,7 +94,8 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 16
     recalibration_slices: int = 256  # federated: BatchNorm statistics re-estimated on at most this many slices
-    largest_component: bool = True  # each predicted bone keeps its largest 3D connected component
+    largest_component: bool = True  # each predicted bone loses its stray islands (evaluate/postprocess.py)
+    component_min_fraction: float = 0.1  # ... keeping its largest 3D component and those >= this fraction of it
 
 
 @dataclass
@@ -234,6 +235,9 @@ def _validate(cfg: PedsegConfig) -> None:
         raise PedsegError(f"federation.strategy must be fedavg or fedprox, got '{cfg.federation.strategy}'")
     if cfg.data.folds < 1 or not 0 <= cfg.data.fold < cfg.data.folds:
         raise PedsegError(f"data.fold must lie in 0..data.folds-1, got fold {cfg.data.fold} of {cfg.data.folds}")
+    if not 0.0 < cfg.eval.component_min_fraction <= 1.0:
+        raise PedsegError(f"eval.component_min_fraction must lie in (0, 1] (1 keeps each bone's largest component "
+                          f"only), got {cfg.eval.component_min_fraction}")
     if len(cfg.model.decoder_channels) != 5:
         raise PedsegError("model.decoder_channels must list 5 widths (one per ResNet stage)")
     _validate_federation(cfg.federation)

@@ -15,7 +15,7 @@ from pedseg_core.data.preprocess import logits_to_volume, prepare_image
 from pedseg_core.device import device_of
 from pedseg_core.errors import PedsegError
 from pedseg_core.evaluate.meshes import mesh_paths, write_meshes
-from pedseg_core.evaluate.postprocess import keep_largest_components
+from pedseg_core.evaluate.postprocess import MIN_FRACTION, keep_largest_components
 from pedseg_core.model.unet import MultiDomainUNet
 from pedseg_core.progress import progress_bar
 
@@ -24,16 +24,18 @@ MESHES_FOLDER = "meshes"  # `pedseg predict --meshes`: OUT/meshes/<case>_<bone>.
 
 @torch.no_grad()
 def predict_volume(model: MultiDomainUNet, domain: int, volume: np.ndarray, spacing: Sequence[float],
-                   cfg: DataConfig, batch_size: int, largest_component: bool = True) -> np.ndarray:
+                   cfg: DataConfig, batch_size: int, largest_component: bool = True,
+                   min_fraction: float = MIN_FRACTION) -> np.ndarray:
     """volume [X, Y, Z] -> uint8 labels [X, Y, Z] (same shape), slicing along the largest spacing; with
-    `largest_component`, each class keeps its largest 3D connected component (`evaluate.postprocess`)."""
+    `largest_component`, each class keeps its largest 3D connected component and those of at least
+    `min_fraction` of its size (`evaluate.postprocess`)."""
     model.eval()
     slices, geometry = prepare_image(volume, tuple(spacing), cfg)
     device = device_of(model)
     logits = torch.cat([model(slices[i:i + batch_size].to(device), domain).cpu()
                         for i in range(0, len(slices), batch_size)])
     labels = logits_to_volume(logits, geometry)
-    return keep_largest_components(labels, range(1, logits.shape[1])) if largest_component else labels
+    return keep_largest_components(labels, range(1, logits.shape[1]), min_fraction) if largest_component else labels
 
 
 def read_image(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -88,7 +90,8 @@ def output_paths(images: Sequence[Path], out_dir: Path, overwrite: bool) -> list
 
 def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], out_dir: Path,
                   cfg: DataConfig, batch_size: int, overwrite: bool = False, progress: bool = True,
-                  largest_component: bool = True, mesh_bones: Mapping[str, int] | None = None) -> list[Path]:
+                  largest_component: bool = True, mesh_bones: Mapping[str, int] | None = None,
+                  min_fraction: float = MIN_FRACTION) -> list[Path]:
     """Write one uint8 label NIfTI per image, with the image's shape, affine and header geometry; with
     `mesh_bones` (bone -> label value), also one STL surface per bone and case in `out_dir/meshes/`
     (`evaluate.meshes`: scanner coordinates, mm)."""
@@ -103,7 +106,8 @@ def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], o
     out_dir.mkdir(parents=True, exist_ok=True)
     for image_path, out_path in progress_bar(list(zip(images, outputs)), "predict", progress, unit="case"):
         img, volume = read_image(image_path)
-        labels = predict_volume(model, domain, volume, voxel_spacing(img.affine), cfg, batch_size, largest_component)
+        labels = predict_volume(model, domain, volume, voxel_spacing(img.affine), cfg, batch_size, largest_component,
+                                min_fraction)
         header = img.header.copy()
         header.set_data_dtype(np.uint8)
         header["scl_slope"], header["scl_inter"] = 1.0, 0.0

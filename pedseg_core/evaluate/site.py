@@ -26,7 +26,7 @@ def evaluate_site(model: MultiDomainUNet, domain: int, joint: str, cases: Sequen
     for case in cases:
         image, label, spacing, affine = read_case(case)
         pred = predict_volume(model, domain, image, spacing, cfg.data, cfg.eval.batch_size,
-                              cfg.eval.largest_component)
+                              cfg.eval.largest_component, cfg.eval.component_min_fraction)
         if label_lut is not None:
             pred = label_lut[pred]
         per_case[case.case_id] = case_metrics(pred, label, bones, spacing)
