@@ -37,6 +37,8 @@ BENCHMARKS = {
     "fault_runs": "resumed and site-killed runs against an uninterrupted one",
     "precision_dice": "train.precision auto against fp32: Dice",
     "dp_dice": "DP-SGD at epsilon 8 and 1 against no DP: Dice and time",
+    "postprocess_heldout": "held-out HD95 and Dice before and after post-processing",
+    "adapt_new_site": "a left-out hospital adapted with 2 and 5 cases against the federation's site",
 }
 SECTION = re.compile(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->\n", re.DOTALL)
 
