@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m simulations.demo --out $(DEMO_DIR)
+	$(BIN)/python -m pedseg.demo --out $(DEMO_DIR)
 
 # The paper's ablation on synthetic data (13 cells; resumes when re-run): see README, "Reproduction".
 reproduce: $(STAMP)

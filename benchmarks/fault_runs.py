@@ -43,7 +43,7 @@ def kill_tree(root: psutil.Process) -> None:
 
 
 def federate(data: Path, out: Path, args: argparse.Namespace, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local",
+    return subprocess.Popen([sys.executable, "-m", "pedseg", "federate", "--local",
                              *(f"--data={j}={data / j}" for j in JOINTS), "--out", str(out), "--preset", args.preset,
                              "--rounds", str(args.rounds), "--scheme", "full", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
@@ -94,7 +94,7 @@ def main() -> None:
     run = federate(data, work / "resumed", args)
     wait_for_round(work / "resumed", run, args.kill_after)
     kill_tree(psutil.Process(run.pid))
-    resumed = subprocess.run([sys.executable, "-m", "pedseg_core.cli", "federate", "--resume", str(work / "resumed")],
+    resumed = subprocess.run([sys.executable, "-m", "pedseg", "federate", "--resume", str(work / "resumed")],
                              capture_output=True, encoding="utf-8", errors="replace")
     if resumed.returncode != 0:
         raise SystemExit(f"resume failed: {resumed.stderr[-800:]}")

@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from client.approved_app import app_hash, launcher_env
-from client.flower_processes import flower_env, free_port, split_address, wait_for_port
-from client.process_guard import start_guarded, stop_guarded
 from client.supernode_log import SupernodeLog
 from client.worker_supervisor import install_launcher
-from pedseg_core.cli import EXIT_USER_ERROR, report_error
 from pedseg_core.data.validate import check_dataset
-from pedseg_core.errors import PedsegError
+from pedseg_core.errors import EXIT_USER_ERROR, PedsegError, report_error
 from pedseg_core.policy import describe_policy, load_policy
+from pedseg_core.processes.flower_env import flower_env
+from pedseg_core.processes.guard import start_guarded, stop_guarded
+from pedseg_core.processes.ports import free_port, split_address, wait_for_port
 
 PROG = "pedseg-client"
 PEDSEG_APP_DIR = Path(__file__).resolve().parents[1]  # the project root: pyproject.toml with [tool.flwr.app]

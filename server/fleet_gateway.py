@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from client.flower_processes import split_address
+from pedseg_core.processes.ports import split_address
 
 PROG = "pedseg-fleet-gateway"
 HEALTH = ("GET", "/health")

@@ -22,16 +22,18 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from client.flower_processes import flower_env, flower_tool, free_port
-from client.process_guard import start_guarded, stop_guarded
 from pedseg_core.config import config_from_run_config
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import PedsegError
 from pedseg_core.policy import load_policy
+from pedseg_core.processes.flower_env import flower_env, flower_tool
+from pedseg_core.processes.guard import start_guarded, stop_guarded
+from pedseg_core.processes.ports import free_port
 from pedseg_core.progress import progress_bar
 from pedseg_core.train.run_dir import write_json
 from server.run_state import load_run_state
 from simulations.run_pki import RunPKI, make_run_pki
+from simulations.site_dirs import site_state_dir
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the project root: pyproject.toml with [tool.flwr.app]
 CONNECTION = "pedseg-local"
@@ -284,10 +286,10 @@ def run_local(launch: LocalLaunch, out: Path, pki: RunPKI | None, sites: list[st
             fed.start(f"site-{site}", [
                 sys.executable, "-m", "client.cli", "--site", site, "--joint", launch.joints[site],
                 "--data", path, "--superlink", f"127.0.0.1:{port}", *security,
-                "--state-dir", str(out / "sites" / site), "--connect-timeout", "30",
+                "--state-dir", str(site_state_dir(out, site)), "--connect-timeout", "30",
                 "--threads", str(launch.threads or max(1, (os.cpu_count() or 1) // len(launch.data))),
                 *(["--keep-sent"] if launch.keep_sent else []), *(["--policy", launch.policy] if launch.policy else []),
-            ], flower_env(out / "sites" / site / "flwr-home"))
+            ], flower_env(site_state_dir(out, site) / "flwr-home"))
         return submit_and_follow(fed, Path(launch.app_dir), {**launch.app_config, **run_dir_config}, sites, rounds,
                                  progress)
     finally:

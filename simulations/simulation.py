@@ -32,6 +32,7 @@ from simulations.local import (
     valid_sites,
 )
 from simulations.run_pki import make_run_pki
+from simulations.site_dirs import site_state_dir
 
 CONNECTION = "pedseg-simulation"
 # Ray treats a machine as a single-node "cluster" on its loopback address when clusters are disabled.
@@ -46,7 +47,7 @@ def virtual_sites(data: dict[str, Path], joints: dict[str, str], sites_per_joint
         for part in range(sites_per_joint):
             name = site if sites_per_joint == 1 else f"{site}-{part + 1}"
             table.append({"site": name, "joint": joints.get(site, site), "data-dir": str(Path(path).resolve()),
-                          "state-dir": str(out / "sites" / name), "part": part, "parts": sites_per_joint,
+                          "state-dir": str(site_state_dir(out, name)), "part": part, "parts": sites_per_joint,
                           "threads": threads, "policy": str(policy)})
     return table
 

@@ -11,17 +11,25 @@ from torch import Tensor
 
 from pedseg_core.torch_files import save_atomically
 
+RUN_FOLDER = "run-{run}"
+MODEL_FILE = "model.pt"
+
 
 class PrivateStore:
     """`<state_dir>/run-<run>/`: `private.pt`, `optimizer.pt`, `privacy.pt`, `model.pt` and `sent/`, each file written
     atomically (temporary file, then rename)."""
 
     def __init__(self, state_dir: Path, run: str) -> None:
-        self.path = Path(state_dir) / f"run-{run}" / "private.pt"
+        self.path = Path(state_dir) / RUN_FOLDER.format(run=run) / "private.pt"
         self.optimizer_path = self.path.parent / "optimizer.pt"
         self.privacy_path = self.path.parent / "privacy.pt"  # DP-SGD: the noise multiplier and the accountant
-        self.model_path = self.path.parent / "model.pt"  # a complete pedseg checkpoint, written by the site
+        self.model_path = self.path.parent / MODEL_FILE  # a complete pedseg checkpoint, written by the site
         self.sent_dir = self.path.parent / "sent"
+
+    @staticmethod
+    def models_in(state_dir: Path) -> list[Path]:
+        """The personalized models that the runs of a site's state directory left, in order of run folder."""
+        return sorted(Path(state_dir).glob(f"{RUN_FOLDER.format(run='*')}/{MODEL_FILE}"))
 
     def load(self) -> dict[str, Tensor] | None:
         if not self.path.is_file():

@@ -9,7 +9,7 @@ import pytest
 from flwr.cli.build import build_fab_from_disk
 
 from client.cli import PEDSEG_APP_DIR, main, node_config
-from client.flower_processes import free_port
+from pedseg_core.processes.ports import free_port
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from client.audit_mod import audit_mod
 from client.message_dtype_mod import message_dtype_mod
 from client.policy_mod import policy_mod
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
 
 RESULT = {"dice": {"tibia": 0.9}, "hd95": {"tibia": 2.0}, "assd": {"tibia": 0.5}, "mean_dice": 0.9, "cases": 2,
           "per_case": {"case_007": {"dice": {"tibia": 0.9}}}}

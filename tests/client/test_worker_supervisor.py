@@ -9,8 +9,8 @@ import time
 
 import psutil
 
-from client.flower_processes import free_port
 from client.worker_supervisor import install_launcher
+from pedseg_core.processes.ports import free_port
 
 
 def workers(supervisor: psutil.Process) -> list[psutil.Process]:

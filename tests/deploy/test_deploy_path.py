@@ -16,8 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from client.flower_processes import QUIET_FLOWER_ENV, free_port
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
+from pedseg_core.processes.flower_env import QUIET_FLOWER_ENV
+from pedseg_core.processes.ports import free_port
 from simulations.local import wait_for_health
 from tests.process_checks import family, wait_gone
 

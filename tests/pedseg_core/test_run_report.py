@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
 from pedseg_core.config import build_config, save_yaml
 from pedseg_core.errors import PedsegError
 from pedseg_core.report import write_report

@@ -9,8 +9,8 @@ import json
 import shutil
 
 from client.approved_app import app_hash
+from pedseg.cli import main as pedseg
 from pedseg_core.audit import read_audit
-from pedseg_core.cli import main as pedseg
 from simulations.local import APP_DIR, federate_local
 
 APP_PARTS = ("pedseg_core", "client", "server", "simulations")

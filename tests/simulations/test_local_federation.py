@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from client.approved_app import app_hash
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
 from pedseg_core.config import build_config
 from pedseg_core.model.partition import split_state_dict
 from pedseg_core.model.unet import MultiDomainUNet
@@ -202,7 +202,7 @@ def take_ctrl_c() -> None:
 def test_ctrl_c_stops_every_process_of_an_insecure_run(tmp_path, write_dataset):
     sites = [f"--data={name}={write_dataset(shape=(40, 40, 5))}" for name in ("a", "b")]
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local", *sites,
+    proc = subprocess.Popen([sys.executable, "-m", "pedseg", "federate", "--local", *sites,
                              "--out", str(out), "--preset", "tiny", "--rounds", "50", "--insecure"],
                             stderr=subprocess.PIPE, encoding="utf-8", errors="replace", preexec_fn=take_ctrl_c)
     connection = out / ".flower" / "cli" / "config.toml"
@@ -232,7 +232,7 @@ def workers_and_serverapp_running(pids: set[int]) -> bool:
 def test_a_killed_orchestrator_takes_every_process_of_its_run_with_it(tmp_path, write_dataset):
     sites = [f"--data={name}={write_dataset(shape=(40, 40, 5))}" for name in ("a", "b")]
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local", *sites,
+    proc = subprocess.Popen([sys.executable, "-m", "pedseg", "federate", "--local", *sites,
                              "--out", str(out), "--preset", "tiny", "--rounds", "50"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, pids = time.monotonic() + 240, set()

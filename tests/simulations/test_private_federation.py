@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
 from simulations.local import federate_local
 
 ROUNDS = 3

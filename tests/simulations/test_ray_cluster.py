@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from client.flower_processes import free_port, wait_for_port
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
+from pedseg_core.processes.ports import free_port, wait_for_port
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
 from pedseg_core.config import PRESETS
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.checkpoint import load_checkpoint

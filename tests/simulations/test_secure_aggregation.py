@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
 from simulations.local import APP_DIR, federate_local
 
 JOINTS = ("ankle", "knee", "shoulder")

@@ -6,7 +6,7 @@ import json
 import psutil
 import torch
 
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
 from simulations.simulation import federate_simulation, simulation_options, virtual_sites
 
 

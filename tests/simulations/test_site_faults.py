@@ -16,8 +16,9 @@ import psutil
 import pytest
 import torch
 
-from client.flower_processes import flower_env, free_port
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
+from pedseg_core.processes.flower_env import flower_env
+from pedseg_core.processes.ports import free_port
 from simulations.local import (
     APP_DIR,
     LocalFederation,
@@ -60,7 +61,7 @@ def site_processes(root: int, site: str) -> tuple[psutil.Process, set[int]]:
 
 def federate(data: Path, out: Path, joints: tuple[str, ...], rounds: int, *extra: str) -> subprocess.Popen:
     sites = [f"--data={joint}={data / joint}" for joint in joints]
-    return subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local", *sites, "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "pedseg", "federate", "--local", *sites, "--out", str(out),
                              "--preset", "tiny", "--scheme", "multi-domain", "--rounds", str(rounds),
                              "--set", f"train.steps_per_epoch={STEPS}", "--threads", "1", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
@@ -162,7 +163,7 @@ def test_a_killed_run_is_completed_by_resume(data, tmp_path):
     out = tmp_path / "run"
     sites = [f"--data=ankle-a:ankle={data / 'ankle'}", f"--data=ankle-b:ankle={data / 'ankle'}",
              f"--data=knee={data / 'knee'}"]
-    run = subprocess.Popen([sys.executable, "-m", "pedseg_core.cli", "federate", "--local", *sites, "--out", str(out),
+    run = subprocess.Popen([sys.executable, "-m", "pedseg", "federate", "--local", *sites, "--out", str(out),
                             "--preset", "tiny", "--scheme", "full", "--rounds", "4", "--threads", "1",
                             "--set", f"train.steps_per_epoch={STEPS}", "--set", "federation.evaluate_every=2"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -173,7 +174,7 @@ def test_a_killed_run_is_completed_by_resume(data, tmp_path):
     assert json.loads(before["strategy"]["awaiting_evaluation"])["round"] == 2  # its evaluation comes in round 3
     assert not (out / "results.json").exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "pedseg_core.cli", "federate", "--resume", str(out)],
+    resumed = subprocess.run([sys.executable, "-m", "pedseg", "federate", "--resume", str(out)],
                              capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr and "after round 2 of 4" in resumed.stderr

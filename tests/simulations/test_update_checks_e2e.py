@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
 from pedseg_core.config import build_config
 from pedseg_core.model.partition import split_for_scheme
 from pedseg_core.model.unet import build_model

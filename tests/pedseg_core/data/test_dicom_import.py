@@ -390,7 +390,7 @@ def test_existing_outputs_are_kept_unless_overwrite(two_series, tmp_path):
 def test_pedseg_data_import_dicom_command(two_series, tmp_path, capsys):
     """`pedseg data import-dicom`: exit 0 and the cases listed; a bad series: exit 2, one line, nothing written;
     existing outputs are kept unless --overwrite."""
-    from pedseg_core.cli import main
+    from pedseg.cli import main
 
     dicom, _, _ = two_series
     out = tmp_path / "imported"

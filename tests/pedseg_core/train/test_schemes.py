@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pedseg_core.cli import main
+from pedseg.cli import main
 from pedseg_core.config import SCHEMES, build_config
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.checkpoint import load_checkpoint

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pedseg_core.cli import main
+from pedseg.cli import main
 
 JOINTS = ("ankle", "shoulder")
 
@@ -137,7 +137,7 @@ def test_existing_run_directory_is_never_overwritten(data, run, capsys):
 
 
 def test_wrong_joint_and_console_script_without_traceback(run, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pedseg_core.cli", "predict", "--checkpoint",
+    proc = subprocess.run([sys.executable, "-m", "pedseg", "predict", "--checkpoint",
                            str(run / "checkpoints" / "final.pt"), "--joint", "elbow", "--input", str(tmp_path),
                            "--out", str(tmp_path / "o")], capture_output=True, encoding="utf-8", errors="replace")
     assert proc.returncode == 2

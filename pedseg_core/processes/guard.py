@@ -1,6 +1,6 @@
 """A guard that ties a process tree to the process that started it.
 
-    python -m client.process_guard CMD [ARG ...]    (started by `start_guarded`, stdin a pipe from its starter)
+    python -m pedseg_core.processes.guard CMD [ARG ...]    (started by `start_guarded`, stdin a pipe from its starter)
 
 Flower's processes outlive their starter: a SuperNode keeps running when its `pedseg-client` is killed, and
 Flower's SuperExec, ClientApp and ServerApp follow their parent only by polling it, in new sessions, and not

@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from client.process_guard import start_guarded, stop_guarded
+from pedseg_core.processes.guard import start_guarded, stop_guarded
 from tests.process_checks import wait_gone
 
 # bash -> bash -> (sleep, sleep in a new session): Flower's trees also start new sessions.
@@ -41,7 +41,7 @@ def test_closing_stdin_ends_the_tree_and_its_orphans():
 def test_the_tree_ends_when_its_starter_is_killed():
     starter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from client.process_guard import start_guarded
+        from pedseg_core.processes.guard import start_guarded
         guard = start_guarded({ESCAPING_TREE!r})
         print(guard.pid, flush=True)
         time.sleep(300)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from pedseg_core.cli import main as pedseg
+from pedseg.cli import main as pedseg
 
 JOINTS = ("ankle", "knee", "shoulder")
 

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from client.flower_processes import flower_env
+from pedseg_core.processes.flower_env import flower_env
 
 
 def test_a_flower_process_writes_utf8_under_an_ascii_locale(tmp_path, monkeypatch):

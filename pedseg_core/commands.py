@@ -1,22 +1,19 @@
-"""The `pedseg` command: data synthesis and checks, centralized training, prediction, evaluation."""
+"""The `pedseg` subcommands that need no Flower (data, train, predict, adapt, report, evaluate, audit) and the
+option parsing the federation's subcommands share; `pedseg/cli.py` assembles the command."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import re
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pedseg_core import __version__
-from pedseg_core.config import FEDERATED_SCHEMES, SCHEMES, load_yaml, parse_overrides
-from pedseg_core.errors import DatasetError, PedsegError
+from pedseg_core.config import SCHEMES, parse_overrides
+from pedseg_core.errors import EXIT_USER_ERROR, PedsegError
 
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # names files and processes of the site
 
 
@@ -116,56 +113,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_federate(args: argparse.Namespace) -> int:
-    import importlib
-
-    if not (args.local or args.simulation or args.resume):
-        raise PedsegError("choose --local (a SuperLink and one SuperNode per site on 127.0.0.1) or --simulation "
-                          "(Flower's simulation engine); for a deployment across hosts see deploy/README.md")
-    if args.resume:
-        if args.data or args.out or args.policy:
-            raise PedsegError("--resume RUN continues with the run's own sites, directory and policy: drop "
-                              "--data/--out/--policy")
-        results = importlib.import_module("simulations.local").resume_local(Path(args.resume))
-        return _report_federation(results, Path(args.resume))
-    if not (args.data and args.out):
-        raise PedsegError("federate needs --data (one per site) and --out RUN")
-    pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
-    overrides = [*pairs, *args.set, *mlflow_settings(args.mlflow)]
-    app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,
-                  "num-server-rounds": args.rounds or 0, "overrides": " ".join(overrides)}
-    if args.min_sites is not None:
-        app_config["min-nodes"] = args.min_sites
-    if args.secure_aggregation:
-        app_config["secure-aggregation"] = True
-    sites, joints = parse_site_args(args.data)
-    if (args.ray_address or args.gpus_per_site) and not args.simulation:
-        raise PedsegError("--ray-address and --gpus-per-site are options of --simulation")
-    # The Flower orchestration lives outside pedseg_core (which never imports Flower code).
-    if args.simulation:
-        simulation = importlib.import_module("simulations.simulation")
-        results = simulation.federate_simulation(sites, Path(args.out), app_config, joints=joints,
-                                                 sites_per_joint=args.sites_per_joint,
-                                                 cpus_per_site=args.cpus_per_site, insecure=args.insecure,
-                                                 policy=Path(args.policy) if args.policy else None,
-                                                 ray_address=args.ray_address, gpus_per_site=args.gpus_per_site)
-    else:
-        local = importlib.import_module("simulations.local")
-        results = local.federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads,
-                                       insecure=args.insecure, policy=Path(args.policy) if args.policy else None)
-    return _report_federation(results, Path(args.out))
-
-
-def _report_federation(results: dict, out: Path) -> int:
-    from pedseg_core.evaluate.table import results_table
-
-    print(results_table(results))
-    for model in sorted((out / "sites").glob("*/run-*/model.pt")):  # RUN was empty: one run per site
-        print(f"personalized model of {model.parents[1].name}: {model}")
-    print(f"run directory: {out}")
-    return 0
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from pedseg_core.device import resolve_device
     from pedseg_core.evaluate.predict import list_images, predict_files
@@ -225,21 +172,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1 if flagged else 0
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    import importlib
-
-    pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
-    # The Flower orchestration lives outside pedseg_core (which never imports Flower code).
-    reproduction = importlib.import_module("simulations.reproduce")
-    cells = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells else None
-    content = reproduction.reproduce(parse_data_args(args.data), Path(args.out), args.preset, args.folds,
-                                     [*pairs, *args.set], cells)
-    print("\n" + (Path(args.out) / "results.md").read_text(encoding="utf-8"))
-    failed = [c["claim"] for c in content["acceptance"] if not c["met"]]
-    print(f"reproduction folder: {args.out}" + (f"  (claims not met: {'; '.join(failed)})" if failed else ""))
-    return 0
-
-
 def run_options(required: bool) -> argparse.ArgumentParser:
     """The options of a training run: data, run directory and configuration (`federate --resume` needs neither
     data nor a new run directory)."""
@@ -267,11 +199,8 @@ def mlflow_settings(uri: str | None) -> list[str]:
     return [f"tracking.mlflow_uri={uri}"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pedseg", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"pedseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The subcommands that need no Flower: data, train, predict, adapt, report, evaluate, audit."""
     data = sub.add_parser("data", help="synthesize, check or look at datasets").add_subparsers(
         dest="data_command", required=True)
     synth = data.add_parser("synth", help="write synthetic pediatric joint MRI datasets (nnU-Net v2 raw)")
@@ -297,66 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     montage.add_argument("--out", required=True, help="PNG file to write")
     montage.set_defaults(func=cmd_montage)
 
-    common, federate_common = (run_options(required) for required in (True, False))
+    common = run_options(required=True)
 
     train = sub.add_parser("train", parents=[common], help="centralized training")
     train.add_argument("--scheme", default="multi-domain", choices=SCHEMES)
     train.set_defaults(func=cmd_train)
 
-    federate = sub.add_parser("federate", parents=[federate_common], help="federated training on Flower; --data takes "
-                              "JOINT=DIR or SITE:JOINT=DIR (several sites may hold one joint)")
-    mode = federate.add_mutually_exclusive_group()
-    mode.add_argument("--local", action="store_true", help="SuperLink and SuperNodes on 127.0.0.1")
-    mode.add_argument("--simulation", action="store_true", help="Flower's simulation engine (Ray, 127.0.0.1)")
-    mode.add_argument("--resume", metavar="RUN", help="continue a stopped or killed --local run from its last "
-                      "completed round, with its own sites, data and settings")
-    federate.add_argument("--sites-per-joint", type=int, default=1,
-                          help="simulation: split each joint's training cases into K sites")
-    federate.add_argument("--cpus-per-site", type=int, default=1,
-                          help="simulation: CPU cores Ray reserves for each virtual site")
-    federate.add_argument("--ray-address", metavar="HOST:PORT",
-                          help="simulation: run the virtual sites on this existing Ray cluster (its head's address) "
-                               "instead of a private Ray on this machine; see docs/ray-cluster.md")
-    federate.add_argument("--gpus-per-site", type=float, default=0.0,
-                          help="simulation on a Ray cluster: GPUs Ray reserves for each virtual site (e.g. 0.25)")
-    federate.add_argument("--rounds", type=int)
-    federate.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
-    federate.add_argument("--threads", type=int, default=0,
-                          help="torch threads per site (0 = cores / sites, at least 1)")
-    federate.add_argument("--scheme", default="full", choices=FEDERATED_SCHEMES)
-    federate.add_argument("--min-sites", type=int, metavar="K",
-                          help="the quorum: a round starts once K sites are connected, and the run goes on while "
-                               "K remain (default: every site with a valid dataset)")
-    federate.add_argument("--secure-aggregation", action="store_true",
-                          help="SecAgg+: the server learns only the mean of the sites' shared weights (at least 3 "
-                               "sites; per-site update checks and robust aggregation are off)")
-    federate.add_argument("--policy", metavar="POLICY.yaml",
-                          help="every site's privacy policy (default: the safe one: no per-case metrics leave; "
-                               "a simulation, on your own data, allows them)")
-    federate.add_argument("--insecure", action="store_true",
-                          help="no TLS and no SuperNode authentication (default: both, with a private CA and one "
-                               "key per site in RUN/pki/)")
-    federate.set_defaults(func=cmd_federate)
-
     audit = sub.add_parser("audit", help="what left a site, per run and round, from STATE_DIR/audit.jsonl; exit 1 "
                            "when an image-sized array or per-case metrics left it")
     audit.add_argument("state_dir", metavar="STATE_DIR", help="a site's state directory (pedseg-client --state-dir)")
     audit.set_defaults(func=cmd_audit)
-
-    repro = sub.add_parser("reproduce", help="the paper's ablation table, centralized and federated (Flower "
-                           "simulation), on identical splits, with paired tests and plots; a re-run resumes")
-    repro.add_argument("--data", action="append", required=True, metavar="JOINT=DIR",
-                       help="a joint's nnU-Net dataset; repeat for each joint")
-    repro.add_argument("--out", required=True, metavar="DIR", help="reproduction folder (a re-run resumes it)")
-    repro.add_argument("--preset", default="small", help="tiny | demo | small | paper")
-    repro.add_argument("--folds", type=int, default=1,
-                       help="K > 1: K-fold cross-validation over the training cases; 1: the labelsTs split")
-    repro.add_argument("--cells", help="comma-separated subset of cells, e.g. centralized-full,"
-                       "federated-full-fedavg (default: all 13)")
-    repro.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")
-    repro.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override one option in every cell, e.g. --set train.epochs=5")
-    repro.set_defaults(func=cmd_reproduce)
 
     predict = sub.add_parser("predict", help="label volumes for images, in the images' own geometry")
     predict.add_argument("--checkpoint", required=True, metavar="CKPT")
@@ -404,32 +283,3 @@ def build_parser() -> argparse.ArgumentParser:
                           help="dataset.json naming the labels (default: next to --ref)")
     evaluate.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     evaluate.set_defaults(func=cmd_evaluate)
-    return parser
-
-
-def report_error(err: PedsegError, prog: str = "pedseg") -> None:
-    """One line per problem on stderr, no traceback."""
-    lines = err.problems if isinstance(err, DatasetError) else str(err).splitlines()
-    for line in lines:
-        print(f"{prog}: error: {line}", file=sys.stderr)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # a service stop cleans up like Ctrl-C
-    try:
-        return args.func(args)
-    except PedsegError as err:
-        report_error(err)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("pedseg: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

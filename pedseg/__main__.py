@@ -1,0 +1,5 @@
+import sys
+
+from pedseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""The `pedseg` command's composition root: one parser, the subcommands of each layer registered on it, and one
+way of ending (a clean one-line error, exit 2; interrupted, exit 130)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+
+import pedseg_core.commands
+import simulations.commands
+from pedseg_core import __version__
+from pedseg_core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, PedsegError, report_error
+
+LAYERS = (pedseg_core.commands, simulations.commands)  # each has add_commands(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pedseg", description="Federated multi-joint bone segmentation of "
+                                     "pediatric MRI: data, training (centralized and on Flower), prediction, reports.")
+    parser.add_argument("--version", action="version", version=f"pedseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for layer in LAYERS:
+        layer.add_commands(sub)
+    return parser
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service stop cleans up like Ctrl-C
+    try:
+        return args.func(args)
+    except PedsegError as err:
+        report_error(err, "pedseg")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("pedseg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
