@@ -3,21 +3,17 @@ only, with one clear line when a file is missing or unreadable."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from pedseg_core.atomic_files import write_atomically
 from pedseg_core.errors import PedsegError
 
 
 def save_atomically(path: Path, payload: dict) -> None:
     """Temporary file, then rename: an interrupted save never leaves a broken file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_torch_file(path: Path, what: str) -> object:

@@ -9,7 +9,12 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 
 def weighted_mean(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Example-weighted mean of same-shaped arrays, in the dtype of the first (integers rounded)."""
+    """Example-weighted mean of same-shaped arrays, in the dtype of the first (integers rounded).
+
+    Not Flower's `aggregate_arrayrecords`: it accumulates in each array's own dtype and turns integer arrays
+    (BatchNorm's step counters) into float64, which the next round's dtype check would refuse; and it needs
+    every record to hold every key, where prototypes and pooled heads are averaged over the sites that sent
+    the key."""
     w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
     mean = sum(wi * a.astype(np.float64) for wi, a in zip(w, arrays))
     dtype = arrays[0].dtype

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """mm per array axis: the norms of the affine's first three columns (the header's sform/qform geometry)."""
-    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0))
+    return tuple(float(s) for s in voxel_sizes(np.asarray(affine, dtype=float)))
 
 
 def through_plane_axis(spacing: Sequence[float]) -> int:

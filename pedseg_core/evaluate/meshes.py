@@ -20,8 +20,6 @@ also when the affine mirrors (negative determinant).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from nibabel.affines import apply_affine
 from skimage.measure import marching_cubes
 from trimesh.exchange.stl import export_stl
 
+from pedseg_core.atomic_files import write_atomically
 from pedseg_core.errors import PedsegError
 
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])  # multiply RAS points by this to get LPS (and back)
@@ -75,18 +74,6 @@ def stl_bytes(mesh: trimesh.Trimesh, title: str = "") -> bytes:
     return bytes(data)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file next to `path`, then rename it onto `path` (readers never see half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_meshes(labels: np.ndarray, affine: np.ndarray, bones: Mapping[str, int], out_dir: Path, case_id: str,
                  overwrite: bool = False) -> list[Path]:
     """labels [X, Y, Z] integer volume, affine [4, 4] (the NIfTI's, voxel -> RAS mm), bones {name: label} ->
@@ -107,5 +94,6 @@ def write_meshes(labels: np.ndarray, affine: np.ndarray, bones: Mapping[str, int
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     for name in present:
         mesh = bone_mesh(labels == bones[name], affine)
-        write_atomic(paths[name], stl_bytes(mesh, f"pedseg {case_id} {name}"))
+        data = stl_bytes(mesh, f"pedseg {case_id} {name}")
+        write_atomically(paths[name], lambda tmp, data=data: tmp.write_bytes(data))
     return [paths[name] for name in present]

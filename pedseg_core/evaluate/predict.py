@@ -98,7 +98,7 @@ def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], o
     outputs = output_paths(images, out_dir, overwrite)
     meshes_dir = out_dir / MESHES_FOLDER
     if mesh_bones and not overwrite:  # every mesh a case could get, checked before any prediction
-        existing = [p for out in outputs for p in mesh_paths(meshes_dir, case_of(out), mesh_bones).values()
+        existing = [p for out in outputs for p in mesh_paths(meshes_dir, case_name(out), mesh_bones).values()
                     if p.exists()]
         if existing:
             raise PedsegError(f"{existing[0]}: already exists ({len(existing)} meshes would be overwritten; "
@@ -113,10 +113,5 @@ def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], o
         header["scl_slope"], header["scl_inter"] = 1.0, 0.0
         nib.save(nib.Nifti1Image(labels.reshape(img.shape), img.affine, header), str(out_path))
         if mesh_bones:
-            write_meshes(labels.reshape(img.shape), img.affine, mesh_bones, meshes_dir, case_of(out_path), overwrite)
+            write_meshes(labels.reshape(img.shape), img.affine, mesh_bones, meshes_dir, case_name(out_path), overwrite)
     return outputs
-
-
-def case_of(output: Path) -> str:
-    """OUT/<case>.nii.gz -> <case>."""
-    return output.name.removesuffix(".nii.gz")

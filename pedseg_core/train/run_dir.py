@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from pedseg_core.atomic_files import write_atomically
 from pedseg_core.config import PedsegConfig, config_from_dict, load_yaml, save_yaml
 from pedseg_core.errors import PedsegError
 from pedseg_core.tracking import Tracker
@@ -27,9 +27,8 @@ def _json_safe(value: Any) -> Any:
 
 def write_json(path: Path, value: Any) -> None:
     """Atomic write (temporary file, then rename) of strict JSON."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(value), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(_json_safe(value), indent=2, allow_nan=False) + "\n"
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 class RunDir:

@@ -6,7 +6,12 @@ import torch
 
 
 def poly_lr(base_lr: float, step: int, total_steps: int, power: float) -> float:
-    """nnU-Net's polynomial decay: base_lr * (1 - step / total_steps) ** power."""
+    """nnU-Net's polynomial decay: base_lr * (1 - step / total_steps) ** power.
+
+    Not torch's `PolynomialLR`: a federated site trains a few steps per round, and the schedule spans the whole
+    run (step `plan.start` of `plan.total`, `train.loop`); PolynomialLR's chained form multiplies the group's
+    current lr step by step, so continuing it at any step needs its state saved beside the optimizer's, where
+    this closed form needs only the step index."""
     return base_lr * (1.0 - min(step, total_steps) / max(total_steps, 1)) ** power
 
 
