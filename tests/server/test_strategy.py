@@ -1,0 +1,173 @@
+"""The server strategy on real Flower Messages: what it sends each node, what it keeps of the replies, and that a
+private tensor can never enter the global model. A two-method Grid stands in for the SuperLink's node list
+(the full path runs in tests/simulations/test_local_federation.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from pedseg_core.config import FederationConfig
+from pedseg_core.protocol import CONFIG, EVALUATE_FIRST, HEAD, PROTOTYPE_SLICES, PROTOTYPES, RESULT_JSON, SHARE_HEAD
+from pedseg_core.train.run_dir import RunDir
+from server.strategy import SharedFedAvg
+from tests.server.replies import GLOBAL, global_arrays, reply, result_json
+
+NODES = {1: ("ankle", "ankle"), 2: ("knee-a", "knee"), 3: ("knee-b", "knee")}  # node -> (site, joint)
+
+
+class NodeListGrid(Grid):
+    """The part of Flower's Grid a strategy's configure_* calls: the connected node ids."""
+
+    def __init__(self, nodes):
+        self.nodes = list(nodes)
+
+    def get_node_ids(self):
+        return self.nodes
+
+    def create_message(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        raise NotImplementedError
+
+    def set_run(self, run_id):
+        raise NotImplementedError
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+
+@pytest.fixture
+def strategy(tmp_path, monkeypatch):
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what Flower sets in a ServerApp process before it runs
+    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    fed = FederationConfig()
+    fed.evaluate_every = 1
+    s = SharedFedAvg(fraction_train=1.0, min_train_nodes=3, min_evaluate_nodes=3, min_available_nodes=3,
+                     quorum_timeout=5.0)
+    (tmp_path / "run").mkdir()
+    s.setup_run(RunDir(tmp_path / "run"), fed, num_rounds=3)
+    s.know_sites(NODES)
+    return s
+
+
+def send_round(strategy, server_round):
+    return {m.metadata.dst_node_id: m for m in strategy.configure_train(
+        server_round, global_arrays(), ConfigRecord({"lr": 0.01}), NodeListGrid(NODES))}
+
+
+def site_reply(node, shift=0.1, examples=12.0, **records):
+    site, joint = NODES[node]
+    return reply(node, site, joint, shift=shift, examples=examples, **records)
+
+
+def test_a_reply_with_a_private_key_is_dropped_whole_and_never_reaches_the_global_model(strategy):
+    send_round(strategy, 1)
+    leaky = {k: v + 5.0 for k, v in GLOBAL.items()} | {"norm.knee.weight": np.ones(4, np.float32)}
+    arrays, _ = strategy.aggregate_train(1, [site_reply(1, 0.1), site_reply(2, 0.3), reply(3, "knee-b", "knee",
+                                                                                       arrays=leaky)])
+    assert set(arrays.keys()) == set(GLOBAL)  # exactly the global keys, nothing of the private one
+    np.testing.assert_allclose(arrays["enc.weight"].numpy(), 0.2)  # the mean of the two clean replies only
+    (rejected,) = strategy.record["rejected"]
+    assert rejected["site"] == "knee-b" and "norm.knee.weight" in rejected["reason"]
+    assert set(strategy.record["sites"]) == {"ankle", "knee-a"}
+
+
+def test_a_reply_missing_a_shared_key_is_dropped_and_the_others_aggregate_every_key(strategy):
+    send_round(strategy, 1)
+    partial = {"enc.weight": GLOBAL["enc.weight"] + 9.0}
+    arrays, metrics = strategy.aggregate_train(1, [site_reply(1, 0.1, examples=10), site_reply(2, 0.4, examples=30),
+                                                   reply(3, "knee-b", "knee", arrays=partial)])
+    np.testing.assert_allclose(arrays["dec.bias"].numpy(), (10 * 0.1 + 30 * 0.4) / 40, rtol=1e-6)
+    assert metrics["num-examples"] == 40.0
+    assert "missing keys: dec.bias" in strategy.record["rejected"][0]["reason"]
+
+
+def prototypes(joint, value):
+    return ArrayRecord({f"{joint}|0": Array(np.full(8, value, np.float32)), f"{joint}|1": Array(
+        np.full(8, 2 * value, np.float32))})
+
+
+def test_prototypes_are_pooled_per_joint_by_slices_and_sent_to_every_node_next_round(strategy):
+    send_round(strategy, 1)
+    replies = []
+    for node, value, slices in ((1, 1.0, 10), (2, 2.0, 10), (3, 5.0, 30)):
+        msg = site_reply(node, **{PROTOTYPES: prototypes(NODES[node][1], value)})
+        msg.content["metrics"][PROTOTYPE_SLICES] = slices
+        replies.append(msg)
+    strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(strategy.prototypes["ankle|0"], 1.0)
+    np.testing.assert_allclose(strategy.prototypes["knee|0"], (10 * 2.0 + 30 * 5.0) / 40)
+    np.testing.assert_allclose(strategy.prototypes["knee|1"], 2 * (10 * 2.0 + 30 * 5.0) / 40)
+    sent = send_round(strategy, 2)
+    for msg in sent.values():
+        assert set(msg.content[PROTOTYPES].keys()) == {"ankle|0", "ankle|1", "knee|0", "knee|1"}
+
+
+def test_a_prototype_of_another_joint_is_refused(strategy):
+    send_round(strategy, 1)
+    forged = site_reply(1, **{PROTOTYPES: prototypes("knee", 3.0)})  # the ankle site claims a knee prototype
+    forged.content["metrics"][PROTOTYPE_SLICES] = 10
+    strategy.aggregate_train(1, [forged, site_reply(2), site_reply(3)])
+    assert "not a prototype of joint ankle" in strategy.record["rejected"][0]["reason"]
+    assert strategy.prototypes == {}
+
+
+def head(value):
+    return ArrayRecord({"head.knee.weight": Array(np.full((3, 2), value, np.float32))})
+
+
+def test_heads_are_pooled_only_within_a_joint_and_go_back_only_to_its_sites(strategy):
+    sent = send_round(strategy, 1)
+    assert sent[2].content[CONFIG][SHARE_HEAD] and sent[3].content[CONFIG][SHARE_HEAD]
+    assert not sent[1].content[CONFIG][SHARE_HEAD]  # the only ankle site keeps its head
+    strategy.aggregate_train(1, [site_reply(1), site_reply(2, examples=10, **{HEAD: head(1.0)}),
+                                 site_reply(3, examples=30, **{HEAD: head(3.0)})])
+    np.testing.assert_allclose(strategy.joint_heads["knee"]["head.knee.weight"], (10 * 1.0 + 30 * 3.0) / 40)
+    assert set(strategy.joint_heads) == {"knee"}
+    sent = send_round(strategy, 2)
+    np.testing.assert_allclose(sent[2].content[HEAD]["head.knee.weight"].numpy(), 2.5)
+    assert HEAD in sent[3].content and HEAD not in sent[1].content
+
+
+def test_the_evaluation_riding_on_round_2_is_logged_as_round_1s(strategy, tmp_path):
+    sent = send_round(strategy, 1)
+    assert not any(m.content[CONFIG][EVALUATE_FIRST] for m in sent.values())  # nothing to evaluate yet
+    strategy.aggregate_train(1, [site_reply(n) for n in NODES])
+    strategy.end_round(1)
+    sent = send_round(strategy, 2)
+    assert all(m.content[CONFIG][EVALUATE_FIRST] for m in sent.values())
+    replies = [site_reply(n) for n in NODES]
+    for msg, dice in zip(replies, (0.9, 0.8, 0.7)):
+        msg.content["site"]["result-json"] = result_json(dice)
+    replies[2].content["site"][RESULT_JSON] = json.dumps({"dice": 1})  # malformed: rejected, not counted
+    strategy.aggregate_train(2, replies)
+    strategy.end_round(2)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    first = next(x for x in lines if x.get("round") == 1)
+    assert first["evaluation"]["mean_dice"] == pytest.approx(0.85)
+    assert set(first["evaluation"]["sites"]) == {"ankle", "knee-a"}
+    assert "evaluation" not in next((x for x in lines if x.get("round") == 2), {})
+
+
+def test_an_error_reply_is_named_as_missing_not_counted(strategy):
+    send_round(strategy, 1)
+    error = Message(metadata=site_reply(3).metadata, error=Error(0, "boom"))
+    arrays, _ = strategy.aggregate_train(1, [site_reply(1), site_reply(2), error])
+    assert arrays is not None and set(strategy.record["sites"]) == {"ankle", "knee-a"}
+    assert {"site": "knee-b", "reason": "error reply"} in strategy.record["missing"]
