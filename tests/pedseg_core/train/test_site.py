@@ -17,7 +17,7 @@ def site(write_dataset):
 
 def test_prototypes_are_means_over_all_training_slices(site):
     shared, n, stats = site.train_round(site.shared_state(), 1, 2)
-    assert n == 2 * site.cfg.train.batch_size and stats["contrastive_loss"] >= 0
+    assert n == 2 * site.cfg.train.batch_size and stats["contrastive_loss"] > 0
     means, count = site.prototypes()
     assert count == len(site.training_slices()) == 18 >= site.cfg.contrastive.min_prototype_slices
     site.model.eval()
@@ -46,11 +46,18 @@ def test_no_prototype_below_the_minimum_number_of_slices(site):
     assert site.prototypes() is None
 
 
-def test_other_domains_prototypes_enter_the_loss(site):
-    others = [torch.randn(2, site.cfg.contrastive.dim) for _ in site.model.scales]
-    _, _, alone = site.train_round(site.shared_state(), 1, 2)
-    _, _, with_negatives = site.train_round(site.shared_state(), 2, 2, other_prototypes=others)
-    assert with_negatives["contrastive_loss"] != alone["contrastive_loss"]
+def test_other_domains_prototypes_enter_the_loss(write_dataset):
+    """The same round from the same weights, seeds and batches, with and without the other joints' prototypes:
+    only they differ, and the contrastive loss differs with them (without them, twice, it is identical)."""
+    root = write_dataset(n_train=3, shape=(40, 40, 6))
+    cfg = build_config("tiny", overrides={"scheme": "contrastive", "train": {"steps_per_epoch": 2}})
+    alone, again, negatives = (SiteTrainer("h1", "knee", root, cfg) for _ in range(3))
+    torch.manual_seed(0)
+    others = [torch.randn(2, cfg.contrastive.dim) for _ in alone.model.scales]
+    without = [s.train_round(s.shared_state(), 1, 2)[2]["contrastive_loss"] for s in (alone, again)]
+    with_them = negatives.train_round(negatives.shared_state(), 1, 2, other_prototypes=others)[2]["contrastive_loss"]
+    assert without[0] == without[1]
+    assert with_them != without[0]
 
 
 def test_shared_scheme_shares_everything_and_learns_union_labels(write_dataset):
