@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import partition_dataset
 
 from pedseg_core.config import DataConfig
 from pedseg_core.data.geometry import voxel_spacing
@@ -45,11 +46,11 @@ def split_cases(dataset: RawDataset, cfg: DataConfig, seed: int) -> tuple[list[C
     cross-validation over the training cases. Otherwise the labeled test split when the dataset has one, else a
     seeded hold-out of `cfg.validation_fraction` of the training cases (at least one, never all)."""
     cases = list(dataset.train)
-    order = np.random.default_rng(seed).permutation(len(cases))
     if cfg.folds > 1:
         if len(cases) < cfg.folds:
             raise PedsegError(f"{dataset.root}: {len(cases)} training cases cannot make {cfg.folds} folds")
-        held = set(order[cfg.fold::cfg.folds].tolist())
+        folds = partition_dataset(list(range(len(cases))), num_partitions=cfg.folds, shuffle=True, seed=seed)
+        held = set(folds[cfg.fold])
     else:
         labeled_test = [c for c in dataset.test if c.label is not None]
         if labeled_test:
@@ -57,5 +58,5 @@ def split_cases(dataset: RawDataset, cfg: DataConfig, seed: int) -> tuple[list[C
         if len(cases) < 2:
             return cases, cases
         n_eval = min(max(1, round(cfg.validation_fraction * len(cases))), len(cases) - 1)
-        held = set(order[:n_eval].tolist())
+        held = set(np.random.default_rng(seed).permutation(len(cases))[:n_eval].tolist())
     return ([c for i, c in enumerate(cases) if i not in held], [c for i, c in enumerate(cases) if i in held])

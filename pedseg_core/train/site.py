@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from monai.data import partition_dataset
 from torch import Tensor
 
 from pedseg_core.config import CONTRASTIVE_SCHEMES, PedsegConfig
@@ -51,7 +52,7 @@ class SiteTrainer:
         self.dataset = require_valid_dataset(Path(data_dir))  # DatasetError names every bad file
         self.domain = DomainSpec(name=site, joint=joint, labels=dict(self.dataset.labels))
         train, self.eval_cases = split_cases(self.dataset, cfg.data, cfg.train.seed)
-        self.train_cases = train[part[0]::part[1]]
+        self.train_cases = partition_dataset(train, num_partitions=part[1])[part[0]]  # interleaved, in order
         self._slices: SliceSet | None = None
         self.union = union if cfg.scheme == "shared" else None
         seed_everything(cfg.train.seed, cfg.train.num_threads)
