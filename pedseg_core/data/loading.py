@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import partition_dataset
 
 from pedseg_core.config import DataConfig
 from pedseg_core.data.geometry import voxel_spacing
+from pedseg_core.data.nifti import read_nifti
 from pedseg_core.data.nnunet import Case, RawDataset
 from pedseg_core.data.preprocess import prepare_image, prepare_label
 from pedseg_core.data.sampling import SliceSet
@@ -20,12 +20,9 @@ from pedseg_core.progress import progress_bar
 
 def read_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...], np.ndarray]:
     """(image [X, Y, Z] float32, label [X, Y, Z] uint8 or None, spacing in mm, affine) of a validated case."""
-    img = nib.load(str(case.image))
-    image = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3])
-    label = None
-    if case.label is not None:
-        label = np.asarray(nib.load(str(case.label)).dataobj).reshape(img.shape[:3]).astype(np.uint8)
-    return image, label, voxel_spacing(img.affine), img.affine
+    image, img = read_nifti(case.image)
+    label = None if case.label is None else read_nifti(case.label)[0].astype(np.uint8)
+    return image.astype(np.float32, copy=False), label, voxel_spacing(img.affine), img.affine
 
 
 def load_slice_set(cases: Sequence[Case], cfg: DataConfig, desc: str | None = None) -> SliceSet:

@@ -6,7 +6,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
@@ -14,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from pedseg_core.data.geometry import through_plane_axis, voxel_spacing
+from pedseg_core.data.nifti import read_nifti
 from pedseg_core.errors import PedsegError
 
 LABEL_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
@@ -44,15 +44,14 @@ def _through_plane_slice(image_path: Path, label_path: Path):
 
     Returns (image (H, W) float, label (H, W) int, row/column aspect ratio, axis, slice index, spacing).
     """
-    try:
-        image, label = nib.load(image_path), nib.load(label_path)
-        spacing = np.asarray(voxel_spacing(image.affine))
-        axis = through_plane_axis(spacing)
-        index = image.shape[axis] // 2
-        image_slice = np.take(np.asanyarray(image.dataobj), index, axis=axis).astype(np.float32)
-        label_slice = np.take(np.asanyarray(label.dataobj), index, axis=axis).astype(np.int64)
-    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as error:
-        raise PedsegError(f"cannot read {image_path} or {label_path} ({error})") from error
+    (image, nii), (label, _) = read_nifti(image_path), read_nifti(label_path)
+    spacing = np.asarray(voxel_spacing(nii.affine))
+    axis = through_plane_axis(spacing)
+    index = image.shape[axis] // 2
+    if label.shape != image.shape:
+        raise PedsegError(f"{label_path}: shape {label.shape} differs from its image's {image.shape}")
+    image_slice = np.take(image, index, axis=axis).astype(np.float32)
+    label_slice = np.take(label, index, axis=axis).astype(np.int64)
     if image_slice.shape != label_slice.shape:
         raise PedsegError(f"{label_path.name}: shape {label.shape} differs from its image {image.shape}")
     in_plane = np.delete(spacing, axis)

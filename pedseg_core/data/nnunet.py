@@ -7,9 +7,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
 from pedseg_core.errors import DatasetError, PedsegError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -97,32 +94,6 @@ def case_id_of_image(path: Path, file_ending: str) -> str:
     if not name.endswith(suffix) or name == suffix:
         raise PedsegError(f"{path}: image name must end in {suffix}")
     return name[: -len(suffix)]
-
-
-def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI volume as (data, 4x4 affine).
-
-    Integer data keeps its dtype (labels), anything else becomes float32. A 4D file holding a single
-    volume is squeezed to 3D. Raises DatasetError with one "<path>: ..." line when the file cannot be
-    read or does not hold a non-empty 3D volume.
-    """
-    path = Path(path)
-    try:
-        image = nib.load(path)
-        data = np.asanyarray(image.dataobj)
-        if not np.issubdtype(data.dtype, np.integer):
-            data = data.astype(np.float32, copy=False)
-        affine = np.array(image.affine, dtype=np.float64)
-    except Exception as error:  # nibabel, gzip, zlib, EOFError, numpy: each fails its own way
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise DatasetError(path, [f"{path}: cannot read NIfTI: {reason}"]) from None
-    if data.size == 0:
-        raise DatasetError(path, [f"{path}: empty volume (shape {data.shape})"])
-    if data.ndim > 3 and all(size == 1 for size in data.shape[3:]):
-        data = data.reshape(data.shape[:3])
-    if data.ndim != 3:
-        raise DatasetError(path, [f"{path}: expected a 3D volume, got shape {data.shape}"])
-    return data, affine
 
 
 def _read_metadata(path: Path, problems: list[str]) -> dict | None:

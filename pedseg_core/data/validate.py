@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from pedseg_core.data.geometry import through_plane_axis, voxel_spacing
-from pedseg_core.data.nnunet import Case, RawDataset, load_volume, read_dataset, scan_dataset
+from pedseg_core.data.nifti import load_volume
+from pedseg_core.data.nnunet import Case, RawDataset, read_dataset, scan_dataset
 from pedseg_core.errors import DatasetError
 
 

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 
 from pedseg_core.data.geometry import voxel_spacing
+from pedseg_core.data.nifti import read_nifti
 from pedseg_core.errors import PedsegError
 from pedseg_core.evaluate.metrics import case_metrics, summarize
 from pedseg_core.evaluate.predict import case_name
@@ -17,13 +18,7 @@ from pedseg_core.progress import progress_bar
 
 def read_labels(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     """An integer label volume and its image; PedsegError for unreadable or non-integer files."""
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing line
-        raise PedsegError(f"{path}: cannot read NIfTI: {str(err).splitlines()[0]}") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
+    data, img = read_nifti(path)
     if not np.issubdtype(data.dtype, np.integer):
         if not np.isfinite(data).all() or not np.all(data == np.round(data)):
             raise PedsegError(f"{path}: label values are not integers")

@@ -11,6 +11,7 @@ import torch
 
 from pedseg_core.config import DataConfig
 from pedseg_core.data.geometry import voxel_spacing
+from pedseg_core.data.nifti import read_nifti
 from pedseg_core.data.preprocess import logits_to_volume, prepare_image
 from pedseg_core.device import device_of
 from pedseg_core.errors import PedsegError
@@ -40,15 +41,8 @@ def predict_volume(model: MultiDomainUNet, domain: int, volume: np.ndarray, spac
 
 def read_image(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     """A 3D (or 4D with one trailing channel) NIfTI image -> (image, [X, Y, Z] float32); PedsegError else."""
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing line
-        raise PedsegError(f"{path}: cannot read NIfTI: {str(err).splitlines()[0]}") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise PedsegError(f"{path}: expected a 3D image, got shape {data.shape}")
+    data, img = read_nifti(path)
+    data = data.astype(np.float32, copy=False)
     if not np.isfinite(data).all():
         raise PedsegError(f"{path}: {int((~np.isfinite(data)).sum())} voxels are NaN or infinite")
     return img, data

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from pedseg_core.data.geometry import through_plane_axis, voxel_spacing
-from pedseg_core.data.nnunet import Case, load_volume, scan_dataset
+from pedseg_core.data.nifti import load_volume
+from pedseg_core.data.nnunet import Case, scan_dataset
 from pedseg_core.errors import PedsegError
 from pedseg_core.report.run_files import RunFiles
 

@@ -12,7 +12,8 @@ import SimpleITK as sitk
 
 from pedseg_core.data.dicom_import import import_dicom
 from pedseg_core.data.joints import joint_labels
-from pedseg_core.data.nnunet import load_volume, scan_dataset
+from pedseg_core.data.nifti import load_volume
+from pedseg_core.data.nnunet import scan_dataset
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import DatasetError, PedsegError
 

@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pedseg_core.data.nnunet import case_id_of_image, load_volume, read_dataset
+from pedseg_core.data.nifti import load_volume
+from pedseg_core.data.nnunet import case_id_of_image, read_dataset
 from pedseg_core.errors import DatasetError, PedsegError
 
 
