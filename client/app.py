@@ -29,7 +29,7 @@ from client.message_dtype_mod import message_dtype_mod
 from client.node_settings import node_settings, site_policy, state_dir
 from client.policy_mod import policy_mod
 from client.secure_aggregation_mod import secure_aggregation_mod
-from pedseg_core.config import config_from_run_config
+from flower_common.run_config import config_from_run_config
 from pedseg_core.data.validate import require_valid_dataset
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
 from pedseg_core.policy import DPBudget

@@ -15,7 +15,7 @@ from flwr.app import Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
 from client.node_settings import node_settings, site_policy
-from pedseg_core.config import config_from_run_config
+from flower_common.run_config import config_from_run_config
 from pedseg_core.policy import Requests
 from pedseg_core.protocol import (
     CONFIG,

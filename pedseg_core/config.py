@@ -330,39 +330,6 @@ def parse_overrides(values: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return overrides
 
 
-# Flower run-config keys (flat, hyphenated, as Flower requires) -> PedsegConfig fields.
-RUN_CONFIG_FIELDS = {
-    "scheme": "scheme",
-    "num-server-rounds": "federation.rounds",
-    "strategy": "federation.strategy",
-    "proximal-mu": "federation.proximal_mu",
-    "min-nodes": "federation.min_nodes",
-    "quorum-timeout": "federation.quorum_timeout",
-    "fraction-train": "federation.fraction_train",
-    "round-timeout": "federation.round_timeout",
-    "evaluate-every": "federation.evaluate_every",
-    "per-case-metrics": "federation.per_case_metrics",
-    "norm-bound": "federation.norm_bound",
-    "aggregation": "federation.aggregation",
-    "secure-aggregation": "federation.secure_aggregation",
-    "message-dtype": "federation.message_dtype",
-    "share-prototypes": "contrastive.share_prototypes",
-}
-
-
-# Run-config keys whose 0 means "the preset's value".
-ZERO_MEANS_PRESET = ("evaluate-every",)
-
-
-def config_from_run_config(run_config: dict[str, Any]) -> PedsegConfig:
-    """THE adapter from a Flower run config to the typed config: `preset`, the keys of RUN_CONFIG_FIELDS, and
-    `overrides` ("section.key=value section.key=value ..."), which win: the keys carry pyproject's defaults."""
-    pairs = [f"{target}={run_config[key]}" for key, target in RUN_CONFIG_FIELDS.items()
-             if key in run_config and not (key in ZERO_MEANS_PRESET and run_config[key] == 0)]
-    pairs += str(run_config.get("overrides", "")).split()
-    return build_config(str(run_config.get("preset", "small")), overrides=parse_overrides(pairs))
-
-
 def config_from_dict(values: dict[str, Any]) -> PedsegConfig:
     """Rebuild a resolved config (e.g. from a checkpoint or a run's config.yaml)."""
     cfg = PedsegConfig()

@@ -1,7 +1,7 @@
 """The Flower ServerApp: FedAvg or FedProx over the shared weights, run directory on the server's disk.
 
 Run config (pyproject `[tool.flwr.app.config]`, overridable with `flwr run --run-config`): see
-`pedseg_core.config.config_from_run_config`, plus `out-dir` (where the run directory is written; default
+`flower_common.run_config`, plus `out-dir` (where the run directory is written; default
 `pedseg-runs/run-<run id>` under the SuperLink's working directory) and `resume-from` (a run directory whose
 run this one continues from its last completed round, with the same settings; see `server.run_state`).
 """
@@ -14,7 +14,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from pedseg_core.config import CONTRASTIVE_SCHEMES, UNION_LABEL_SCHEMES, PedsegConfig, config_from_run_config
+from flower_common.run_config import config_from_run_config
+from pedseg_core.config import CONTRASTIVE_SCHEMES, UNION_LABEL_SCHEMES, PedsegConfig
 from pedseg_core.errors import PedsegError
 from pedseg_core.evaluate.metrics import mean_or_none
 from pedseg_core.model.checkpoint import DomainSpec, save_checkpoint, save_shared_checkpoint

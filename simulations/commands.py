@@ -27,7 +27,7 @@ def cmd_federate(args: argparse.Namespace) -> int:
     pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
     overrides = [*pairs, *args.set, *mlflow_settings(args.mlflow)]
     app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,
-                  "num-server-rounds": args.rounds or 0, "overrides": " ".join(overrides)}
+                  "num-server-rounds": args.rounds or 0, "overrides": overrides}
     if args.min_sites is not None:
         app_config["min-nodes"] = args.min_sites
     if args.secure_aggregation:

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pedseg_core.config import config_from_run_config
+from flower_common.run_config import config_from_run_config, override_list, with_config_document
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import PedsegError
 from pedseg_core.policy import load_policy
@@ -225,12 +225,12 @@ def norms_for_policy(app_config: dict[str, object], policy: Path | None) -> dict
     batch norms explicitly is refused."""
     if load_policy(policy).dp is None or config_from_run_config(app_config).model.norm == "group":
         return app_config
-    overrides = str(app_config.get("overrides", ""))
-    if "model.norm=" in overrides:
+    overrides = override_list(app_config.get("overrides", ""))
+    if any(o.startswith("model.norm=") for o in overrides):
         raise PedsegError(f"{policy}: asks for DP-SGD, which needs group norms: drop model.norm=batch")
     print("pedseg federate: the sites' policy asks for DP-SGD: they train with group norms (model.norm=group)",
           file=sys.stderr)
-    return {**app_config, "overrides": f"{overrides} model.norm=group".strip()}
+    return {**app_config, "overrides": [*overrides, "model.norm=group"]}
 
 
 def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, object],
@@ -322,6 +322,7 @@ def submit_and_follow(fed: LocalFederation, app_dir: Path, config: dict[str, obj
     """`flwr run` the app in `app_dir` with this run config, follow it to its end (Ctrl-C stops the run), keep its
     status and the ServerApp's log in RUN/logs, and return results.json; PedsegError if the run did not
     complete."""
+    config = with_config_document(config)  # the resolved configuration crosses as one document
     run_id = parse_run_id(fed.flwr("run", str(app_dir), fed.connection, "--run-config", run_config(config),
                                    "--format", "json"))
     try:

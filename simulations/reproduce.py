@@ -85,7 +85,7 @@ def _run_cell(cell: Cell, data: dict[str, Path], run_dir: Path, preset: str, pai
         cfg = build_config(preset, overrides={**parse_overrides(pairs), "scheme": cell.scheme})
         return train_centralized(data, cfg, run_dir)
     app_config = {"preset": preset, "scheme": cell.scheme, "strategy": cell.strategy, "num-server-rounds": 0,
-                  "overrides": " ".join(pairs)}
+                  "overrides": list(pairs)}
     return federate_simulation(data, run_dir, app_config)
 
 

@@ -1,4 +1,5 @@
-"""The layers point one way: `pedseg` (the command) -> `simulations` -> `server`, `client` -> `pedseg_core`.
+"""The layers point one way: `pedseg` (the command) -> `simulations` -> `server`, `client` -> `flower_common`
+-> `pedseg_core`.
 `pedseg_core` imports nothing above it and no Flower by any means (no importlib, __import__ or runpy either), and
 `server` and `client` do not import each other, so a site installs no server code paths and the reverse."""
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ABOVE = {"pedseg_core": {"pedseg", "simulations", "server", "client", "flwr"},
+ABOVE = {"pedseg_core": {"pedseg", "simulations", "server", "client", "flower_common", "flwr"},
+         "flower_common": {"pedseg", "simulations", "server", "client"},
          "server": {"pedseg", "simulations", "client"},
          "client": {"pedseg", "simulations", "server"},
          "simulations": {"pedseg"}}
@@ -46,7 +48,7 @@ def test_importing_all_of_pedseg_core_loads_no_flower_and_nothing_above_it():
     probe = ("import importlib, sys\n"
              f"for m in {modules!r}: importlib.import_module(m)\n"
              "print(sorted({n.split('.')[0] for n in sys.modules} & {'flwr', 'simulations', 'server', 'client', "
-             "'pedseg'}))")
+             "'flower_common', 'pedseg'}))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, encoding="utf-8",
                           timeout=300)
     assert done.returncode == 0, done.stderr

@@ -2,7 +2,8 @@
 
 import pytest
 
-from pedseg_core.config import build_config, config_from_run_config
+from flower_common.run_config import config_from_run_config
+from pedseg_core.config import build_config
 from pedseg_core.errors import PedsegError
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pedseg_core.config import build_config, config_from_dict, config_from_run_config
+from flower_common.run_config import config_from_run_config
+from pedseg_core.config import build_config, config_from_dict
 from pedseg_core.errors import PedsegError
 from pedseg_core.train.centralized import train_centralized
 from pedseg_core.train.run_dir import RunDir

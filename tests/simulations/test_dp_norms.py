@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pedseg_core.config import config_from_run_config
+from flower_common.run_config import config_from_run_config
 from pedseg_core.errors import PedsegError
 from simulations.local import norms_for_policy
 
