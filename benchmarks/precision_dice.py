@@ -31,7 +31,7 @@ def run(mode: str, precision: str, data: Path, out: Path, preset: str) -> dict:
     started = time.perf_counter()
     if mode == "centralized":
         cfg = build_config(preset, overrides={"scheme": "full", "train": {"precision": precision}})
-        results = train_centralized(sites, cfg, out / f"{mode}-{precision}")
+        results = train_centralized(sites, cfg, out / f"{mode}-{precision}", progress=False)
     else:
         config = {"preset": preset, "scheme": "full", "strategy": "fedavg", "num-server-rounds": 0,
                   "overrides": f"train.precision={precision}"}

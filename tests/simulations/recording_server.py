@@ -23,8 +23,9 @@ class RecordingGrid:
     def __getattr__(self, name):
         return getattr(self.grid, name)
 
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+    def pull_messages(self, message_ids):
+        """Flower's pull, recording every reply (pedseg's PromptGrid pulls through here, not send_and_receive)."""
+        replies = list(self.grid.pull_messages(message_ids))
         for reply in replies:
             if reply.has_error():
                 continue
