@@ -13,6 +13,7 @@ def site_state_dir(run_dir: Path, site: str) -> Path:
 
 
 def personalized_models(run_dir: Path) -> dict[str, Path]:
-    """{site: the personalized model its last run left} for every site of a run folder."""
+    """{site: its personalized model} for every site of a run folder (a RUN holds one run per site; with
+    several, the last run folder in name order)."""
     sites = sorted(p for p in (run_dir / "sites").iterdir() if p.is_dir()) if (run_dir / "sites").is_dir() else []
     return {site.name: models[-1] for site in sites if (models := PrivateStore.models_in(site))}
