@@ -154,7 +154,7 @@ def test_the_evaluation_riding_on_round_2_is_logged_as_round_1s(strategy, tmp_pa
     assert all(m.content[CONFIG][EVALUATE_FIRST] for m in sent.values())
     replies = [site_reply(n) for n in NODES]
     for msg, dice in zip(replies, (0.9, 0.8, 0.7)):
-        msg.content["site"]["result-json"] = result_json(dice)
+        msg.content["site"][RESULT_JSON] = result_json(dice)
     replies[2].content["site"][RESULT_JSON] = json.dumps({"dice": 1})  # malformed: rejected, not counted
     strategy.aggregate_train(2, replies)
     strategy.end_round(2)

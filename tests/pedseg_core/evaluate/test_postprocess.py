@@ -1,7 +1,10 @@
 """Post-processing: stray islands of a bone go, its main pieces stay whole."""
 
 import numpy as np
+import pytest
 
+from pedseg_core.config import build_config, parse_overrides
+from pedseg_core.errors import PedsegError
 from pedseg_core.evaluate.metrics import case_metrics
 from pedseg_core.evaluate.postprocess import keep_largest_components
 
@@ -55,10 +58,5 @@ def test_a_bone_split_in_two_large_fragments_keeps_both():
 
 
 def test_a_fraction_outside_0_1_is_refused_in_one_line():
-    import pytest
-
-    from pedseg_core.config import build_config, parse_overrides
-    from pedseg_core.errors import PedsegError
-
     with pytest.raises(PedsegError, match=r"eval.component_min_fraction must lie in \(0, 1\]"):
         build_config("tiny", overrides=parse_overrides(["eval.component_min_fraction=0"]))
