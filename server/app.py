@@ -105,11 +105,11 @@ def federate(grid: Grid, cfg: PedsegConfig, run: RunDir, state: RunState) -> Non
     strategy.start(grid, ArrayRecord(state.arrays), num_rounds=num_rounds - done, timeout=fed.round_timeout,
                    train_config=ConfigRecord({}), evaluate_fn=end_of_round)
     save_shared_checkpoint(run.checkpoints / "global_final.pt", state.arrays, cfg, num_rounds,
-                           joint_heads=strategy.joint_heads)
+                           joint_heads=strategy.pools.joint_heads)
     if cfg.scheme == "shared":  # the whole model is global: a checkpoint `pedseg predict --joint shared` reads
         model = build_model([head_classes], cfg.model)
         model.load_state_dict(state.arrays)
         save_checkpoint(run.checkpoints / "final.pt", model, cfg, [DomainSpec("shared", "shared", state.union)])
-    sites = dict(sorted(strategy.last_evaluation.items()))
+    sites = dict(sorted(strategy.evaluation.last.items()))
     run.write_results({"mode": "federated", "scheme": cfg.scheme, "strategy": fed.strategy, "rounds": num_rounds,
                        "sites": sites, "mean_dice": mean_or_none(s["mean_dice"] for s in sites.values())})

@@ -83,9 +83,9 @@ def test_a_reply_with_a_private_key_is_dropped_whole_and_never_reaches_the_globa
                                                                                        arrays=leaky)])
     assert set(arrays.keys()) == set(GLOBAL)  # exactly the global keys, nothing of the private one
     np.testing.assert_allclose(arrays["enc.weight"].numpy(), 0.2)  # the mean of the two clean replies only
-    (rejected,) = strategy.record["rejected"]
+    (rejected,) = strategy.rounds.record["rejected"]
     assert rejected["site"] == "knee-b" and "norm.knee.weight" in rejected["reason"]
-    assert set(strategy.record["sites"]) == {"ankle", "knee-a"}
+    assert set(strategy.rounds.record["sites"]) == {"ankle", "knee-a"}
 
 
 def test_a_reply_missing_a_shared_key_is_dropped_and_the_others_aggregate_every_key(strategy):
@@ -95,7 +95,7 @@ def test_a_reply_missing_a_shared_key_is_dropped_and_the_others_aggregate_every_
                                                    reply(3, "knee-b", "knee", arrays=partial)])
     np.testing.assert_allclose(arrays["dec.bias"].numpy(), (10 * 0.1 + 30 * 0.4) / 40, rtol=1e-6)
     assert metrics["num-examples"] == 40.0
-    assert "missing keys: dec.bias" in strategy.record["rejected"][0]["reason"]
+    assert "missing keys: dec.bias" in strategy.rounds.record["rejected"][0]["reason"]
 
 
 def prototypes(joint, value):
@@ -111,9 +111,9 @@ def test_prototypes_are_pooled_per_joint_by_slices_and_sent_to_every_node_next_r
         msg.content["metrics"][PROTOTYPE_SLICES] = slices
         replies.append(msg)
     strategy.aggregate_train(1, replies)
-    np.testing.assert_allclose(strategy.prototypes["ankle|0"], 1.0)
-    np.testing.assert_allclose(strategy.prototypes["knee|0"], (10 * 2.0 + 30 * 5.0) / 40)
-    np.testing.assert_allclose(strategy.prototypes["knee|1"], 2 * (10 * 2.0 + 30 * 5.0) / 40)
+    np.testing.assert_allclose(strategy.pools.prototypes["ankle|0"], 1.0)
+    np.testing.assert_allclose(strategy.pools.prototypes["knee|0"], (10 * 2.0 + 30 * 5.0) / 40)
+    np.testing.assert_allclose(strategy.pools.prototypes["knee|1"], 2 * (10 * 2.0 + 30 * 5.0) / 40)
     sent = send_round(strategy, 2)
     for msg in sent.values():
         assert set(msg.content[PROTOTYPES].keys()) == {"ankle|0", "ankle|1", "knee|0", "knee|1"}
@@ -124,8 +124,8 @@ def test_a_prototype_of_another_joint_is_refused(strategy):
     forged = site_reply(1, **{PROTOTYPES: prototypes("knee", 3.0)})  # the ankle site claims a knee prototype
     forged.content["metrics"][PROTOTYPE_SLICES] = 10
     strategy.aggregate_train(1, [forged, site_reply(2), site_reply(3)])
-    assert "not a prototype of joint ankle" in strategy.record["rejected"][0]["reason"]
-    assert strategy.prototypes == {}
+    assert "not a prototype of joint ankle" in strategy.rounds.record["rejected"][0]["reason"]
+    assert strategy.pools.prototypes == {}
 
 
 def head(value):
@@ -138,8 +138,8 @@ def test_heads_are_pooled_only_within_a_joint_and_go_back_only_to_its_sites(stra
     assert not sent[1].content[CONFIG][SHARE_HEAD]  # the only ankle site keeps its head
     strategy.aggregate_train(1, [site_reply(1), site_reply(2, examples=10, **{HEAD: head(1.0)}),
                                  site_reply(3, examples=30, **{HEAD: head(3.0)})])
-    np.testing.assert_allclose(strategy.joint_heads["knee"]["head.knee.weight"], (10 * 1.0 + 30 * 3.0) / 40)
-    assert set(strategy.joint_heads) == {"knee"}
+    np.testing.assert_allclose(strategy.pools.joint_heads["knee"]["head.knee.weight"], (10 * 1.0 + 30 * 3.0) / 40)
+    assert set(strategy.pools.joint_heads) == {"knee"}
     sent = send_round(strategy, 2)
     np.testing.assert_allclose(sent[2].content[HEAD]["head.knee.weight"].numpy(), 2.5)
     assert HEAD in sent[3].content and HEAD not in sent[1].content
@@ -169,5 +169,5 @@ def test_an_error_reply_is_named_as_missing_not_counted(strategy):
     send_round(strategy, 1)
     error = Message(metadata=site_reply(3).metadata, error=Error(0, "boom"))
     arrays, _ = strategy.aggregate_train(1, [site_reply(1), site_reply(2), error])
-    assert arrays is not None and set(strategy.record["sites"]) == {"ankle", "knee-a"}
-    assert {"site": "knee-b", "reason": "error reply"} in strategy.record["missing"]
+    assert arrays is not None and set(strategy.rounds.record["sites"]) == {"ankle", "knee-a"}
+    assert {"site": "knee-b", "reason": "error reply"} in strategy.rounds.record["missing"]
