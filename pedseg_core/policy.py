@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from pedseg_core.config import load_yaml
 from pedseg_core.errors import PedsegError
+from pedseg_core.validation_errors import one_line
 
 
 class DPBudget(BaseModel):
@@ -110,6 +111,4 @@ def load_policy(path: Path | None) -> SitePolicy:
     try:
         return SitePolicy.model_validate(values)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "policy"
-        raise PedsegError(f"{path}: {where}: {first['msg']}") from None
+        raise PedsegError(f"{path}: {one_line(err, SitePolicy)}") from None

@@ -32,7 +32,7 @@ def test_a_hand_written_run_config_may_quote_a_value():
 
 def test_every_section_of_the_document_is_validated():
     good = with_config_document({"preset": "tiny"})["config-json"]
-    with pytest.raises(PedsegError, match="federation.strategy must be fedavg or fedprox"):
+    with pytest.raises(PedsegError, match="federation.strategy must be one of fedavg, fedprox, got .fedsgd."):
         config_from_run_config({"config-json": good.replace('"strategy":"fedavg"', '"strategy":"fedsgd"')})
     with pytest.raises(PedsegError, match="not JSON"):
         config_from_run_config({"config-json": "{broken"})

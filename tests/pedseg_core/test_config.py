@@ -1,9 +1,10 @@
 """The typed configuration and its one adapter from Flower's run config."""
 
 import pytest
+from pydantic import ValidationError
 
 from flower_common.run_config import config_from_run_config
-from pedseg_core.config import build_config
+from pedseg_core.config import build_config, config_from_dict, parse_overrides
 from pedseg_core.errors import PedsegError
 
 
@@ -47,7 +48,7 @@ def test_zero_evaluate_every_keeps_the_presets_and_other_values_win():
     ({"fraction-train": 1.5}, r"federation.fraction_train must be in \(0, 1\], got 1.5"),
     ({"proximal-mu": -0.1}, "federation.proximal_mu must be 0 or more"),
     ({"norm-bound": 0.5}, r"federation.norm_bound must be 0 \(no bound\) or at least 1, got 0.5"),
-    ({"aggregation": "krum"}, "federation.aggregation must be one of mean, median, trimmed-mean, got krum"),
+    ({"aggregation": "krum"}, "federation.aggregation must be one of mean, median, trimmed-mean, got 'krum'"),
     ({"overrides": "federation.trim_fraction=0.5"}, r"federation.trim_fraction must be in \[0, 0.5\)"),
 ])
 def test_bad_values_are_refused(values, message):
@@ -66,3 +67,42 @@ def test_a_yaml_config_travels_to_the_federation_as_overrides():
     values = {"train": {"epochs": 3, "precision": "bf16"}, "model": {"decoder_channels": [32, 16, 16, 8, 8]}}
     cfg = config_from_run_config({"preset": "tiny", "overrides": " ".join(flatten_options(values))})
     assert (cfg.train.epochs, cfg.train.precision, cfg.model.decoder_channels) == (3, "bf16", (32, 16, 16, 8, 8))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.learning_rate=0", "train.learning_rate must be more than 0, got 0"),
+    ("train.batch_size=0", "train.batch_size must be at least 1, got 0"),
+    ("prior.channels=[8,0]", r"prior.channels must be a list of widths of at least 1, got \[8, 0\]"),
+    ("contrastive.max_prototype_slices=8", "contrastive.max_prototype_slices must be at least "
+                                           r"contrastive.min_prototype_slices \(32\), got 8"),
+    ("contrastive.scales=[0,7]", r"contrastive.scales must be stages in 0..5"),
+    ("data.lower_percentile=99.9", "data.lower_percentile must be below data.upper_percentile"),
+    ("data.folds=3", None),
+    ("eval.recalibration_slices=-1", "eval.recalibration_slices must be at least 1, got -1"),
+    ("tracking.mlflow_experiment=' '", "tracking.mlflow_experiment must be the name of an MLflow experiment"),
+    ("model.backbone=resnet50", "model.backbone must be one of resnet10, resnet18, resnet34, got 'resnet50'"),
+])
+def test_every_section_is_validated(override, message):
+    if message is None:
+        assert build_config("tiny", overrides=parse_overrides([override])).data.folds == 3
+        return
+    with pytest.raises(PedsegError, match=f"^override: {message}"):
+        build_config("tiny", overrides=parse_overrides([override]))
+
+
+def test_a_bad_value_names_the_layer_that_set_it(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text("train: {epochs: 3, steps_per_epoch: none}\n", encoding="utf-8")
+    with pytest.raises(PedsegError, match=f"^{path}: train.steps_per_epoch must be a valid integer, got 'none'$"):
+        build_config("tiny", path)
+    cfg = build_config("tiny", path, parse_overrides(["train.steps_per_epoch=7"]))  # the override wins
+    assert (cfg.train.epochs, cfg.train.steps_per_epoch) == (3, 7)
+
+
+def test_values_are_coerced_to_their_types_and_every_assignment_is_checked():
+    cfg = build_config("tiny", overrides={"train": {"epochs": "4", "channels_last": "true"},
+                                          "model": {"decoder_channels": ["8", 8, 8, 8, 8]}})
+    assert (cfg.train.epochs, cfg.train.channels_last, cfg.model.decoder_channels) == (4, True, (8, 8, 8, 8, 8))
+    with pytest.raises(ValidationError):
+        cfg.federation.min_nodes = 0
+    assert config_from_dict(cfg.to_dict()) == cfg  # what config.yaml and config-json hold reads back the same

@@ -27,13 +27,13 @@ def test_a_strict_policy_refuses_prototypes_and_the_head():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("dp: {epsilon: -1}", "dp.epsilon: Input should be greater than 0"),
-    ("dp: {epsilon: 8, delta: 2}", "dp.delta: Input should be less than 1"),
-    ("share_head: maybe", "share_head: Input should be a valid boolean"),
-    ("per_case: true", "per_case: Extra inputs are not permitted"),
+    ("dp: {epsilon: -1}", "dp.epsilon must be greater than 0, got -1"),
+    ("dp: {epsilon: 8, delta: 2}", "dp.delta must be less than 1, got 2"),
+    ("share_head: maybe", "share_head must be a valid boolean, got 'maybe'"),
+    ("per_case: true", r"top level: unknown option 'per_case' \(known: approved_apps, dp, "),
     ("- a list", "expected a mapping at the top level"),
     ("dp: [", "invalid YAML"),
-    ("approved_apps: [abc]", "approved_apps.0: String should match pattern"),
+    ("approved_apps: [abc]", "approved_apps.0 must match pattern"),
 ])
 def test_a_bad_policy_is_one_line_naming_the_file(text, message, tmp_path):
     path = tmp_path / "policy.yaml"

@@ -58,5 +58,5 @@ def test_a_bone_split_in_two_large_fragments_keeps_both():
 
 
 def test_a_fraction_outside_0_1_is_refused_in_one_line():
-    with pytest.raises(PedsegError, match=r"eval.component_min_fraction must lie in \(0, 1\]"):
+    with pytest.raises(PedsegError, match=r"eval.component_min_fraction must be in \(0, 1\]"):
         build_config("tiny", overrides=parse_overrides(["eval.component_min_fraction=0"]))
