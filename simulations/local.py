@@ -330,11 +330,7 @@ def submit_and_follow(fed: LocalFederation, app_dir: Path, config: dict[str, obj
     except KeyboardInterrupt:
         fed.flwr("stop", run_id, fed.connection, timeout=30)
         raise
-    fed.log_dir.mkdir(parents=True, exist_ok=True)
     (fed.log_dir / "run-status.json").write_text(json.dumps(status, indent=2), encoding="utf-8")
-    (fed.log_dir / "serverapp.log").write_text(
-        fed.flwr("log", run_id, fed.connection, "--show", timeout=60).stdout, encoding="utf-8"
-    )
     if status["status"] != "finished:completed":
         reason = run_end_reason(fed.run_dir) or status.get("status-details", "")
         raise PedsegError(f"the federated run {run_id} ended as {status['status']}: {reason}; logs in {fed.log_dir}")
@@ -372,25 +368,43 @@ def parse_run_id(proc: subprocess.CompletedProcess) -> str:
 
 
 def follow_run(fed: LocalFederation, run_id: str, sites: list[str], rounds: int, progress: bool) -> dict:
-    """Poll the run's status until it finishes, with a progress bar over the rounds of metrics.jsonl. A site
-    whose process ends is reported once; the run goes on while the quorum holds (the ServerApp decides)."""
+    """Follow the run with `flwr log --stream`, which writes the ServerApp's log to RUN/logs/serverapp.log and
+    ends when the run does, with a progress bar over the rounds of metrics.jsonl; then the run's status (`flwr
+    ls`). A site whose process ends is reported once; the run goes on while the quorum holds (the ServerApp
+    decides). A stream that ends before the run (a lost connection) is started again."""
     bar = progress_bar(None, "federated rounds", progress, total=rounds, unit="round")
     gone: set[str] = set()
+    fed.log_dir.mkdir(parents=True, exist_ok=True)
     try:
         while True:
+            with open(fed.log_dir / "serverapp.log", "w", encoding="utf-8") as log:  # the whole log, each time
+                stream = subprocess.Popen(fed.flwr_command("log", run_id, fed.connection, "--stream"),
+                                          env=fed.flwr_env(), stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    while stream.poll() is None:
+                        metrics = fed.run_dir / "metrics.jsonl"
+                        done = len(metrics.read_text(encoding="utf-8").splitlines()) if metrics.exists() else 0
+                        bar.update(done - bar.n)
+                        report_stopped_sites(fed, sites, gone)
+                        time.sleep(POLL_SECONDS)
+                finally:
+                    if stream.poll() is None:
+                        stream.terminate()
+                    stream.wait()
             listing = fed.flwr("ls", fed.connection, "--run-id", run_id, "--format", "json")
             runs = json.loads(listing.stdout or "{}").get("runs", [])
             if runs and str(runs[0].get("status", "")).startswith("finished"):
                 return runs[0]
-            done = len((fed.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) if (
-                fed.run_dir / "metrics.jsonl").exists() else 0
-            bar.update(done - bar.n)
-            for site in sites:
-                proc = fed.processes[f"site-{site}"]
-                if site not in gone and proc.poll() is not None:
-                    gone.add(site)
-                    print(f"pedseg federate: site {site} stopped (status {proc.returncode}; see "
-                          f"{fed.logs[f'site-{site}']}); the run goes on while the quorum holds", file=sys.stderr)
             time.sleep(POLL_SECONDS)
     finally:
         bar.close()
+
+
+def report_stopped_sites(fed: LocalFederation, sites: list[str], gone: set[str]) -> None:
+    """Say once of each site whose process ended (adding it to `gone`)."""
+    for site in sites:
+        proc = fed.processes[f"site-{site}"]
+        if site not in gone and proc.poll() is not None:
+            gone.add(site)
+            print(f"pedseg federate: site {site} stopped (status {proc.returncode}; see "
+                  f"{fed.logs[f'site-{site}']}); the run goes on while the quorum holds", file=sys.stderr)

@@ -102,7 +102,8 @@ def test_train_refuses_a_broken_dataset_naming_the_file(data, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["train", "--data", "knee", "--out", "X"], "expected JOINT=DIR"),
 
-    (["train", "--data", "ankle=D", "--out", "X", "--set", "train.epochs=many"], "train.epochs must be a valid integer, got 'many'"),
+    (["train", "--data", "ankle=D", "--out", "X", "--set", "train.epochs=many"],
+     "train.epochs must be a valid integer, got 'many'"),
     (["train", "--data", "ankle=D", "--out", "X", "--set", "train.epoch=3"], "unknown option 'epoch'"),
     (["train", "--data", "ankle=D", "--out", "X", "--preset", "huge"], "preset 'huge' is unknown"),
     (["predict", "--checkpoint", "none.pt", "--joint", "knee", "--input", "D", "--out", "X"], "checkpoint not found"),

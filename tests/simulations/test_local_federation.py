@@ -82,6 +82,8 @@ def test_no_case_id_reaches_the_server_and_every_site_audits_what_left_it(federa
     server_side = [p for p in out.rglob("*") if p.is_file() and "sites" not in p.relative_to(out).parts
                    and not p.name.startswith("site-")]
     assert out / "results.json" in server_side and out / "logs" / "serverapp.log" in server_side
+    # `flwr log --stream` followed the run to its end: the strategy's last lines are in the log
+    assert "Strategy execution finished" in (out / "logs" / "serverapp.log").read_text(encoding="utf-8")
     for path in server_side:
         content = path.read_bytes()
         assert not [c for c in case_ids if c.encode() in content], path
