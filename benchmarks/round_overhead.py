@@ -7,7 +7,10 @@ private state); the rest of a round is Flower's messaging and polling. Also the 
 network, 3 sites on this machine's cores, 50 local steps; target: the fixed cost <= 10% of a round.
 
     python benchmarks/round_overhead.py [--preset demo] [--rounds 4] [--steps 50] [--cases 8] [--message-dtype fp32]
-                                          [--out DIR]
+                                          [--unpacked] [--out DIR]
+
+--unpacked runs the same federation a second time with one Flower object per tensor (federation.pack_arrays
+off), for the side-by-side figure of what packing saves.
 """
 
 from __future__ import annotations
@@ -40,21 +43,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="local steps per round")
     parser.add_argument("--cases", type=int, default=8, help="training cases per site")
     parser.add_argument("--message-dtype", default="fp32", choices=("fp32", "fp16"))
+    parser.add_argument("--unpacked", action="store_true",
+                        help="also run with federation.pack_arrays=false (one Flower object per tensor), after")
     parser.add_argument("--out", help="keep the data and run here (default: a temporary folder)")
     args = parser.parse_args()
 
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pedseg-bench-"))
     data = synthesize(work / "data", JOINTS, args.cases, 1, seed=0)
-    steps = args.steps
-    overrides = [f"train.steps_per_epoch={steps}"]
+    print(f"{args.preset} preset, {len(JOINTS)} sites, {args.steps} local steps per round, {args.message_dtype} "
+          "messages; the first round (install, import) and the last (evaluation) are left out of the median")
+    for pack in (True, False) if args.unpacked else (True,):
+        measure(data, work / ("run" if pack else "run-unpacked"), args, pack)
+
+
+def measure(data: dict, run: Path, args: argparse.Namespace, pack: bool) -> None:
+    """One federation's rounds (its table and medians) and its bytes."""
+    overrides = [f"train.steps_per_epoch={args.steps}", f"federation.pack_arrays={str(pack).lower()}"]
     config = {"preset": args.preset, "scheme": "multi-domain", "strategy": "fedavg",
               "message-dtype": args.message_dtype, "num-server-rounds": args.rounds, "evaluate-every": args.rounds,
               "overrides": " ".join(overrides)}
-    federate_local(data, work / "run", config)
+    federate_local(data, run, config)
 
-    lines = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    print(f"{args.preset} preset, {len(JOINTS)} sites, {steps} local steps per round; the first round (install, "
-          "import) and the last (evaluation) are left out of the median")
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    print(f"\n{'packed arrays (one Array per record)' if pack else 'unpacked (one Flower object per tensor)'}:")
     print(f"{'round':>5} {'round s':>8} {'max train s':>11} {'max load s':>10} {'max client s':>12} "
           f"{'overhead':>9} {'outside handlers':>16}")
     shares, outside = [], []
@@ -73,7 +84,7 @@ def main() -> None:
               f"time beside the training loop, {statistics.median(outside):.1%} outside the sites' handlers "
               "(target <= 10%)")
 
-    status = json.loads((work / "run" / "logs" / "run-status.json").read_text(encoding="utf-8"))
+    status = json.loads((run / "logs" / "run-status.json").read_text(encoding="utf-8"))
     traffic = status["network-traffic"]
     size = shared_bytes(args.preset, overrides)
     per_site_round = traffic["inbound-bytes"] / (args.rounds * len(JOINTS))
@@ -82,7 +93,7 @@ def main() -> None:
           "(target <= 1.05x)")
     print(f"received by a site per round: {traffic['outbound-bytes'] / (args.rounds * len(JOINTS)) / 1e6:.2f} MB "
           "(train message each round, plus the evaluate message of the last round)")
-    print(f"run folder: {work}")
+    print(f"run folder: {run}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The Flower ClientApp of a hospital site: a thin adapter around `pedseg_core.train.site.SiteTrainer`.
 
 Node config (set by `pedseg-client`): site, joint, data-dir, state-dir, threads, keep-sent, policy (see
-`client.node_settings`). Two mods wrap every handler: the site's audit log (outermost) and its privacy policy;
+`client.node_settings`). Three mods wrap every handler: the packed arrays unpacked (outermost), the site's audit
+log and its privacy policy;
 training also goes through `client.message_dtype_mod` (fp16 on the wire when the run asks for it) and SecAgg+
 (`client.secure_aggregation_mod`) when the run uses secure aggregation.
 Replies carry only the shared arrays, `num-examples` and metrics (plus, when asked and allowed: the joint's
@@ -27,6 +28,7 @@ from flwr.clientapp import ClientApp
 from client.audit_mod import audit_mod
 from client.message_dtype_mod import message_dtype_mod
 from client.node_settings import node_settings, site_policy, state_dir
+from client.packed_arrays_mod import packed_arrays_mod
 from client.policy_mod import policy_mod
 from client.secure_aggregation_mod import secure_aggregation_mod
 from flower_common.run_config import config_from_run_config
@@ -70,7 +72,8 @@ PRIVATE_KEY = "pedseg-private"
 SEQUENCE_KEY = "pedseg-sequence"  # how many messages this node has handled: a cached trainer must have seen them all
 RUN_ID = re.compile(r"[0-9]{1,24}")
 
-app = ClientApp(mods=[audit_mod, policy_mod])  # the audit log sees exactly what the policy lets leave
+# outermost, the arrays unpacked; then the audit log, which sees exactly what the policy lets leave
+app = ClientApp(mods=[packed_arrays_mod, audit_mod, policy_mod])
 
 
 _CACHE: OrderedDict[tuple, tuple[SiteTrainer, PrivateStore, int]] = OrderedDict()

@@ -8,32 +8,25 @@ weights (`pedseg_core.message_dtype`). A reply without shared arrays (SecAgg+ ta
 
 from __future__ import annotations
 
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from flower_common.array_records import to_numpy, to_record
 from pedseg_core.message_dtype import FP16_UPDATE, encode_update, widened
 from pedseg_core.protocol import ARRAYS, ARRAYS_ENCODING, CONFIG, MESSAGE_DTYPE, PRIOR, SITE
-
-
-def _numpy(record: ArrayRecord) -> dict:
-    return {k: v.numpy() for k, v in record.items()}
-
-
-def _record(arrays: dict) -> ArrayRecord:
-    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
 def message_dtype_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     config = msg.content.config_records.get(CONFIG)
     if config is None or config.get(MESSAGE_DTYPE) != "fp16" or ARRAYS not in msg.content.array_records:
         return call_next(msg, context)
-    received = widened(_numpy(msg.content[ARRAYS]))
-    msg.content[ARRAYS] = _record(received)
+    received = widened(to_numpy(msg.content[ARRAYS]))
+    msg.content[ARRAYS] = to_record(received)
     if PRIOR in msg.content.array_records:
-        msg.content[PRIOR] = _record(widened(_numpy(msg.content[PRIOR])))
+        msg.content[PRIOR] = to_record(widened(to_numpy(msg.content[PRIOR])))
     reply = call_next(msg, context)
     if reply.has_error() or ARRAYS not in reply.content.array_records:
         return reply
-    reply.content[ARRAYS] = _record(encode_update(_numpy(reply.content[ARRAYS]), received))
+    reply.content[ARRAYS] = to_record(encode_update(to_numpy(reply.content[ARRAYS]), received))
     reply.content[SITE][ARRAYS_ENCODING] = FP16_UPDATE
     return reply

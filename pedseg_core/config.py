@@ -206,6 +206,8 @@ class FederationConfig(Section):
     secure_aggregation: bool = False  # SecAgg+: the server learns only the mean of the sites' shared weights
     message_dtype: MessageDtype = "fp32"  # fp16: shared weights travel in fp16 (down: rounded; up:
     # the update), see pedseg_core.message_dtype; under secure_aggregation they travel as SecAgg+ carries them
+    pack_arrays: bool = True  # each record's arrays travel packed into one Array: a few objects per message
+    # instead of one per tensor (pedseg_core.packed_arrays); off under secure_aggregation, which carries its own
     cached_sites: Annotated[int, rule(lambda v: v >= 0, "0 or more")] = 3  # site trainers a client process keeps
     # between messages (a simulation actor serves several virtual sites; a deployed SuperNode starts a process
     # per message, so nothing is kept there)

@@ -53,6 +53,8 @@ JOINT = "joint"
 LABELS_JSON = "labels-json"
 RESULT_JSON = "result-json"
 ARRAYS_ENCODING = "arrays-encoding"  # message_dtype.FP16_UPDATE: `arrays` holds the update, not the weights
+PACKED_JSON = "packed-json"  # also in config, server -> site: {record: index} of the records packed into one
+# Array each (flower_common.array_records)
 REFUSALS_JSON = "refusals-json"  # what this site's policy refused of the run's requests (a JSON list of lines)
 
 # metrics, site -> server

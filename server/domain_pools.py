@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Message
 
+from flower_common.array_records import to_record
 from pedseg_core.protocol import HEAD, JOINT, METRICS, PROTOTYPE_SEP, PROTOTYPE_SLICES, PROTOTYPES, SITE
 from server.aggregation import weighted_mean
-from server.array_records import to_record
 
 
 class DomainPools:

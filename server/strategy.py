@@ -8,8 +8,8 @@ strategy methods (the message flow is that of `pedseg_core.protocol`):
   a reply with any other key is rejected, so a private tensor can never enter the global model.
 - `server.aggregation`: each shared key over the replies that passed, weighted by `num-examples` or robustly.
 - `server.domain_pools`: per-joint prototypes and heads; `server.piggyback_evaluation`: the evaluation that
-  rides on the next round's training; `server.round_log`: the round's metrics line; `server.fp16_wire`: fp16
-  messages.
+  rides on the next round's training; `server.round_log`: the round's metrics line; `server.wire`: how the
+  arrays travel (packed, fp16).
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ from pedseg_core.train.run_dir import RunDir
 from server.aggregation import aggregate
 from server.continued_rounds import ContinuedRounds
 from server.domain_pools import DomainPools
-from server.fp16_wire import Fp16Wire
 from server.node_messages import for_node
 from server.piggyback_evaluation import PiggybackEvaluation
 from server.quorum import BoundedQuorum
 from server.round_log import RoundLog
 from server.site_roster import SiteRoster
 from server.update_checks import UpdateChecks
+from server.wire import Wire
 
 
 class SharedWeightsAggregation:
@@ -61,7 +61,8 @@ class SharedWeightsAggregation:
         self.rounds = RoundLog(self.roster)
         self.pools = DomainPools()
         self.evaluation = PiggybackEvaluation(fed.evaluate_every, num_rounds)
-        self.wire = Fp16Wire(fed.message_dtype == "fp16" and not fed.secure_aggregation)  # SecAgg+ has its own
+        plain = not fed.secure_aggregation  # SecAgg+ carries the arrays its own way
+        self.wire = Wire(fp16=plain and fed.message_dtype == "fp16", pack=plain and fed.pack_arrays)
         self.num_rounds = num_rounds
         self.global_arrays = ArrayRecord()
         self.union_config: dict = {}
@@ -104,9 +105,9 @@ class SharedWeightsAggregation:
 
     def _for_node(self, msg: Message) -> Message:
         node = msg.metadata.dst_node_id
-        records = {PRIOR: self.prior} if self.prior is not None else {}
-        records |= self.wire.on_wire | self.pools.records_for(self.roster.joint(node))
-        return for_node(msg, {SHARE_HEAD: self.roster.shares_head(node), **self.union_config}, records)
+        records, packed = self.wire.records((ARRAYS, PRIOR))
+        records |= self.pools.records_for(self.roster.joint(node))
+        return for_node(msg, {SHARE_HEAD: self.roster.shares_head(node), **self.union_config, **packed}, records)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -147,10 +148,9 @@ class SharedWeightsAggregation:
         config.update(self.union_config)
         config[FEDERATION_RUN] = self.federation_run
         self.wire.prepare(arrays, self.prior, config)
-        self.rounds.sent = list(super().configure_evaluate(server_round, arrays, config, grid))
-        for msg in self.rounds.sent:
-            if ARRAYS in self.wire.on_wire:
-                msg.content[ARRAYS] = self.wire.on_wire[ARRAYS]
+        records, packed = self.wire.records((ARRAYS,))
+        self.rounds.sent = [for_node(m, packed, records)
+                            for m in super().configure_evaluate(server_round, arrays, config, grid)]
         return self.rounds.sent
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

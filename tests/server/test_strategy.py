@@ -8,13 +8,24 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from flower_common.array_records import unpack_records
 from pedseg_core.config import FederationConfig
-from pedseg_core.protocol import CONFIG, EVALUATE_FIRST, HEAD, PROTOTYPE_SLICES, PROTOTYPES, RESULT_JSON, SHARE_HEAD
+from pedseg_core.protocol import (
+    ARRAYS,
+    CONFIG,
+    EVALUATE_FIRST,
+    HEAD,
+    PACKED_JSON,
+    PROTOTYPE_SLICES,
+    PROTOTYPES,
+    RESULT_JSON,
+    SHARE_HEAD,
+)
 from pedseg_core.train.run_dir import RunDir
 from server.strategy import SharedFedAvg
 from tests.server.replies import GLOBAL, global_arrays, reply, result_json
@@ -171,3 +182,12 @@ def test_an_error_reply_is_named_as_missing_not_counted(strategy):
     arrays, _ = strategy.aggregate_train(1, [site_reply(1), site_reply(2), error])
     assert arrays is not None and set(strategy.rounds.record["sites"]) == {"ankle", "knee-a"}
     assert {"site": "knee-b", "reason": "error reply"} in strategy.rounds.record["missing"]
+
+
+def test_the_shared_weights_travel_packed_with_their_index_in_each_nodes_config(strategy):
+    sent = send_round(strategy, 1)
+    for msg in sent.values():
+        assert list(msg.content[ARRAYS].keys()) == ["packed"]
+        content = RecordDict({ARRAYS: msg.content[ARRAYS]})
+        unpack_records(content, str(msg.content[CONFIG][PACKED_JSON]))
+        assert {k: v.numpy().tolist() for k, v in content[ARRAYS].items()} == {k: v.tolist() for k, v in GLOBAL.items()}

@@ -12,8 +12,9 @@ from flwr.clientapp import ClientApp
 
 from client import app as pedseg
 from client.node_settings import node_settings
+from client.packed_arrays_mod import packed_arrays_mod
 
-app = ClientApp()
+app = ClientApp(mods=[packed_arrays_mod])  # corrupts the reply unpacked, as a site's code would
 
 
 def _corrupt(reply: Message, received: ArrayRecord, kind: str, private_key: str) -> None:
