@@ -204,8 +204,9 @@ class FederationConfig(Section):
     trim_fraction: Annotated[float, rule(lambda v: 0 <= v < 0.5, "in [0, 0.5)")] = 0.2
     # trimmed-mean: the share of values cut at each end, per coordinate
     secure_aggregation: bool = False  # SecAgg+: the server learns only the mean of the sites' shared weights
-    message_dtype: MessageDtype = "fp32"  # fp16: shared weights travel in fp16 (down: rounded; up:
-    # the update), see pedseg_core.message_dtype; under secure_aggregation they travel as SecAgg+ carries them
+    message_dtype: MessageDtype = "fp16"  # shared weights travel in fp16 (down: rounded; up: the update; measured
+    # to cost no Dice, see README), or fp32; see pedseg_core.message_dtype; under secure_aggregation they travel
+    # as SecAgg+ carries them
     pack_arrays: bool = True  # each record's arrays travel packed into one Array: a few objects per message
     # instead of one per tensor (pedseg_core.packed_arrays); off under secure_aggregation, which carries its own
     cached_sites: Annotated[int, rule(lambda v: v >= 0, "0 or more")] = 3  # site trainers a client process keeps
