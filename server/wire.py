@@ -46,8 +46,9 @@ class Wire:
         return records, ({PACKED_JSON: json.dumps(index, separators=(",", ":"))} if index else {})
 
     def decoded(self, reply: Message) -> Message:
-        """A reply with its packed records unpacked and an fp16 update turned into weights; a reply that does not
-        unpack or decode stays as sent (the update checks reject it: its keys are not the shared ones)."""
+        """A reply with its packed records unpacked and an fp16 update turned into weights. A reply that does not
+        unpack keeps its packed record, and one whose fp16 update does not decode keeps the update: the update
+        checks reject either (a foreign key, or fp16 where the global weights are fp32)."""
         if reply.has_error() or SITE not in reply.content.config_records:
             return reply
         site = reply.content[SITE]
