@@ -272,22 +272,6 @@ def federate_two_joints(tmp_path, joints, scheme, overrides, policy=None):
                           policy=policy)
 
 
-def test_contrastive_federation_exchanges_prototypes_only_as_per_joint_means(tmp_path):
-    """Its sites also approve pedseg's app by hash (`approved_apps`): the app `flwr run` sends passes the check."""
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(f"approved_apps: [{app_hash(APP_DIR)}]\nmin_prototype_slices: 16\n", encoding="utf-8")
-    results = federate_two_joints(tmp_path, ("ankle", "shoulder"), "contrastive", "", policy)
-    assert results["scheme"] == "contrastive" and set(results["sites"]) == {"ankle", "shoulder"}
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    for line in lines:
-        assert line["prototype_joints"] == ["ankle", "shoulder"]
-        for site, sent in line["sites"].items():  # every training slice of the site (fewer than max 128)
-            assert sent["contrastive-loss"] > 0 and sent["prototype-slices"] == slices_of(tmp_path / "data" / site)
-    # the projection heads are shared weights: they are averaged like the filters
-    final = torch.load(tmp_path / "run" / "checkpoints" / "global_final.pt", weights_only=True)
-    assert any(k.startswith("projections.") for k in final["shared_state_dict"])
-
-
 def split_dataset(source, targets):
     """Split a dataset's training cases between new datasets (same dataset.json, same test split)."""
     cases = sorted(p.name.removesuffix(".nii.gz") for p in (source / "labelsTr").iterdir())
@@ -326,19 +310,30 @@ def test_sites_of_one_joint_pool_their_heads_and_keep_their_norms(tmp_path):
     assert not torch.equal(*norms)
 
 
-def test_full_scheme_learns_the_prior_first_then_segments_with_it(tmp_path):
-    results = federate_two_joints(tmp_path, ("ankle", "knee"), "full", "prior.epochs=2")
-    assert results["scheme"] == "full" and set(results["sites"]) == {"ankle", "knee"}
+def test_full_scheme_learns_the_prior_first_then_exchanges_prototypes_only_as_per_joint_means(tmp_path):
+    """`full` = multi-domain + contrastive + prior: the shape prior trains first, then each site's contrastive
+    term uses the other joints' prototypes (one mean per joint). Its sites also approve pedseg's app by hash
+    (`approved_apps`): the app `flwr run` sends passes the check."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"approved_apps: [{app_hash(APP_DIR)}]\nmin_prototype_slices: 16\n", encoding="utf-8")
+    results = federate_two_joints(tmp_path, ("ankle", "shoulder"), "full", "prior.epochs=2", policy)
+    assert results["scheme"] == "full" and set(results["sites"]) == {"ankle", "shoulder"}
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     prior, segmentation = lines[:2], lines[2:]
     assert [line["stage"] for line in prior] == ["prior", "prior"]
     assert all(line["prior-recon-last"] > 0 for line in prior)
     assert [line["round"] for line in segmentation] == [1, 2]
-    assert all(s["prior-loss"] > 0 and s["contrastive-loss"] > 0 for line in segmentation
-               for s in line["sites"].values())
+    for line in segmentation:
+        assert line["prototype_joints"] == ["ankle", "shoulder"]
+        for site, sent in line["sites"].items():  # every training slice of the site (fewer than max 128)
+            assert sent["prior-loss"] > 0 and sent["contrastive-loss"] > 0
+            assert sent["prototype-slices"] == slices_of(tmp_path / "data" / site)
     saved = torch.load(tmp_path / "run" / "checkpoints" / "shape_prior.pt", weights_only=True)
     assert saved["union_labels"] == {"background": 0, "ankle/tibia": 1, "ankle/talus": 2, "ankle/calcaneus": 3,
-                                     "knee/femur": 4, "knee/tibia": 5, "knee/patella": 6}
+                                     "shoulder/humerus": 4, "shoulder/scapula": 5}
+    # the projection heads are shared weights: they are averaged like the filters
+    final = torch.load(tmp_path / "run" / "checkpoints" / "global_final.pt", weights_only=True)
+    assert any(k.startswith("projections.") for k in final["shared_state_dict"])
 
 
 def test_a_new_hospital_adapts_the_federation_model(federation, tmp_path, capsys):
