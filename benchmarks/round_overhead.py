@@ -6,7 +6,7 @@ private state); the rest of a round is Flower's messaging and polling. Also the 
 (Flower's own traffic count) against the size of the shared parameters. Issue 14's setting by default: the demo
 network, 3 sites on this machine's cores, 50 local steps; target: the fixed cost <= 10% of a round.
 
-    python benchmarks/round_overhead.py [--preset demo] [--rounds 4] [--steps 50] [--cases 8] [--message-dtype fp32]
+    python benchmarks/round_overhead.py [--preset demo] [--rounds 4] [--steps 50] [--cases 8] [--message-dtype fp16]
                                           [--unpacked] [--out DIR]
 
 --unpacked runs the same federation a second time with one Flower object per tensor (federation.pack_arrays
@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=50, help="local steps per round")
     parser.add_argument("--cases", type=int, default=8, help="training cases per site")
-    parser.add_argument("--message-dtype", default="fp32", choices=("fp32", "fp16"))
+    parser.add_argument("--message-dtype", default="fp16", choices=("fp32", "fp16"),
+                        help="the shared weights on the wire (default: fp16, as federation.message_dtype)")
     parser.add_argument("--unpacked", action="store_true",
                         help="also run with federation.pack_arrays=false (one Flower object per tensor), after")
     parser.add_argument("--out", help="keep the data and run here (default: a temporary folder)")
