@@ -68,7 +68,10 @@ def commit() -> str:
             ["git", *args], cwd=ROOT, capture_output=True, encoding="utf-8", errors="replace"
         ).stdout.strip()
 
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    # the files this script rewrites after each benchmark do not make the next one's code "uncommitted"
+    written = (f":!{RESULTS.relative_to(ROOT)}", ":!README.md")
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                                  *written) else ""
     return (git("rev-parse", "--short", "HEAD") or "unknown") + dirty
 
 
