@@ -1,5 +1,6 @@
 """Flower's fixed waits on a site, shortened; `python -m client.flower_waits ARGS` is `flower-supernode ARGS`
-(Flower's own SuperNode, `flwr.supernode.cli.flower_supernode`) with them shortened.
+(Flower's own SuperNode, `flwr.supernode.cli.flower_supernode`) with them shortened, and with the tasks of
+messages whose run ended while they were received closed (`client.ended_runs`).
 
 flwr 1.41 hard-codes them (docs/dev/flower-round-cost.md §9):
 - the SuperNode sleeps 3 s after every empty `PullMessages` from the SuperLink, and 0.5 s between looks at its
@@ -24,6 +25,8 @@ import flwr.supernode.runtime.run_clientapp as task_calls
 import flwr.supernode.start_client_internal as supernode_loop
 from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree, pull_objects
 from flwr.supernode.cli import flower_supernode
+
+from client.ended_runs import close_tasks_of_ended_runs
 
 SUPERLINK_POLL_S = 0.25  # after an empty PullMessages (Flower: 3 s)
 LOCAL_POLL_S = 0.05  # the SuperNode waiting on its own state (Flower: 0.5 s)
@@ -58,6 +61,7 @@ def shorten_task_waits() -> None:
 
 def main() -> None:
     shorten_supernode_waits()
+    close_tasks_of_ended_runs()
     sys.argv[0] = "flower-supernode"
     flower_supernode()
 
