@@ -40,7 +40,7 @@ from flwr.supercore.constant import TaskType
 from flwr.supercore.fab import Fab
 from flwr.supercore.heartbeat import HeartbeatSender
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.retry import RetryInvoker, make_simple_http_retry_invoker
 from flwr.supercore.run import Run
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
@@ -67,7 +67,7 @@ class SiteWorker:
         return RuntimeHttpClient.from_server_address(
             server_address=self.address, insecure=self.certificates is None, root_certificates=self.certificates,
             interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), *interceptors],
-            retry_invoker=make_simple_http_retry_invoker())
+            retry_invoker=task_retry_invoker())
 
     def serve(self, first_token: str | None = None) -> None:
         if first_token:
@@ -129,6 +129,23 @@ class SiteWorker:
         """Hand a claimed task of another app to a fresh worker in this process's place."""
         os.execv(sys.executable, [sys.executable, "-m", "client.site_worker", *self.replacement_argv,
                                   "--token", token])
+
+
+def task_retry_invoker() -> RetryInvoker:
+    """Flower's retries of Runtime API calls, except on a refused task token (401: the SuperNode has ended the
+    task, e.g. a message whose run ended while it was received). Flower's invoker then interrupts its own
+    process (SIGINT: a `flwr-clientapp` lives for one task); here the call fails, the task ends as failed, and
+    the worker goes on to the next one."""
+    invoker = make_simple_http_retry_invoker()
+    flower_gives_up = invoker.should_giveup
+
+    def gives_up(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+            return True
+        return flower_gives_up(exc)
+
+    invoker.should_giveup = gives_up
+    return invoker
 
 
 def task_heartbeat(client: RuntimeHttpClient) -> Callable[[], bool]:

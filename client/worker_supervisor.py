@@ -4,9 +4,9 @@ Flower 1.41's SuperNode starts `flower-superexec` (found on PATH) once, and that
 `flwr-clientapp` process per message: torch, MONAI and Flower imported, the model built and the site's data
 loaded again every round (docs/dev/flower-round-cost.md). `pedseg-client` puts this module's launcher first on its
 SuperNode's PATH under that name, so the SuperNode starts this supervisor instead; it keeps one
-`client.site_worker` running (the process that runs every message) and starts a new one if it dies: the task the
-dead one was running fails after Flower's token expiry, as a dead `flwr-clientapp`'s does. Imports nothing
-heavy (psutil only); ends when the SuperNode does.
+`client.site_worker` running (the process that runs every message) and starts a new one whenever it ends while the
+SuperNode lives: the task the dead one was running fails after Flower's token expiry, as a dead `flwr-clientapp`'s
+does. Imports nothing heavy (psutil only); ends when the SuperNode does.
 
     flower-superexec (--insecure | --root-certificates CA) --runtime-api-address HOST:PORT --parent-pid PID
 """
@@ -57,8 +57,7 @@ def supervise(argv: Sequence[str] | None = None) -> int:
             worker.terminate()
             worker.wait()
             return 0
-        if code == 0:
-            return 0
+        # a worker that ended while the SuperNode lives, whatever its status: the site needs one to go on
         print(f"pedseg-client: the site's worker exited with status {code}; starting a new one", file=sys.stderr,
               flush=True)
         time.sleep(RESTART_PAUSE_SECONDS)

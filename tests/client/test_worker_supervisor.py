@@ -1,8 +1,10 @@
 """The SuperNode's `flower-superexec` as pedseg installs it: a supervisor that keeps one site worker running,
-starts a new one when the worker is killed, and ends (with its worker) when the SuperNode is gone."""
+starts a new one when the worker is killed or interrupted, and ends (with its worker) when the SuperNode is
+gone."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -33,7 +35,14 @@ def wait_for(condition, timeout: float = 60.0):
     return condition()
 
 
-def test_a_killed_worker_is_replaced_and_all_end_with_the_supernode(tmp_path):
+def take_ctrl_c() -> None:
+    """SIGINT acted on, even when the suite runs as a background job (which starts it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_a_killed_or_interrupted_worker_is_replaced_and_all_end_with_the_supernode(tmp_path):
+    """Interrupted: a worker ends with status 0 on SIGINT (Flower sends one to its own process, e.g. when its
+    parent seems gone); the site still needs a worker while its SuperNode lives."""
     launcher = install_launcher(tmp_path / "bin") / "flower-superexec"
     supernode = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # stands in for its pid
     supervisor = subprocess.Popen(
@@ -48,6 +57,7 @@ def test_a_killed_worker_is_replaced_and_all_end_with_the_supernode(tmp_path):
         stderr=subprocess.PIPE,
         encoding="utf-8",
         errors="replace",
+        preexec_fn=take_ctrl_c,
     )
     try:
         first = wait_for(lambda: workers(psutil.Process(supervisor.pid)))
@@ -55,11 +65,18 @@ def test_a_killed_worker_is_replaced_and_all_end_with_the_supernode(tmp_path):
         first[0].kill()
         second = wait_for(lambda: [w for w in workers(psutil.Process(supervisor.pid)) if w.pid != first[0].pid])
         assert len(second) == 1
+        time.sleep(3)  # the worker is up and has its SIGINT handler (the KeyboardInterrupt it exits 0 on)
+        second[0].send_signal(signal.SIGINT)
+        seen = {first[0].pid, second[0].pid}
+        third = wait_for(lambda: [w for w in workers(psutil.Process(supervisor.pid)) if w.pid not in seen])
+        assert len(third) == 1
         supernode.kill()
         supernode.wait()
         assert supervisor.wait(timeout=60) == 0
-        assert not psutil.pid_exists(second[0].pid) or second[0].status() == psutil.STATUS_ZOMBIE
-        assert "the site's worker exited with status -9; starting a new one" in supervisor.stderr.read()
+        assert not psutil.pid_exists(third[0].pid) or third[0].status() == psutil.STATUS_ZOMBIE
+        log = supervisor.stderr.read()
+        assert "the site's worker exited with status -9; starting a new one" in log
+        assert "the site's worker exited with status 0; starting a new one" in log
     finally:
         for proc in (supervisor, supernode):
             if proc.poll() is None:

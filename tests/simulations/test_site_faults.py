@@ -233,12 +233,18 @@ def test_a_superlink_restarted_with_its_database_continues_the_run(data, tmp_pat
         start_superlink()
         second = submit({**config, "resume-from": str(out)})
         status = follow_run(fed, second, sites, 5, progress=False)
-        listing = json.loads(fed.flwr("ls", fed.connection, "--format", "json").stdout)
+
+        def first_run_ended() -> dict | None:
+            listing = json.loads(fed.flwr("ls", fed.connection, "--format", "json").stdout)
+            old = {run["run-id"]: run for run in listing["runs"]}[first]
+            return old if old["status"].startswith("finished") else None
+
+        # the SuperLink gives up on the ServerApp it lost once its heartbeats are missed (Flower: 30 s, twice)
+        old = wait_for(first_run_ended, 240, "the SuperLink to end the first run")
     finally:
         fed.stop_all()
     assert status["status"] == "finished:completed", status
-    old = {run["run-id"]: run for run in listing["runs"]}[first]
-    assert old["status"] == "finished:failed", old  # the SuperLink gave up on the ServerApp it lost
+    assert old["status"] == "finished:failed", old
     records = lines(out)
     assert [r["round"] for r in records if "event" not in r] == [1, 2, 3, 4, 5]
     assert all(set(r["sites"]) == set(sites) for r in records if "event" not in r)
