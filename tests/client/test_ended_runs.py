@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.app.metadata import Metadata
+from flwr.common.constant import Status
 from flwr.supercore.constant import TaskType
 from flwr.supercore.inflatable.inflatable_object import get_object_tree
+from flwr.supercore.inflatable.inflatable_utils import pull_objects
 from flwr.supercore.object_store.object_store_factory import ObjectStoreFactory
 from flwr.supercore.run import Run, RunNotRunningException
 from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
@@ -46,18 +48,18 @@ def receive_while_the_run_ends() -> InMemoryNodeState:
 
 
 def open_tasks(state: InMemoryNodeState) -> list:
-    return [t for t in state.get_tasks(run_ids=[RUN_ID]) if t.status.status != "finished"]
+    return [t for t in state.get_tasks(run_ids=[RUN_ID]) if t.status.status != Status.FINISHED]
 
 
 def test_flwr_as_shipped_leaves_the_task_open(monkeypatch):
     """Fails when a Flower upgrade fixes it: then client.ended_runs can go."""
-    monkeypatch.setattr(supernode_loop, "pull_objects", supernode_loop.pull_objects)
+    monkeypatch.setattr(supernode_loop, "pull_objects", pull_objects)  # Flower's own, whatever ran before
     (task,) = open_tasks(receive_while_the_run_ends())
     assert task.type == TaskType.CLIENT_APP
 
 
 def test_with_the_fix_the_task_is_finished_and_the_message_gone(monkeypatch):
-    monkeypatch.setattr(supernode_loop, "pull_objects", supernode_loop.pull_objects)  # restored after the test
+    monkeypatch.setattr(supernode_loop, "pull_objects", pull_objects)  # restored after the test
     ended_runs.close_tasks_of_ended_runs()
     state = receive_while_the_run_ends()
     assert open_tasks(state) == []

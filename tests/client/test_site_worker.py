@@ -20,6 +20,7 @@ def test_a_revoked_task_token_fails_the_call_without_interrupting_the_process():
         task_retry_invoker().invoke(refused_with(401))
 
 
-def test_other_refusals_keep_flowers_handling():
-    with pytest.raises(httpx.HTTPStatusError):
-        task_retry_invoker().invoke(refused_with(404))  # not retryable for Flower either: raised at once
+def test_a_supernode_that_is_briefly_unavailable_is_still_retried():
+    """Only the 401 changed: a 503 (retryable for Flower) is tried again, and the call then succeeds."""
+    answers = [refused_with(503), lambda: "pulled"]
+    assert task_retry_invoker().invoke(lambda: answers.pop(0)()) == "pulled"
