@@ -147,9 +147,12 @@ def test_each_site_keeps_the_personalized_model_it_evaluated_for_pedseg_predict(
                        "--input", str(data / joint / "imagesTs"), "--out", str(predictions)]) == 0
         assert pedseg(["evaluate", "--pred", str(predictions), "--ref", str(data / joint / "labelsTs"),
                        "--json", str(report)]) == 0
-        # the same model on the same cases: the site's own score in results.json
+        # the same model on the same cases: the site's own score in results.json, bone by bone. Not bit for
+        # bit: the site ran on one thread with channels-last weights, predict on two with contiguous ones, so
+        # oneDNN sums in another order (~1e-8 apart) and a voxel whose classes tie that closely can flip (CI
+        # once saw a mean Dice 1.3e-5 apart); 1e-3 is a few voxels of these bones.
         scored = json.loads(report.read_text(encoding="utf-8"))
-        assert scored["mean_dice"] == pytest.approx(results["sites"][joint]["mean_dice"], abs=1e-6)
+        assert scored["mean"]["dice"] == pytest.approx(results["sites"][joint]["dice"], abs=1e-3)
 
 
 def test_broken_site_is_refused_with_a_clear_message(federation, capfd):
