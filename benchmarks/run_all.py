@@ -12,12 +12,14 @@ as they were (each says when it was measured).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,6 +31,7 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 # name -> what it measures (each with its own defaults), in the order they run: the short ones first
 BENCHMARKS = {
     "train_step": "pedseg's training step against a bare PyTorch loop",
+    "train_step_avx2": "the same, oneDNN and ATen capped to AVX2 (an AVX2-only CPU's kernels)",
     "tls_round": "TLS + SuperNode keys against --insecure, round time",
     "round_overhead": "a loopback round's fixed cost and bytes",
     "secure_aggregation": "SecAgg+ against plain aggregation, per round",
@@ -41,6 +44,10 @@ BENCHMARKS = {
     "adapt_new_site": "a left-out hospital adapted with 2 and 5 cases against the federation's site",
 }
 ARGUMENTS = {"round_overhead": ["--unpacked"]}  # beyond each benchmark's defaults: the side-by-side comparison
+# name -> (the script it runs, the environment it runs in): a CPU with AVX-512 or AMX stands in for an AVX2-only
+# one by capping the instruction sets oneDNN (convolutions, matmuls) and ATen (the rest) may use
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+VARIANTS = {"train_step_avx2": ("train_step", dict(zip(ISA_CAPS, ("AVX2", "avx2"))))}
 SECTION = re.compile(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->\n", re.DOTALL)
 
 
@@ -59,7 +66,9 @@ def machine() -> str:
     )
     reason = native_bf16(torch.device("cpu"))
     bf16 = f"bf16 native ({reason})" if reason else "no native bf16 (it would be emulated)"
-    return f"{model}; {bf16}; {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    caps = [f"{name}={os.environ[name]}" for name in ISA_CAPS if name in os.environ]
+    capped = f", capped to {' '.join(caps)}" if caps else ""
+    return f"{model}{capped}; {bf16}; {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def commit() -> str:
@@ -87,24 +96,42 @@ def spaced(output: str) -> str:
     return "\n".join(out)
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` set for the duration (the benchmark and `machine()` both see them)."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+
+
 def run(name: str) -> str:
     what = BENCHMARKS[name]
-    command = ["python", f"benchmarks/{name}.py", *ARGUMENTS.get(name, [])]
+    script, env = VARIANTS.get(name, (name, {}))
+    command = [*(f"{k}={v}" for k, v in env.items()), "python", f"benchmarks/{script}.py", *ARGUMENTS.get(name, [])]
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, *command[1:]],
-        cwd=ROOT,
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    with environment(env):
+        done = subprocess.run(
+            [sys.executable, f"benchmarks/{script}.py", *ARGUMENTS.get(name, [])],
+            cwd=ROOT,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        where = machine()
     minutes = (time.perf_counter() - started) / 60
     output = spaced(done.stdout.strip()) if done.returncode == 0 else \
         f"**failed** (exit {done.returncode}):\n\n```\n{done.stderr.strip()[-3000:]}\n```"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"<!-- bench:{name} -->\n## {name}: {what}\n\n`{' '.join(command)}`: {stamp}, commit {commit()}, "
-            f"{machine()}; {minutes:.1f} min\n\n{output}\n<!-- /bench:{name} -->\n")
+            f"{where}; {minutes:.1f} min\n\n{output}\n<!-- /bench:{name} -->\n")
 
 
 def main() -> None:

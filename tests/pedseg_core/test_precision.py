@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -38,3 +43,25 @@ def test_an_explicit_precision_is_kept_on_any_cpu():
     assert build_config("tiny").train.precision == "auto"
     with pytest.raises(PedsegError, match="train.precision must be one of auto, fp32, bf16, got 'fp16'"):
         build_config("tiny", overrides={"train": {"precision": "fp16"}})
+
+
+@pytest.mark.parametrize("cap, expected", [("AVX2", "fp32"), ("avx512_core", "fp32"), ("AVX512_CORE_BF16", "bf16"),
+                                           ("AVX10_1_512_AMX", "bf16"), ("", "bf16")])
+def test_a_onednn_isa_cap_below_bf16_makes_auto_train_in_fp32(monkeypatch, cap, expected):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    chosen = resolve_precision("auto", False, CPU, AVX2_ONLY | {"avx512_bf16", "amx_bf16"})
+    assert chosen.dtype == expected
+    if expected == "fp32":
+        assert f"ONEDNN_MAX_CPU_ISA={cap.upper()} emulates bf16" in chosen.reason
+
+
+def test_the_isa_cap_is_the_one_onednn_obeys():
+    """A process started with ONEDNN_MAX_CPU_ISA=AVX2 reports oneDNN's ISA as AVX2 (torch's own verbose line)
+    and auto picks fp32 there."""
+    code = ("import torch; from pedseg_core.precision import resolve_precision;"
+            "torch.nn.functional.conv2d(torch.ones(8, 32, 32, 32), torch.ones(32, 32, 3, 3));"
+            "print(resolve_precision('auto', False, torch.device('cpu')).dtype)")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ONEDNN_VERBOSE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert "isa:Intel AVX2" in done.stdout and done.stdout.strip().endswith("fp32")
