@@ -10,28 +10,26 @@ flwr 1.41 hard-codes them (docs/dev/flower-round-cost.md §9):
   then 2, 4 and up to 10 s.
 On loopback they were most of a round's 10 s outside the sites' handlers. None has a setting, so this module
 replaces what the SuperNode loop and the task calls see: the SuperLink poll becomes `SUPERLINK_POLL_S` (one
-small gRPC request per site and interval), the local waits `LOCAL_POLL_S`, and array retries start at
-`OBJECT_RETRY_S` (capped at `OBJECT_RETRY_CAP_S`). It reaches into flwr's internals: flwr is pinned, and
-tests/client/test_flower_waits.py checks on every upgrade that the names it replaces still exist.
+small gRPC request per site and interval), the local waits `LOCAL_POLL_S`, and array retries are
+`flower_common.object_retries`' (the ServerApp shortens its own the same way). It reaches into flwr's
+internals: flwr is pinned, and tests/client/test_flower_waits.py checks on every upgrade that the names it
+replaces still exist.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from functools import partial
 
 import flwr.supernode.runtime.run_clientapp as task_calls
 import flwr.supernode.start_client_internal as supernode_loop
-from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree, pull_objects
 from flwr.supernode.cli import flower_supernode
 
 from client.ended_runs import close_tasks_of_ended_runs
+from flower_common.object_retries import pull_object_tree_promptly, pull_objects_promptly
 
 SUPERLINK_POLL_S = 0.25  # after an empty PullMessages (Flower: 3 s)
 LOCAL_POLL_S = 0.05  # the SuperNode waiting on its own state (Flower: 0.5 s)
-OBJECT_RETRY_S = 0.05  # first retry of an array not there yet (Flower: 1 s, doubling)
-OBJECT_RETRY_CAP_S = 1.0  # (Flower: 10 s)
 FLOWER_IDLE_SLEEP_S = 3
 
 
@@ -49,14 +47,12 @@ class ShortSleeps:
 def shorten_supernode_waits() -> None:
     """In a SuperNode's process: its loop's sleeps and its array retries."""
     supernode_loop.time = ShortSleeps()
-    supernode_loop.pull_objects = partial(pull_objects, initial_backoff=OBJECT_RETRY_S,
-                                          backoff_cap=OBJECT_RETRY_CAP_S)
+    supernode_loop.pull_objects = pull_objects_promptly
 
 
 def shorten_task_waits() -> None:
     """In a site worker's process: the array retries of `pull_task_input`."""
-    task_calls.pull_and_inflate_object_from_tree = partial(
-        pull_and_inflate_object_from_tree, initial_backoff=OBJECT_RETRY_S, backoff_cap=OBJECT_RETRY_CAP_S)
+    task_calls.pull_and_inflate_object_from_tree = pull_object_tree_promptly
 
 
 def main() -> None:

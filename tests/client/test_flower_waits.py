@@ -12,6 +12,7 @@ from flwr.supercore.inflatable.inflatable_utils import (
 )
 
 from client import flower_waits
+from flower_common.object_retries import OBJECT_RETRY_S
 
 
 def test_flwr_still_hard_codes_the_waits_this_module_replaces():
@@ -46,4 +47,4 @@ def test_shortened_sleeps_and_retries(monkeypatch):
     started = time.monotonic()
     assert supernode_loop.pull_objects(["a"], pull) == {"a": b"content"}
     assert time.monotonic() - started < 2  # Flower: 1 + 2 + 4 s
-    assert task_calls.pull_and_inflate_object_from_tree.keywords["initial_backoff"] == flower_waits.OBJECT_RETRY_S
+    assert task_calls.pull_and_inflate_object_from_tree.keywords["initial_backoff"] == OBJECT_RETRY_S
