@@ -1,12 +1,15 @@
 """ImageNet initialization from a torchvision-format ResNet checkpoint (generated with the real key names
-and shapes; no torchvision needed)."""
+and shapes; no torchvision needed: torchvision's wheels do not import beside this torch). MONAI's plain ResNet-34,
+built the torchvision way, is the independent network the layout and the loaded function are checked against."""
 
 import pytest
 import torch
+from monai.networks.nets import resnet34
+from torch import nn
 
 from pedseg_core.config import build_config
 from pedseg_core.errors import PedsegError
-from pedseg_core.model.imagenet import init_encoder
+from pedseg_core.model.imagenet import init_encoder, load_torchvision_resnet
 from pedseg_core.model.unet import MultiDomainUNet, build_model
 
 TORCHVISION_RESNET34_KEYS = 218  # len(torchvision.models.resnet34().state_dict())
@@ -66,6 +69,50 @@ def test_every_encoder_tensor_is_loaded(checkpoint, norm):
         assert torch.equal(own[f"layer2.1.bn2.norms.{d}.weight"], state["layer2.1.bn2.weight"])
         if norm == "batch":
             assert torch.equal(own[f"bn1.norms.{d}.running_var"], state["bn1.running_var"])
+
+
+def torchvision_style_monai_resnet34() -> nn.Module:
+    """MONAI's classifier ResNet-34 with torchvision's choices: stride-2 7x7 stem, 1x1 conv + BN shortcuts
+    without bias, 3 input channels, 1000 classes."""
+    return resnet34(spatial_dims=2, n_input_channels=3, num_classes=1000, conv1_t_stride=2, shortcut_type="B",
+                    bias_downsample=False)
+
+
+def test_the_generated_layout_is_a_library_resnet34_layout():
+    """The generated checkpoint loads strictly (every key, every shape) into MONAI's own ResNet-34."""
+    torchvision_style_monai_resnet34().load_state_dict(torchvision_resnet_state(), strict=True)
+
+
+def well_scaled(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The random checkpoint with activations kept near 1 through 16 blocks: convolutions at variance
+    1/fan_in, BN shifts and running means at 0.1 of the unit draws."""
+    scaled = {}
+    for key, value in state.items():
+        if value.dim() == 4:
+            value = value / value[0].numel() ** 0.5
+        elif key.endswith(("bn1.bias", "bn2.bias", "downsample.1.bias", "running_mean")):
+            value = value * 0.1
+        scaled[key] = value
+    return scaled
+
+
+def test_the_loaded_encoder_computes_the_checkpoint_network():
+    """After loading, pedseg's encoder on a grey slice gives the checkpoint network's ImageNet logits on the
+    same slice repeated over RGB (eval mode: BN from the running statistics), so every tensor went to its place."""
+    state = well_scaled(torchvision_resnet_state())
+    reference = torchvision_style_monai_resnet34().eval()
+    reference.load_state_dict(state)
+    cfg = build_config("small", overrides={"model": {"backbone": "resnet34", "norm": "batch"}})
+    model = MultiDomainUNet([4, 3], cfg.model).eval()
+    load_torchvision_resnet(model.encoder, state, "test checkpoint")
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(x.repeat(1, 3, 1, 1))
+        for domain in (0, 1):
+            model.set_domain(domain)
+            pooled = model.encoder(x)[-1].mean(dim=(2, 3))
+            logits = nn.functional.linear(pooled, state["fc.weight"], state["fc.bias"])
+            assert torch.allclose(logits, expected, rtol=1e-4, atol=1e-3)  # logits of about 100
 
 
 def test_counts_report_what_group_norm_cannot_use(checkpoint):
