@@ -26,11 +26,13 @@ class RoundLog:
         self.started = time.perf_counter()
 
     def begin(self, server_round: int) -> None:
-        self.record = {"round": server_round, "sites": {}, "errors": [], "rejected": []}
+        self.record = {"round": server_round, "started_at": round(time.time(), 3), "sites": {}, "errors": [],
+                       "rejected": []}
         self.started = time.perf_counter()
 
     def finish(self) -> dict:
-        """The record, with the round's wall time."""
+        """The record, with the round's wall time (to its end; the time to the next round's `started_at` also
+        holds the server's state save)."""
         self.record["round_time_s"] = round(time.perf_counter() - self.started, 3)
         return self.record
 
