@@ -1,11 +1,12 @@
 """A loopback round's fixed cost and bytes on the wire (real SuperLink and SuperNodes, TLS, each site's warm worker).
 
 For each round: round time (server side, from its start to the next round's) against the longest site's pure
-training time (the local loop), and
-against the longest ClientApp handler ("max client s": set-up, the piggy-backed evaluation, training, saving
-private state); the rest of a round is Flower's messaging and polling. Also the bytes each site sends per round
-(Flower's own traffic count) against the size of the shared parameters. Issue 14's setting by default: the demo
-network, 3 sites on this machine's cores, 50 local steps; target: the fixed cost <= 10% of a round.
+training time (the local loop), and against the longest ClientApp handler ("max client s": set-up, the
+piggy-backed evaluation, training, saving private state); the rest of a round is Flower's messaging and polling
+and the server's work between the replies and the next round (aggregation, its state save). Also the bytes each
+site sends per round (Flower's own traffic count) against the size of the shared parameters. Issue 14's setting
+by default: the demo network, 3 sites on this machine's cores, 50 local steps; target: the fixed cost <= 10% of a
+round.
 
     python benchmarks/round_overhead.py [--preset demo] [--rounds 4] [--steps 50] [--cases 8] [--message-dtype fp16]
                                           [--unpacked] [--out DIR]

@@ -40,11 +40,16 @@ def pack_records(content: RecordDict, names: tuple[str, ...]) -> str:
     return json.dumps(indexes, separators=(",", ":"))
 
 
-def unpack_records(content: RecordDict, packed_json: str) -> None:
-    """Unpack, in place, the records `packed_json` names; ValueError (or KeyError, TypeError) when they do not
-    match it."""
+def unpacked(content: RecordDict, packed_json: str) -> dict[str, dict[str, np.ndarray]]:
+    """The arrays of the records `packed_json` names, {record name: {key: array}}; ValueError (or KeyError,
+    TypeError) when they do not match it."""
     indexes = json.loads(packed_json)
     if not isinstance(indexes, dict):
         raise ValueError("the packed index is not a mapping")
-    for name, index in indexes.items():
-        content[name] = to_record(unpack(content[name][PACKED].numpy(), index))
+    return {name: unpack(content[name][PACKED].numpy(), index) for name, index in indexes.items()}
+
+
+def unpack_records(content: RecordDict, packed_json: str) -> None:
+    """Unpack, in place, the records `packed_json` names (errors as `unpacked`)."""
+    for name, arrays in unpacked(content, packed_json).items():
+        content[name] = to_record(arrays)

@@ -102,6 +102,8 @@ def federate(grid: Grid, cfg: PedsegConfig, run: RunDir, state: RunState) -> Non
         save_run_state(run.path, state)
         return None
 
+    if isinstance(grid, PromptGrid):  # under SecAgg+ (its own grid) replies are neither packed nor fp16
+        grid.on_reply = strategy.wire.decoded
     strategy.start(grid, ArrayRecord(state.arrays), num_rounds=num_rounds - done, timeout=fed.round_timeout,
                    train_config=ConfigRecord({}), evaluate_fn=end_of_round)
     save_shared_checkpoint(run.checkpoints / "global_final.pt", state.arrays, cfg, num_rounds,

@@ -14,7 +14,7 @@ tests/server/test_prompt_grid.py fails when the name moves).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import flwr.superlink.grid.http_grid as http_grid
 from flwr.app import Message
@@ -22,15 +22,17 @@ from flwr.serverapp import Grid
 
 from flower_common.object_retries import pull_objects_promptly
 
-POLL_SECONDS = 0.2  # a pull is one small request to the SuperLink
+POLL_SECONDS = 0.1  # a pull is one small request to the SuperLink
 
 
 class PromptGrid:
     """`grid` with replies pulled every POLL_SECONDS; `send_and_receive` returns as Flower's does: the replies
-    that came before `timeout` (None: wait for all)."""
+    that came before `timeout` (None: wait for all). `on_reply` runs on each reply as it arrives, while the
+    slower sites still train (the strategy's decoding, `server.wire`)."""
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
+        self.on_reply: Callable[[Message], Message] = lambda reply: reply
         http_grid.pull_objects = pull_objects_promptly  # the replies' arrays (this process is the ServerApp's)
 
     def __getattr__(self, name: str):
@@ -41,7 +43,7 @@ class PromptGrid:
         end = time.monotonic() + (timeout or 0.0)
         replies: list[Message] = []
         while waiting:
-            arrived = list(self.grid.pull_messages(waiting))
+            arrived = [self.on_reply(reply) for reply in self.grid.pull_messages(waiting)]
             replies += arrived
             waiting -= {m.metadata.reply_to_message_id for m in arrived}
             if not waiting or (timeout is not None and time.monotonic() >= end):

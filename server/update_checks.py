@@ -66,6 +66,16 @@ def check_arrays(record: ArrayRecord, reference: dict[str, Array], what: str) ->
     return arrays
 
 
+def _squared_distance(value: np.ndarray, reference: np.ndarray) -> float:
+    """||value - reference||^2 of one array, in its own precision (float32 weights: ~1e-5 relative, ample for a
+    norm bound); integer arrays (BatchNorm's step counts) in float64."""
+    if not np.issubdtype(value.dtype, np.floating):
+        value, reference = value.astype(np.float64), reference.astype(np.float64)
+    with np.errstate(over="ignore"):  # an overflowing update is inf: beyond any bound
+        difference = (value - reference).reshape(-1)
+        return float(np.dot(difference, difference))
+
+
 def check_metrics(reply: Message, declared: float | None) -> float:
     """The reply's `num-examples`, if every metric is finite and the count is in (0, `declared`]."""
     if METRICS not in reply.content.metric_records:
@@ -133,7 +143,7 @@ class UpdateChecks:
         (site, joint) the server already knows: a known node may not answer as another site or joint."""
         heads, prototypes, known = dict(heads), dict(prototypes), known or {}
         reference = {key: global_arrays[key] for key in global_arrays.keys()}
-        globals_ = {key: array.numpy().astype(np.float64) for key, array in reference.items()}
+        globals_ = {key: array.numpy() for key, array in reference.items()}
         checked, rejected = [], []
         for reply in replies:
             try:
@@ -181,5 +191,4 @@ class UpdateChecks:
         if HEAD in reply.content.array_records:  # like the joint's pooled head, or the first head of this round
             head = reply.content[HEAD]
             check_arrays(head, heads.setdefault(joint, {k: head[k] for k in head.keys()}), "head")
-        norm = math.sqrt(sum(float(np.sum((arrays[k].astype(np.float64) - g) ** 2)) for k, g in globals_.items()))
-        return site, norm, examples
+        return site, math.sqrt(sum(_squared_distance(arrays[k], g) for k, g in globals_.items())), examples

@@ -11,7 +11,7 @@ import json
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
-from flower_common.array_records import packed, to_numpy, to_record, unpack_records
+from flower_common.array_records import packed, to_numpy, to_record, unpacked
 from pedseg_core.message_dtype import FP16_UPDATE, decode_update, rounded, widened
 from pedseg_core.protocol import ARRAYS, ARRAYS_ENCODING, MESSAGE_DTYPE, PACKED_JSON, PRIOR, SITE
 
@@ -24,6 +24,7 @@ class Wire:
         self.down: dict[str, ArrayRecord] = {}  # ARRAYS (and PRIOR) as they travel
         self.index: dict[str, list] = {}  # the packed ones' indexes
         self.reference: dict[str, np.ndarray] = {}  # fp16: what the sites train from (the rounded global, fp32)
+        self.seen: dict[int, Message] = {}  # the replies decoded since `prepare`, by id()
 
     def prepare(self, arrays: ArrayRecord, prior: ArrayRecord | None, config: ConfigRecord) -> None:
         """The round's global arrays (and the prior) for the wire; `config` tells the sites about fp16."""
@@ -33,7 +34,7 @@ class Wire:
             rounded_arrays = {name: rounded(to_numpy(record)) for name, record in down.items()}
             self.reference = widened(rounded_arrays[ARRAYS])
             down = {name: to_record(values) for name, values in rounded_arrays.items()}
-        self.index = {}
+        self.index, self.seen = {}, {}
         if self.pack:
             for name in list(down):
                 down[name], self.index[name] = packed(down[name])
@@ -46,17 +47,21 @@ class Wire:
         return records, ({PACKED_JSON: json.dumps(index, separators=(",", ":"))} if index else {})
 
     def decoded(self, reply: Message) -> Message:
-        """A reply with its packed records unpacked and an fp16 update turned into weights. A reply that does not
-        unpack keeps its packed record, and one whose fp16 update does not decode keeps the update: the update
-        checks reject either (a foreign key, or fp16 where the global weights are fp32)."""
-        if reply.has_error() or SITE not in reply.content.config_records:
+        """A reply with its packed records unpacked and an fp16 update turned into weights, in place. A reply that
+        does not unpack keeps its packed record, and one whose fp16 update does not decode keeps the update: the
+        update checks reject either (a foreign key, or fp16 where the global weights are fp32). The grid calls this
+        as each reply arrives and the strategy again when it aggregates: a second call returns the reply as it is."""
+        if self.seen.get(id(reply)) is reply or reply.has_error() or SITE not in reply.content.config_records:
             return reply
+        self.seen[id(reply)] = reply
         site = reply.content[SITE]
         try:
-            if site.get(PACKED_JSON):
-                unpack_records(reply.content, str(site[PACKED_JSON]))
+            records = unpacked(reply.content, str(site[PACKED_JSON])) if site.get(PACKED_JSON) else {}
             if site.get(ARRAYS_ENCODING) == FP16_UPDATE and ARRAYS in reply.content.array_records:
-                reply.content[ARRAYS] = to_record(decode_update(to_numpy(reply.content[ARRAYS]), self.reference))
+                update = records[ARRAYS] if ARRAYS in records else to_numpy(reply.content[ARRAYS])
+                records[ARRAYS] = decode_update(update, self.reference)
         except Exception:  # noqa: BLE001 - whatever a site sent, the server goes on
             return reply
+        for name, arrays in records.items():
+            reply.content[name] = to_record(arrays)
         return reply
