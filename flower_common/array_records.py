@@ -25,9 +25,9 @@ def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-def packed(record: ArrayRecord) -> tuple[ArrayRecord, list[list]]:
-    """(the record as one packed Array, its index)."""
-    buffer, index = pack(to_numpy(record))
+def packed(arrays: dict[str, np.ndarray]) -> tuple[ArrayRecord, list[list]]:
+    """(the arrays as a record of one packed Array, its index)."""
+    buffer, index = pack(arrays)
     return ArrayRecord({PACKED: Array(buffer)}), index
 
 
@@ -36,7 +36,7 @@ def pack_records(content: RecordDict, names: tuple[str, ...]) -> str:
     indexes = {}
     for name in names:
         if name in content.array_records:
-            content[name], indexes[name] = packed(content[name])
+            content[name], indexes[name] = packed(to_numpy(content[name]))
     return json.dumps(indexes, separators=(",", ":"))
 
 

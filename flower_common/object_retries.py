@@ -15,7 +15,7 @@ from functools import partial
 from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree, pull_objects
 
 OBJECT_RETRY_S = 0.05  # first retry of an array not there yet (Flower: 1 s, doubling)
-OBJECT_RETRY_CAP_S = 0.2  # (Flower: 10 s)
+OBJECT_RETRY_CAP_S = 0.1  # (Flower: 10 s)
 
 pull_objects_promptly = partial(pull_objects, initial_backoff=OBJECT_RETRY_S, backoff_cap=OBJECT_RETRY_CAP_S)
 pull_object_tree_promptly = partial(pull_and_inflate_object_from_tree, initial_backoff=OBJECT_RETRY_S,

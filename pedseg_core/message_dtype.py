@@ -13,6 +13,7 @@ also suit weights and updates, whose range is small.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 MESSAGE_DTYPES = ("fp32", "fp16")
 FP16_UPDATE = "fp16-update"  # how a site's reply says its shared arrays are an fp16 update
@@ -22,15 +23,20 @@ def _floating(value: np.ndarray) -> bool:
     return np.issubdtype(value.dtype, np.floating)
 
 
+def _tensor(value: np.ndarray) -> torch.Tensor:
+    """A torch view of `value` (of a copy when it is read-only: torch does not view those). torch's casts use
+    the CPU's vector units; numpy's fp16 ones are 2-4x slower on the 12 M weights of the demo network."""
+    return torch.from_numpy(value if value.flags.writeable else value.copy())
+
+
 def rounded(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays as they travel to the sites: floating-point ones in fp16."""
-    with np.errstate(over="ignore"):
-        return {k: v.astype(np.float16) if _floating(v) else v for k, v in arrays.items()}
+    return {k: _tensor(v).to(torch.float16).numpy() if _floating(v) else v for k, v in arrays.items()}
 
 
 def widened(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What a site trains from: the fp16 arrays it received, as fp32."""
-    return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in arrays.items()}
+    return {k: _tensor(v).to(torch.float32).numpy() if v.dtype == np.float16 else v for k, v in arrays.items()}
 
 
 def encode_update(trained: dict[str, np.ndarray], received: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -39,8 +45,7 @@ def encode_update(trained: dict[str, np.ndarray], received: dict[str, np.ndarray
         ref = received.get(key)
         if not _floating(value) or ref is None or ref.shape != value.shape:
             return value
-        with np.errstate(over="ignore"):
-            return (value.astype(np.float32) - ref.astype(np.float32)).astype(np.float16)
+        return (_tensor(value).float() - _tensor(ref).float()).to(torch.float16).numpy()
     return {k: update(k, v) for k, v in trained.items()}
 
 
@@ -51,5 +56,5 @@ def decode_update(sent: dict[str, np.ndarray], reference: dict[str, np.ndarray])
         ref = reference.get(key)
         if value.dtype != np.float16 or ref is None or ref.shape != value.shape:
             return value
-        return ref.astype(np.float32) + value.astype(np.float32)
+        return (_tensor(ref).float() + _tensor(value).float()).numpy()
     return {k: weights(k, v) for k, v in sent.items()}

@@ -24,7 +24,7 @@ from pedseg_core.model.unet import build_model
 from pedseg_core.train.run_dir import RunDir
 from server.prior_stage import train_prior
 from server.prompt_grid import PromptGrid
-from server.run_state import RunState, load_run_state, save_run_state
+from server.run_state import RunState, StateWriter, load_run_state
 from server.secure_aggregation import SecureAggregationGrid
 from server.site_query import query_sites, union_labels
 from server.strategy import SharedFedAvg, SharedFedProx
@@ -90,6 +90,8 @@ def federate(grid: Grid, cfg: PedsegConfig, run: RunDir, state: RunState) -> Non
     if not state.arrays:  # the initial global weights (random or ImageNet encoder): the shared part
         state.arrays, _ = split_for_scheme(build_model([head_classes], cfg.model, projection), cfg.scheme)
 
+    writer = StateWriter(run.path)
+
     def end_of_round(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """After each round (Flower counts from 1 in this run; round 0: before the first): its metrics line,
         then the state a resume continues from."""
@@ -99,13 +101,16 @@ def federate(grid: Grid, cfg: PedsegConfig, run: RunDir, state: RunState) -> Non
         strategy.end_round(state.completed_round)
         state.arrays, state.strategy = arrays.to_torch_state_dict(), strategy.state_dict()
         state.metrics_bytes = run.metrics_bytes()
-        save_run_state(run.path, state)
+        writer.save(state)
         return None
 
     if isinstance(grid, PromptGrid):  # under SecAgg+ (its own grid) replies are neither packed nor fp16
         grid.on_reply = strategy.wire.decoded
-    strategy.start(grid, ArrayRecord(state.arrays), num_rounds=num_rounds - done, timeout=fed.round_timeout,
-                   train_config=ConfigRecord({}), evaluate_fn=end_of_round)
+    try:
+        strategy.start(grid, ArrayRecord(state.arrays), num_rounds=num_rounds - done, timeout=fed.round_timeout,
+                       train_config=ConfigRecord({}), evaluate_fn=end_of_round)
+    finally:
+        writer.close()  # the last round's state is on disk before results.json says the run is complete
     save_shared_checkpoint(run.checkpoints / "global_final.pt", state.arrays, cfg, num_rounds,
                            joint_heads=strategy.pools.joint_heads)
     if cfg.scheme == "shared":  # the whole model is global: a checkpoint `pedseg predict --joint shared` reads

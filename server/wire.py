@@ -29,15 +29,20 @@ class Wire:
     def prepare(self, arrays: ArrayRecord, prior: ArrayRecord | None, config: ConfigRecord) -> None:
         """The round's global arrays (and the prior) for the wire; `config` tells the sites about fp16."""
         down = {ARRAYS: arrays, **({PRIOR: prior} if prior is not None else {})}
+        self.index, self.seen = {}, {}
+        if not (self.fp16 or self.pack):
+            self.down = down
+            return
+        values = {name: to_numpy(record) for name, record in down.items()}
         if self.fp16:
             config[MESSAGE_DTYPE] = "fp16"
-            rounded_arrays = {name: rounded(to_numpy(record)) for name, record in down.items()}
-            self.reference = widened(rounded_arrays[ARRAYS])
-            down = {name: to_record(values) for name, values in rounded_arrays.items()}
-        self.index, self.seen = {}, {}
+            values = {name: rounded(arrays) for name, arrays in values.items()}
+            self.reference = widened(values[ARRAYS])
         if self.pack:
-            for name in list(down):
-                down[name], self.index[name] = packed(down[name])
+            for name, arrays in values.items():
+                down[name], self.index[name] = packed(arrays)
+        else:
+            down = {name: to_record(arrays) for name, arrays in values.items()}
         self.down = down
 
     def records(self, names: tuple[str, ...]) -> tuple[dict[str, ArrayRecord], dict[str, str]]:
