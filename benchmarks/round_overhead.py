@@ -8,7 +8,7 @@ site sends per round (Flower's own traffic count) against the size of the shared
 by default: the demo network, 3 sites on this machine's cores, 50 local steps; target: the fixed cost <= 10% of a
 round.
 
-    python benchmarks/round_overhead.py [--preset demo] [--rounds 6] [--steps 50] [--cases 8] [--message-dtype fp16]
+    python benchmarks/round_overhead.py [--preset demo] [--rounds 10] [--steps 50] [--cases 8] [--message-dtype fp16]
                                           [--unpacked] [--out DIR]
 
 --unpacked runs the same federation a second time with one Flower object per tensor (federation.pack_arrays
@@ -41,7 +41,7 @@ def shared_bytes(preset: str, overrides: list[str]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="demo")
-    parser.add_argument("--rounds", type=int, default=6, help="the median is over rounds 2 to the last but one")
+    parser.add_argument("--rounds", type=int, default=10, help="the median is over rounds 2 to the last but one")
     parser.add_argument("--steps", type=int, default=50, help="local steps per round")
     parser.add_argument("--cases", type=int, default=8, help="training cases per site")
     parser.add_argument("--message-dtype", default="fp16", choices=("fp32", "fp16"),
