@@ -53,9 +53,9 @@ class Wire:
 
     def decoded(self, reply: Message) -> Message:
         """A reply with its packed records unpacked and an fp16 update turned into weights, in place. A reply that
-        does not unpack keeps its packed record, and one whose fp16 update does not decode keeps the update: the
-        update checks reject either (a foreign key, or fp16 where the global weights are fp32). The grid calls this
-        as each reply arrives and the strategy again when it aggregates: a second call returns the reply as it is."""
+        does not unpack or decode stays as it came, packed or fp16: the update checks reject it (a foreign key, or
+        fp16 where the global weights are fp32). The grid calls this as each reply arrives and the strategy again
+        when it aggregates: a second call returns the reply as it is."""
         if self.seen.get(id(reply)) is reply or reply.has_error() or SITE not in reply.content.config_records:
             return reply
         self.seen[id(reply)] = reply
