@@ -14,6 +14,8 @@ removed, `evaluate/postprocess.py`). Targets (issue 15): federated `full` mean H
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import subprocess
 import sys
 import tempfile
@@ -82,7 +84,12 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="pedseg-bench-"))
     data = heldout_data(args.data or out / "data")
-    reproduce({j: data / j for j in JOINTS}, out / "reproduce", preset="small", cells=CELLS)
+    training = io.StringIO()  # the epochs' progress stays out of RESULTS.md; each cell's summary line does not
+    try:
+        with contextlib.redirect_stdout(training):
+            reproduce({j: data / j for j in JOINTS}, out / "reproduce", preset="small", cells=CELLS)
+    finally:
+        print("\n".join(line for line in training.getvalue().splitlines() if line.startswith("[")), "\n")
 
     scores = {cell: score(out / "reproduce" / "runs" / "fold-0" / cell, data) for cell in CELLS}
     print(f"`small` preset, held-out phantoms (seed 7), {len(JOINTS)} joints; per bone the mean over test cases "
