@@ -77,7 +77,9 @@ def data(tmp_path_factory):
 @pytest.mark.slow
 def test_a_killed_site_is_named_the_run_goes_on_and_the_restarted_site_rejoins(data, tmp_path):
     out = tmp_path / "run"
-    run = federate(data, out, ("ankle", "knee", "shoulder"), 7, "--min-sites", "2")
+    # 16 rounds: the restarted site needs about 10 s to start and register, and the rounds after the kill take
+    # about 2 s each (7 rounds left it no round to rejoin in once rounds got cheaper)
+    run = federate(data, out, ("ankle", "knee", "shoulder"), 16, "--min-sites", "2")
     wait_for(lambda: len(lines(out)) >= 1, 300, "the first round")
     client, pids = site_processes(run.pid, "shoulder")
     command = shlex.split(
