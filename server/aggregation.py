@@ -1,32 +1,34 @@
-"""How the checked updates of a round become one: the example-weighted mean, or a robust coordinate-wise
-aggregate (median, trimmed mean) that a minority of bad updates cannot drag far. The robust ones are those of
-Flower's FedMedian and FedTrimmedAvg, applied key by key to the shared weights only."""
+"""The aggregation rules: `federation.aggregation` -> the Flower strategy that turns a round's checked shared
+weights into the new global ones (`server.strategy.SharedWeightsStrategy` holds it as its inner strategy, samples
+the nodes through it and hands it only the replies that passed the update checks).
+
+A new rule is ONE line of RULES (any Flower strategy that aggregates an ArrayRecord weighted by `num-examples`),
+plus its name in `pedseg_core.config.AGGREGATIONS`, which validates the run's configuration (and a field in
+`FederationConfig` if the rule takes a new parameter). FedProx is no rule here: its proximal term is an option
+of every rule (`federation.strategy: fedprox` sends `proximal-mu` to the sites).
+"""
 
 from __future__ import annotations
 
-import numpy as np
-from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+from collections.abc import Callable
+
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+
+from pedseg_core.config import FederationConfig
+
+RULES: dict[str, Callable[..., FedAvg]] = {  # name -> (the run's federation config, sampling) -> the strategy
+    "mean": lambda fed, **sampling: FedAvg(**sampling),  # weighted by num-examples
+    "median": lambda fed, **sampling: FedMedian(**sampling),  # coordinate-wise, every site counts once
+    "trimmed-mean": lambda fed, **sampling: FedTrimmedAvg(**sampling, beta=fed.trim_fraction),
+    "krum": lambda fed, **sampling: Krum(**sampling, num_malicious_nodes=fed.malicious_sites),
+    "multikrum": lambda fed, **sampling: MultiKrum(**sampling, num_malicious_nodes=fed.malicious_sites,
+                                                   num_nodes_to_select=fed.multikrum_selected),
+    "bulyan": lambda fed, **sampling: Bulyan(**sampling, num_malicious_nodes=fed.malicious_sites),
+}
 
 
-def weighted_mean(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Example-weighted mean of same-shaped arrays, in the dtype of the first (integers rounded).
-
-    Not Flower's `aggregate_arrayrecords`: it accumulates in each array's own dtype and turns integer arrays
-    (BatchNorm's step counters) into float64, which the next round's dtype check would refuse; and it needs
-    every record to hold every key, where prototypes and pooled heads are averaged over the sites that sent
-    the key."""
-    w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
-    mean = sum(wi * a.astype(np.float64) for wi, a in zip(w, arrays))
-    dtype = arrays[0].dtype
-    return np.asarray(np.rint(mean) if np.issubdtype(dtype, np.integer) else mean).astype(dtype)
-
-
-def aggregate(arrays: list[np.ndarray], weights: list[float], method: str, trim_fraction: float) -> np.ndarray:
-    """One key's arrays [N sites, *shape] -> [*shape]: `mean` weighs by `weights`; `median` and `trimmed-mean`
-    (cutting `trim_fraction` of the values at each end) count every site once, as Flower's FedMedian and
-    FedTrimmedAvg do."""
-    if method == "mean":
-        return weighted_mean(arrays, weights)
-    stacked = np.stack(arrays)
-    robust = np.median(stacked, axis=0) if method == "median" else trim_mean(stacked, trim_fraction)
-    return np.asarray(robust).astype(arrays[0].dtype)
+def aggregation_rule(fed: FederationConfig) -> FedAvg:
+    """The Flower strategy of `fed.aggregation`, sampling `fed.fraction_train` of the connected sites (at least
+    `fed.min_nodes`) for training and every connected site for the final evaluation."""
+    return RULES[fed.aggregation](fed, fraction_train=fed.fraction_train, min_train_nodes=fed.min_nodes,
+                                  min_evaluate_nodes=fed.min_nodes, min_available_nodes=fed.min_nodes)

@@ -1,4 +1,5 @@
-"""The Flower ServerApp: FedAvg or FedProx over the shared weights, run directory on the server's disk.
+"""The Flower ServerApp: `server.strategy.SharedWeightsStrategy` over the shared weights (FedAvg or a robust rule,
+FedProx's term as an option), run directory on the server's disk.
 
 Run config (pyproject `[tool.flwr.app.config]`, overridable with `flwr run --run-config`): see
 `flower_common.run_config`, plus `out-dir` (where the run directory is written; default
@@ -14,6 +15,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from flower_common.flower_patches import SERVERAPP, apply_flower_patches
 from flower_common.run_config import config_from_run_config
 from pedseg_core.config import CONTRASTIVE_SCHEMES, UNION_LABEL_SCHEMES, PedsegConfig
 from pedseg_core.errors import PedsegError
@@ -27,13 +29,14 @@ from server.prompt_grid import PromptGrid
 from server.run_state import RunState, StateWriter, load_run_state
 from server.secure_aggregation import SecureAggregationGrid
 from server.site_query import query_sites, union_labels
-from server.strategy import SharedFedAvg, SharedFedProx
+from server.strategy import SharedWeightsStrategy
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    apply_flower_patches(SERVERAPP)  # Flower's internals patched here, or stock Flower with one log line
     cfg = config_from_run_config(dict(context.run_config))
     resume = str(context.run_config.get("resume-from", ""))
     if resume:
@@ -61,34 +64,21 @@ def federate(grid: Grid, cfg: PedsegConfig, run: RunDir, state: RunState) -> Non
     num_rounds = fed.num_rounds(cfg.train)
 
     projection = cfg.contrastive if cfg.scheme in CONTRASTIVE_SCHEMES else None
-    nodes = {"min_train_nodes": fed.min_nodes, "min_evaluate_nodes": fed.min_nodes,
-             "min_available_nodes": fed.min_nodes, "quorum_timeout": fed.quorum_timeout}
-    if fed.strategy == "fedprox":
-        strategy = SharedFedProx(fraction_train=fed.fraction_train, proximal_mu=fed.proximal_mu, **nodes)
-    else:
-        strategy = SharedFedAvg(fraction_train=fed.fraction_train, **nodes)
-    strategy.setup_run(run, fed, num_rounds)
-    strategy.secure = grid if isinstance(grid, SecureAggregationGrid) else None
-    strategy.federation_run = state.federation_run
-    strategy.rounds_done = done = state.completed_round
-    if state.strategy:
-        strategy.load_state_dict(state.strategy)
+    done = state.completed_round
+    sites = {}
     if cfg.scheme in UNION_LABEL_SCHEMES or done:  # who is who (a resumed run pools heads from its first round)
         sites = query_sites(grid, fed.min_nodes, fed.quorum_timeout, fed.round_timeout)
-        strategy.know_sites({node: (s.site, s.joint) for node, s in sites.items()})
         if cfg.scheme in UNION_LABEL_SCHEMES and state.union is None:  # the shared head's or the prior's labels
             state.union, state.offsets = union_labels(sites)
-    head_classes = 2  # the heads' sizes do not matter when heads stay private
-    if state.union is not None:
-        strategy.use_union_labels(state.offsets, len(state.union))
-        head_classes = len(state.union)
+    head_classes = 2 if state.union is None else len(state.union)  # heads' sizes do not matter when they stay private
     if cfg.scheme == "full" and state.prior is None:  # stage 1: the prior, learned by all sites first
         state.prior = train_prior(grid, cfg, run, state.offsets, len(state.union)).to_torch_state_dict()
         torch.save({"union_labels": state.union, "state_dict": state.prior}, run.checkpoints / "shape_prior.pt")
-    if state.prior is not None:
-        strategy.use_prior(ArrayRecord(state.prior))
     if not state.arrays:  # the initial global weights (random or ImageNet encoder): the shared part
         state.arrays, _ = split_for_scheme(build_model([head_classes], cfg.model, projection), cfg.scheme)
+    strategy = SharedWeightsStrategy(fed, run, state, num_rounds,
+                                     sites={node: (s.site, s.joint) for node, s in sites.items()},
+                                     secure=grid if isinstance(grid, SecureAggregationGrid) else None)
 
     writer = StateWriter(run.path)
 

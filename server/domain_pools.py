@@ -10,7 +10,18 @@ from flwr.app import Array, ArrayRecord, Message
 
 from flower_common.array_records import to_record
 from pedseg_core.protocol import HEAD, JOINT, METRICS, PROTOTYPE_SEP, PROTOTYPE_SLICES, PROTOTYPES, SITE
-from server.aggregation import weighted_mean
+
+
+def weighted_mean(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Weighted mean of same-shaped arrays [N sites, *shape] -> [*shape], in the dtype of the first (integers
+    rounded).
+
+    Not Flower's `aggregate_arrayrecords`: it needs every record to hold every key, where prototypes and pooled
+    heads are averaged over the sites that sent the key."""
+    w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    mean = sum(wi * a.astype(np.float64) for wi, a in zip(w, arrays))
+    dtype = arrays[0].dtype
+    return np.asarray(np.rint(mean) if np.issubdtype(dtype, np.integer) else mean).astype(dtype)
 
 
 class DomainPools:

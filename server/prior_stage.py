@@ -4,21 +4,31 @@ on the sites' own masks in the union label space (see `server.site_query`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from pedseg_core.config import PedsegConfig
+from pedseg_core.config import FederationConfig, PedsegConfig
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.shape_prior import ShapeAutoEncoder
 from pedseg_core.protocol import STAGE, STAGE_PRIOR, UNION_CLASSES, UNION_OFFSETS_JSON
 from pedseg_core.train.run_dir import RunDir
-from server.quorum import BoundedQuorum
+from server.quorum import wait_for_quorum
 
 
-class QuorumFedAvg(BoundedQuorum, FedAvg):
-    """Flower's FedAvg, with a bounded wait for the quorum."""
+class PriorFedAvg(FedAvg):
+    """Flower's FedAvg, whose rounds wait a bounded time for the quorum (`server.quorum`) before it samples."""
+
+    def __init__(self, fed: FederationConfig) -> None:
+        super().__init__(fraction_evaluate=0.0, min_train_nodes=fed.min_nodes, min_available_nodes=fed.min_nodes)
+        self.quorum_timeout = fed.quorum_timeout
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        wait_for_quorum(grid, self.min_available_nodes, self.quorum_timeout, f"stage 1, round {server_round}")
+        return super().configure_train(server_round, arrays, config, grid)
 
 
 def train_prior(grid: Grid, cfg: PedsegConfig, run: RunDir, offsets: dict[str, int], num_classes: int
@@ -27,8 +37,7 @@ def train_prior(grid: Grid, cfg: PedsegConfig, run: RunDir, offsets: dict[str, i
     same keys); one `stage: prior` line per round in metrics.jsonl (the sites' example-weighted reconstruction
     losses). Returns the final auto-encoder weights."""
     fed = cfg.federation
-    strategy = QuorumFedAvg(fraction_evaluate=0.0, min_train_nodes=fed.min_nodes, min_available_nodes=fed.min_nodes,
-                            quorum_timeout=fed.quorum_timeout)
+    strategy = PriorFedAvg(fed)
     initial = ArrayRecord(ShapeAutoEncoder(num_classes, cfg.prior.channels).state_dict())
     config = ConfigRecord({STAGE: STAGE_PRIOR, UNION_OFFSETS_JSON: json.dumps(offsets), UNION_CLASSES: num_classes})
     result = strategy.start(grid, initial, num_rounds=cfg.prior.epochs, timeout=fed.round_timeout,

@@ -31,7 +31,7 @@ class RunState:
     federation_run: str  # the first Flower run id of this federated run: sites keep their private layers under it
     completed_round: int
     arrays: dict[str, torch.Tensor]  # the global shared weights after that round
-    strategy: dict  # server.strategy.SharedWeightsAggregation.state_dict()
+    strategy: dict  # server.strategy.SharedWeightsStrategy.state_dict()
     union: dict[str, int] | None = None  # the union label space (shared and full schemes)
     offsets: dict[str, int] | None = None  # each joint's offset in it
     prior: dict[str, torch.Tensor] | None = None  # the frozen shape auto-encoder (full scheme)

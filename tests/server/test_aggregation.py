@@ -1,30 +1,36 @@
-"""Aggregation arithmetic: the example-weighted mean, and the robust coordinate-wise median and trimmed mean."""
+"""The table of aggregation rules: every name the configuration accepts is a Flower strategy, built with the
+run's sampling and the rule's own parameters (what each rule computes is tested through the server strategy, in
+tests/server/test_strategy.py)."""
 
-import numpy as np
 import pytest
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
-from server.aggregation import aggregate, weighted_mean
-
-
-def test_weighted_mean_by_examples():
-    a, b = np.array([1.0, 2.0], np.float32), np.array([4.0, 8.0], np.float32)
-    out = weighted_mean([a, b], [1, 2])
-    np.testing.assert_allclose(out, [3.0, 6.0])
-    assert out.dtype == np.float32
+from pedseg_core.config import AGGREGATIONS, FederationConfig
+from server.aggregation import RULES, aggregation_rule
 
 
-def test_integer_arrays_stay_integers():
-    out = weighted_mean([np.array(3, np.int64), np.array(6, np.int64)], [1, 1])
-    assert out.dtype == np.int64 and out.shape == () and int(out) == 4  # 4.5 rounds to even
+def test_the_table_holds_exactly_the_rules_the_configuration_accepts():
+    assert set(RULES) == set(AGGREGATIONS)
 
 
-SITES = [np.array([1.0, 10.0], np.float32), np.array([2.0, 20.0], np.float32), np.array([3.0, 30.0], np.float32),
-         np.array([4.0, 40.0], np.float32), np.array([1000.0, -1000.0], np.float32)]  # the last one is an outlier
+@pytest.mark.parametrize("name, kind", [("mean", FedAvg), ("median", FedMedian), ("trimmed-mean", FedTrimmedAvg),
+                                        ("krum", Krum), ("multikrum", MultiKrum), ("bulyan", Bulyan)])
+def test_each_rule_is_flowers_strategy_with_the_runs_sampling(name, kind):
+    rule = aggregation_rule(FederationConfig(aggregation=name, min_nodes=7, fraction_train=0.5))
+    assert type(rule) is kind
+    assert (rule.fraction_train, rule.min_train_nodes, rule.min_available_nodes) == (0.5, 7, 7)
 
 
-@pytest.mark.parametrize("method, expected", [("median", [3.0, 20.0]), ("trimmed-mean", [3.0, 20.0])])
-def test_robust_aggregates_are_coordinate_wise_and_resist_one_outlier(method, expected):
-    out = aggregate(SITES, [1, 1, 1, 1, 100], method, trim_fraction=0.2)  # weights do not count here
-    np.testing.assert_allclose(out, expected, rtol=1e-6)
-    assert out.dtype == np.float32
-    assert aggregate(SITES, [1] * 5, "mean", 0.2)[0] == pytest.approx(202.0)  # the mean is dragged away
+def test_the_rules_take_their_parameters_from_the_federation_config():
+    assert aggregation_rule(FederationConfig(aggregation="trimmed-mean", trim_fraction=0.3)).beta == 0.3
+    krum = aggregation_rule(FederationConfig(aggregation="krum", malicious_sites=1))
+    assert (krum.num_malicious_nodes, krum.num_nodes_to_select) == (1, 1)
+    multikrum = aggregation_rule(FederationConfig(aggregation="multikrum", malicious_sites=1, multikrum_selected=3))
+    assert (multikrum.num_malicious_nodes, multikrum.num_nodes_to_select) == (1, 3)
+    assert aggregation_rule(FederationConfig(aggregation="bulyan", malicious_sites=1, min_nodes=7)
+                            ).num_malicious_nodes == 1
+
+
+def test_bulyan_is_refused_when_the_quorum_cannot_out_number_the_malicious_sites():
+    with pytest.raises(ValueError, match=r"bulyan needs federation.min_nodes of at least 4 x malicious_sites \+ 3 = 7"):
+        FederationConfig(aggregation="bulyan", malicious_sites=1, min_nodes=6)

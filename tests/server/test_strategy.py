@@ -5,6 +5,7 @@ private tensor can never enter the global model. A two-method Grid stands in for
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,11 +24,14 @@ from pedseg_core.protocol import (
     PACKED_JSON,
     PROTOTYPE_SLICES,
     PROTOTYPES,
+    PROXIMAL_MU,
     RESULT_JSON,
+    SERVER_ROUND,
     SHARE_HEAD,
 )
 from pedseg_core.train.run_dir import RunDir
-from server.strategy import SharedFedAvg
+from server.run_state import RunState
+from server.strategy import SharedWeightsStrategy
 from tests.server.replies import GLOBAL, global_arrays, reply, result_json
 
 NODES = {1: ("ankle", "ankle"), 2: ("knee-a", "knee"), 3: ("knee-b", "knee")}  # node -> (site, joint)
@@ -62,24 +66,29 @@ class NodeListGrid(Grid):
         raise NotImplementedError
 
 
-@pytest.fixture
-def strategy(tmp_path, monkeypatch):
+def build_strategy(run_dir, completed_round=0, **federation):
+    """The run's strategy over NODES, as server.app builds it (3 sites, every one needed)."""
+    fed = FederationConfig(evaluate_every=1, min_nodes=3, quorum_timeout=5.0, **federation)
+    run_dir.mkdir(exist_ok=True)
+    state = RunState(federation_run="1", completed_round=completed_round, arrays={}, strategy={})
+    return SharedWeightsStrategy(fed, RunDir(run_dir), state, num_rounds=3, sites=NODES)
+
+
+@pytest.fixture(autouse=True)
+def server_process(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what Flower sets in a ServerApp process before it runs
     monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    fed = FederationConfig()
-    fed.evaluate_every = 1
-    s = SharedFedAvg(fraction_train=1.0, min_train_nodes=3, min_evaluate_nodes=3, min_available_nodes=3,
-                     quorum_timeout=5.0)
-    (tmp_path / "run").mkdir()
-    s.setup_run(RunDir(tmp_path / "run"), fed, num_rounds=3)
-    s.know_sites(NODES)
-    return s
 
 
-def send_round(strategy, server_round):
+@pytest.fixture
+def strategy(tmp_path):
+    return build_strategy(tmp_path / "run")
+
+
+def send_round(strategy, server_round, arrays=None):
     return {m.metadata.dst_node_id: m for m in strategy.configure_train(
-        server_round, global_arrays(), ConfigRecord({"lr": 0.01}), NodeListGrid(NODES))}
+        server_round, arrays or global_arrays(), ConfigRecord({"lr": 0.01}), NodeListGrid(NODES))}
 
 
 def site_reply(node, shift=0.1, examples=12.0, **records):
@@ -191,3 +200,100 @@ def test_the_shared_weights_travel_packed_with_their_index_in_each_nodes_config(
         content = RecordDict({ARRAYS: msg.content[ARRAYS]})
         unpack_records(content, str(msg.content[CONFIG][PACKED_JSON]))
         assert {k: v.numpy().tolist() for k, v in content[ARRAYS].items()} == {k: v.tolist() for k, v in GLOBAL.items()}
+
+
+GLOBAL_WITH_COUNTER = ArrayRecord({"enc.weight": Array(np.zeros((4, 3), np.float32)),
+                                   "bn.num_batches_tracked": Array(np.array(10, np.int64))})
+
+
+def counted_reply(node, shift, steps, examples=12.0):
+    """A reply over GLOBAL_WITH_COUNTER: the weights moved by `shift`, BatchNorm's counter by `steps`."""
+    site, joint = NODES[node]
+    arrays = {"enc.weight": np.full((4, 3), shift, np.float32),
+              "bn.num_batches_tracked": np.array(10 + steps, np.int64)}
+    return reply(node, site, joint, arrays=arrays, examples=examples)
+
+
+@pytest.mark.parametrize("aggregation, expected", [("mean", 0.2), ("median", 0.2), ("trimmed-mean", 0.2),
+                                                   ("krum", None), ("multikrum", None), ("bulyan", None)])
+def test_every_rule_aggregates_the_checked_replies_in_the_global_dtypes(tmp_path, aggregation, expected):
+    strategy = build_strategy(tmp_path / "run", aggregation=aggregation)
+    send_round(strategy, 1, GLOBAL_WITH_COUNTER)
+    arrays, metrics = strategy.aggregate_train(1, [counted_reply(1, 0.1, 1), counted_reply(2, 0.2, 2),
+                                                   counted_reply(3, 0.3, 4)])
+    assert list(arrays.keys()) == list(GLOBAL_WITH_COUNTER.keys())
+    weights, counter = arrays["enc.weight"].numpy(), arrays["bn.num_batches_tracked"].numpy()
+    assert weights.dtype == np.float32 and weights.shape == (4, 3)
+    assert counter.dtype == np.int64 and counter.shape == () and 11 <= int(counter) <= 14  # a step count, not 12.33
+    if expected is None:  # a selection rule: the mean of some of the replies
+        assert 0.1 - 1e-6 <= weights.min() and weights.max() <= 0.3 + 1e-6
+    else:
+        np.testing.assert_allclose(weights, expected, rtol=1e-6)
+    assert metrics["num-examples"] == 36.0 and strategy.rounds.record["aggregation"] == aggregation
+
+
+def test_a_rejected_reply_never_reaches_the_inner_strategy(strategy):
+    seen = []
+    inner = strategy.rule.aggregate_train
+
+    def spy(server_round, replies):
+        seen.extend(replies)
+        return inner(server_round, replies)
+
+    strategy.rule.aggregate_train = spy
+    send_round(strategy, 1)
+    leaky = {k: v + 0.3 for k, v in GLOBAL.items()} | {"norm.knee.weight": np.ones(4, np.float32)}
+    strategy.aggregate_train(1, [site_reply(1, 0.1, examples=10), site_reply(2, 0.3, examples=30),
+                                 reply(3, "knee-b", "knee", arrays=leaky)])
+    assert sorted(m.metadata.src_node_id for m in seen) == [1, 2]
+    for msg in seen:  # each as Flower's strategies expect it: one ArrayRecord, one MetricRecord with the weight
+        assert list(msg.content.array_records) == [ARRAYS] and set(msg.content[ARRAYS].keys()) == set(GLOBAL)
+        assert list(msg.content.metric_records) == ["metrics"] and list(msg.content["metrics"].keys()) == [
+            "num-examples"]
+
+
+def test_krum_keeps_an_outlier_update_out_of_the_global_weights(tmp_path):
+    strategy = build_strategy(tmp_path / "run", aggregation="krum", malicious_sites=1, norm_bound=0.0)
+    send_round(strategy, 1)
+    arrays, _ = strategy.aggregate_train(1, [site_reply(1, 0.1), site_reply(2, 0.12), site_reply(3, 50.0)])
+    assert arrays["enc.weight"].numpy().max() <= 0.12 + 1e-6  # one of the two close updates, nothing of the outlier
+    assert set(strategy.rounds.record["sites"]) == {"ankle", "knee-a", "knee-b"}  # checked and counted, not chosen
+
+
+def test_bulyan_with_too_few_updates_leaves_the_global_weights_and_says_why(strategy, tmp_path):
+    strategy = build_strategy(tmp_path / "bulyan", aggregation="bulyan")
+    send_round(strategy, 1)
+    arrays, metrics = strategy.aggregate_train(1, [site_reply(1), site_reply(2)])  # 4 x 0 + 3 needed
+    assert arrays is None and metrics["num-examples"] == 24.0
+    assert "2 checked updates are too few" in strategy.rounds.record["aggregation_skipped"]
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "median"])
+def test_fedprox_sends_its_proximal_term_with_any_rule(tmp_path, aggregation):
+    prox = build_strategy(tmp_path / "prox", strategy="fedprox", proximal_mu=0.05, aggregation=aggregation)
+    assert all(m.content[CONFIG][PROXIMAL_MU] == 0.05 for m in send_round(prox, 1).values())
+    plain = build_strategy(tmp_path / "plain", aggregation=aggregation)
+    assert all(PROXIMAL_MU not in m.content[CONFIG] for m in send_round(plain, 1).values())
+
+
+def test_a_resumed_run_numbers_its_rounds_after_those_it_has(tmp_path):
+    strategy = build_strategy(tmp_path / "run", completed_round=2)
+    sent = send_round(strategy, 1)  # Flower's first round of the resumed run is the run's third
+    assert all(m.content[CONFIG][SERVER_ROUND] == 3 for m in sent.values()) and strategy.rounds.record["round"] == 3
+    strategy.aggregate_train(1, [site_reply(n) for n in NODES])
+    evaluation = strategy.configure_evaluate(1, global_arrays(), ConfigRecord(), NodeListGrid(NODES))
+    assert len(list(evaluation)) == 3  # the run's last round: the final evaluation
+
+
+def test_under_secure_aggregation_the_global_weights_are_the_mean_every_reply_carries(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    state = RunState(federation_run="1", completed_round=0, arrays={}, strategy={})
+    secure = SimpleNamespace(report={"sites": 3, "asked": 3})
+    strategy = SharedWeightsStrategy(FederationConfig(min_nodes=3, secure_aggregation=True), RunDir(run), state,
+                                     num_rounds=3, sites=NODES, secure=secure)
+    send_round(strategy, 1)
+    arrays, _ = strategy.aggregate_train(1, [site_reply(n, 0.25, examples=10 * n) for n in NODES])
+    np.testing.assert_array_equal(arrays["enc.weight"].numpy(), np.full((4, 3), 0.25, np.float32))
+    assert strategy.rounds.record["secure_aggregation"] == secure.report
+    assert strategy.rounds.record["update_norms"] == {}
