@@ -28,7 +28,7 @@ CONTRASTIVE_SCHEMES = ("contrastive", "full")
 FEDERATED_SCHEMES = ("shared", "multi-domain", "contrastive", "full")
 UNION_LABEL_SCHEMES = ("shared", "full")  # schemes that need the union label space of all joints
 PRECISIONS = ("auto", "fp32", "bf16")  # see pedseg_core.precision
-AGGREGATIONS = ("mean", "median", "trimmed-mean")
+AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multikrum", "bulyan")  # server.aggregation.RULES
 MLFLOW_SCHEMES = ("file", "http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql")
 
 
@@ -200,9 +200,13 @@ class FederationConfig(Section):
     norm_bound: Annotated[float, rule(lambda v: v == 0 or v >= 1, "0 (no bound) or at least 1")] = 10.0
     # a training update (its shared weights minus the global ones) whose L2 norm exceeds this many times the
     # median of the other replies' norms in the round is rejected; 0 = no bound
-    aggregation: Aggregation = "mean"  # shared weights: example-weighted, or coordinate-wise robust
+    aggregation: Aggregation = "mean"  # shared weights: example-weighted mean, or robust: coordinate-wise (median,
+    # trimmed-mean) or the updates closest to the others (krum, multikrum; bulyan: both)
     trim_fraction: Annotated[float, rule(lambda v: 0 <= v < 0.5, "in [0, 0.5)")] = 0.2
     # trimmed-mean: the share of values cut at each end, per coordinate
+    malicious_sites: Annotated[int, rule(lambda v: v >= 0, "0 or more")] = 0
+    # krum, multikrum, bulyan: how many malicious sites a round's aggregate tolerates
+    multikrum_selected: AtLeastOne = 2  # multikrum: how many of the updates closest to the others are averaged
     secure_aggregation: bool = False  # SecAgg+: the server learns only the mean of the sites' shared weights
     message_dtype: MessageDtype = "fp16"  # shared weights travel in fp16 (down: rounded; up: the update; measured
     # to cost no Dice, see README), or fp32; see pedseg_core.message_dtype; under secure_aggregation they travel
@@ -218,6 +222,13 @@ class FederationConfig(Section):
         if self.secure_aggregation and self.aggregation != "mean":
             raise refuse(f"federation.aggregation must be mean under secure_aggregation (the server learns only "
                          f"the mean), got '{self.aggregation}'")
+        return self
+
+    @model_validator(mode="after")
+    def _enough_sites_for_bulyan(self) -> FederationConfig:
+        if self.aggregation == "bulyan" and self.min_nodes < 4 * self.malicious_sites + 3:
+            raise refuse(f"federation.aggregation bulyan needs federation.min_nodes of at least 4 x malicious_sites "
+                         f"+ 3 = {4 * self.malicious_sites + 3}, got {self.min_nodes}")
         return self
 
     def num_rounds(self, train: TrainConfig) -> int:
