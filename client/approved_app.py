@@ -9,8 +9,10 @@ error that names the app (the run's log shows it), prints one line to the site's
 own installation are forgotten before Flower imports the app from the FAB's folder.
 
 Flower's own mechanism (`flower-supernode --trusted-entities` with signed FABs) needs signatures that only
-Flower's Hub attaches (see docs/dev/secure-aggregation-and-app-trust.md), so it cannot serve an offline
-federation.
+Flower's Hub attaches (docs/decisions/0008-approved-apps-outside-the-app.md), so it cannot serve an offline
+federation. Where Flower runs stock (`flower_common.flower_patches.stock_flower_reason`: PEDSEG_STOCK_FLOWER=1 or
+another flwr), the site runs Flower's own `flwr-clientapp`, which installs any FAB it is sent: a site whose policy
+lists approved_apps then refuses to start.
 
 Environment (set by `pedseg-client`): PEDSEG_SITE, PEDSEG_POLICY (a YAML file or empty), PEDSEG_STATE_DIR.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from flwr.cli.build import build_fab_from_disk
 
+from flower_common.flower_patches import stock_flower_reason
 from pedseg_core.audit import AUDIT_FILE
 from pedseg_core.errors import PedsegError
 from pedseg_core.policy import load_policy
@@ -74,6 +77,15 @@ def forget_modules_of(app_dir: Path) -> None:
 
 def launcher_env(env: dict[str, str], bin_dir: Path, site: str, policy: Path | None, state_dir: Path
                  ) -> dict[str, str]:
-    """`env` (a SuperNode's) with `bin_dir` (the worker's launcher) first on PATH and what the check needs."""
-    return {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", "PEDSEG_SITE": site,
-            "PEDSEG_POLICY": str(policy or ""), "PEDSEG_STATE_DIR": str(state_dir)}
+    """`env` (a SuperNode's) with `bin_dir` (the worker's launcher) first on PATH and what the check needs; where
+    Flower runs stock, `env` as it is (Flower's own task executor), or PedsegError if the policy lists
+    approved_apps, which stock Flower cannot enforce."""
+    stock = stock_flower_reason()
+    if stock is None:
+        return {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", "PEDSEG_SITE": site,
+                "PEDSEG_POLICY": str(policy or ""), "PEDSEG_STATE_DIR": str(state_dir)}
+    if load_policy(policy).approved_apps is not None:
+        raise PedsegError(f"site {site}: {policy} lists approved_apps, which stock Flower ({stock}) cannot enforce "
+                          f"(its flwr-clientapp runs any app it is sent): unset PEDSEG_STOCK_FLOWER (flwr 1.41.x) "
+                          f"or remove approved_apps")
+    return env

@@ -79,7 +79,7 @@ def supernode_command(args: argparse.Namespace, state_dir: Path) -> list[str]:
     config = {"site": args.site, "joint": args.joint, "data-dir": str(Path(args.data).resolve()),
               "state-dir": str(state_dir), "threads": args.threads, "keep-sent": args.keep_sent,
               "policy": str(Path(args.policy).resolve()) if args.policy else ""}
-    cmd = [sys.executable, "-m", "client.flower_waits",  # flower-supernode with shorter fixed waits
+    cmd = [sys.executable, "-m", "client.supernode",  # flower-supernode with its Flower patches (or stock)
            "--superlink", args.superlink, "--node-config", node_config(config),
            "--port", str(args.port or free_port()), "--max-wait-time", str(args.connect_timeout)]
     if args.insecure:

@@ -9,8 +9,9 @@ site's trainer, data and optimizer between messages, and nothing is imported twi
 FAB hash) goes to a fresh worker (this process replaces itself), so an app's code never runs beside another's.
 
 An exception in the app becomes the task's error reply, as with `flwr-clientapp`. The task calls used here
-(`pull_task_input`, `push_message`, `push_task_output`) are internal to flwr 1.41: the version is pinned and every
-loopback test runs through this worker.
+(`pull_task_input`, `push_message`, `push_task_output`) are internal to flwr 1.41: the worker runs only where
+`flower_common.flower_patches` applies (it is started by `client.approved_app.launcher_env`'s PATH, which stock
+Flower does not get), and every loopback test runs through it (docs/decisions/0002-warm-site-worker.md).
 
     python -m client.site_worker (--insecure | --root-certificates CA) --runtime-api-address HOST:PORT
                                  [--parent-pid PID] [--token TOKEN]
@@ -40,14 +41,13 @@ from flwr.supercore.constant import TaskType
 from flwr.supercore.fab import Fab
 from flwr.supercore.heartbeat import HeartbeatSender
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import RetryInvoker, make_simple_http_retry_invoker
 from flwr.supercore.run import Run
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from client.approved_app import approval_check
-from client.flower_waits import shorten_task_waits
 from client.worker_supervisor import parse_args, worker_args
+from flower_common.flower_patches import SITE_WORKER, apply_flower_patches, task_retry_invoker
 
 POLL_SECONDS = 0.05
 
@@ -131,23 +131,6 @@ class SiteWorker:
                                   "--token", token])
 
 
-def task_retry_invoker() -> RetryInvoker:
-    """Flower's retries of Runtime API calls, except on a refused task token (401: the SuperNode has ended the
-    task, e.g. a message whose run ended while it was received). Flower's invoker then interrupts its own
-    process (SIGINT: a `flwr-clientapp` lives for one task); here the call fails, the task ends as failed, and
-    the worker goes on to the next one."""
-    invoker = make_simple_http_retry_invoker()
-    flower_gives_up = invoker.should_giveup
-
-    def gives_up(exc: Exception) -> bool:
-        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
-            return True
-        return flower_gives_up(exc)
-
-    invoker.should_giveup = gives_up
-    return invoker
-
-
 def task_heartbeat(client: RuntimeHttpClient) -> Callable[[], bool]:
     """The task's heartbeat; False (HeartbeatSender retries) when the SuperNode cannot be reached or refuses."""
 
@@ -166,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         start_parent_process_monitor(args.parent_pid)  # SIGINT here when the supervisor is gone
     replacement = [*worker_args(args), *(["--parent-pid", str(args.parent_pid)] if args.parent_pid else [])]
     certificates = Path(args.root_certificates).read_bytes() if args.root_certificates else None
-    shorten_task_waits()
+    apply_flower_patches(SITE_WORKER)
     try:
         SiteWorker(args.runtime_api_address, certificates, replacement).serve(args.token)
     except KeyboardInterrupt:

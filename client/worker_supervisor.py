@@ -2,11 +2,12 @@
 
 Flower 1.41's SuperNode starts `flower-superexec` (found on PATH) once, and that SuperExec starts a new
 `flwr-clientapp` process per message: torch, MONAI and Flower imported, the model built and the site's data
-loaded again every round (docs/dev/flower-round-cost.md). `pedseg-client` puts this module's launcher first on its
-SuperNode's PATH under that name, so the SuperNode starts this supervisor instead; it keeps one
-`client.site_worker` running (the process that runs every message) and starts a new one whenever it ends while the
-SuperNode lives: the task the dead one was running fails after Flower's token expiry, as a dead `flwr-clientapp`'s
-does. Imports nothing heavy (psutil only); ends when the SuperNode does.
+loaded again every round (docs/decisions/0002-warm-site-worker.md). `pedseg-client` puts this module's launcher
+first on its SuperNode's PATH under that name (not where Flower runs stock: `client.approved_app.launcher_env`), so
+the SuperNode starts this supervisor instead; it keeps one `client.site_worker` running (the process that runs
+every message) and starts a new one whenever it ends while the SuperNode lives: the task the dead one was running
+fails after Flower's token expiry, as a dead `flwr-clientapp`'s does. Imports nothing heavy (psutil only); ends
+when the SuperNode does.
 
     flower-superexec (--insecure | --root-certificates CA) --runtime-api-address HOST:PORT --parent-pid PID
 """

@@ -5,10 +5,8 @@ message exchange waits 1.5 s on average, and up to 3 s, after the last site has 
 round that short rounds feel. This one pushes the messages and pulls with Flower's public `push_messages` and
 `pull_messages` every POLL_SECONDS instead; everything else is the wrapped Grid's.
 
-A reply is listed as soon as its SuperNode has sent the message, before its arrays have arrived, and the
-ServerApp's `HttpGrid.pull_messages` then retries each missing array after 1 s, 2, 4 and up to 10 s: building
-a PromptGrid makes those retries `flower_common.object_retries`' (flwr internals: pinned, and
-tests/server/test_prompt_grid.py fails when the name moves).
+The replies' arrays are pulled by the wrapped Grid, with Flower's retries or, where `server.app` applied them, the
+shorter ones of `flower_common.flower_patches.SERVERAPP`. This class patches nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-import flwr.superlink.grid.http_grid as http_grid
 from flwr.app import Message
 from flwr.serverapp import Grid
-
-from flower_common.object_retries import pull_objects_promptly
 
 POLL_SECONDS = 0.1  # a pull is one small request to the SuperLink
 
@@ -33,7 +28,6 @@ class PromptGrid:
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
         self.on_reply: Callable[[Message], Message] = lambda reply: reply
-        http_grid.pull_objects = pull_objects_promptly  # the replies' arrays (this process is the ServerApp's)
 
     def __getattr__(self, name: str):
         return getattr(self.grid, name)

@@ -1,6 +1,6 @@
-"""client.ended_runs on Flower's own SuperNode code: a message whose run ends while its arrays are pulled (the
-SuperLink answers "Run is finished", as after a restart) leaves an open task in flwr 1.41 as shipped, and none
-with the fix, so a site's warm worker never claims it."""
+"""The SuperNode's ended-runs patch (`flower_common.flower_patches`) on Flower's own SuperNode code: a message
+whose run ends while its arrays are pulled (the SuperLink answers "Run is finished", as after a restart) leaves an
+open task in flwr 1.41 as shipped, and none with the patch, so a site's warm worker never claims it."""
 
 import time
 
@@ -17,7 +17,7 @@ from flwr.supercore.object_store.object_store_factory import ObjectStoreFactory
 from flwr.supercore.run import Run, RunNotRunningException
 from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 
-from client import ended_runs
+from flower_common.flower_patches import SUPERNODE, failing_when_the_run_ended
 
 RUN_ID = 7
 
@@ -52,7 +52,7 @@ def open_tasks(state: InMemoryNodeState) -> list:
 
 
 def test_flwr_as_shipped_leaves_the_task_open(monkeypatch):
-    """Fails when a Flower upgrade fixes it: then client.ended_runs can go."""
+    """Fails when a Flower upgrade fixes it: then the patch `supernode-ended-runs-fail-their-task` can go."""
     monkeypatch.setattr(supernode_loop, "pull_objects", pull_objects)  # Flower's own, whatever ran before
     (task,) = open_tasks(receive_while_the_run_ends())
     assert task.type == TaskType.CLIENT_APP
@@ -60,7 +60,8 @@ def test_flwr_as_shipped_leaves_the_task_open(monkeypatch):
 
 def test_with_the_fix_the_task_is_finished_and_the_message_gone(monkeypatch):
     monkeypatch.setattr(supernode_loop, "pull_objects", pull_objects)  # restored after the test
-    ended_runs.close_tasks_of_ended_runs()
+    (patch,) = [p for p in SUPERNODE if p.name == "supernode-ended-runs-fail-their-task"]
+    patch.apply()
     state = receive_while_the_run_ends()
     assert open_tasks(state) == []
     (task,) = state.get_tasks(run_ids=[RUN_ID])
@@ -73,4 +74,4 @@ def test_other_pull_failures_are_left_as_they_were():
         raise TimeoutError("slow")
 
     with pytest.raises(TimeoutError, match="slow"):
-        ended_runs.failing_when_the_run_ended(pull_objects)([], None)
+        failing_when_the_run_ended(pull_objects)([], None)

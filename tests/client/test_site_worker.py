@@ -1,9 +1,10 @@
-"""The site worker's Runtime API retries: a refused task token ends the call, not the worker."""
+"""The site worker's Runtime API retries (`flower_common.flower_patches.task_retry_invoker`): a refused task token
+ends the call, not the worker."""
 
 import httpx
 import pytest
 
-from client.site_worker import task_retry_invoker
+from flower_common.flower_patches import task_retry_invoker
 
 
 def refused_with(status: int):

@@ -1,37 +1,8 @@
-"""server.prompt_grid: the replies' array retries it shortens are still where flwr keeps them, and shortened; each
-reply goes through `on_reply` once, as it arrives."""
+"""server.prompt_grid: each reply goes through `on_reply` once, as it arrives (the replies' array retries are
+`flower_common.flower_patches`', tests/flower_common/test_flower_patches.py)."""
 
-import inspect
-import time
-
-import flwr.superlink.grid.http_grid as http_grid
-from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError, pull_objects
-
-from flower_common.object_retries import OBJECT_RETRY_S
 from server.prompt_grid import PromptGrid
 from tests.server.replies import reply
-
-
-def test_flwr_still_pulls_reply_arrays_through_the_name_this_module_replaces():
-    assert http_grid.pull_objects is pull_objects
-    assert "pull_objects(" in inspect.getsource(http_grid.HttpGrid.pull_messages)
-
-
-def test_a_prompt_grid_retries_a_missing_reply_array_promptly(monkeypatch):
-    monkeypatch.setattr(http_grid, "pull_objects", http_grid.pull_objects)  # restored after the test
-    PromptGrid(grid=None)
-    misses = {"a": 3}
-
-    def pull(object_id: str) -> bytes:
-        if misses[object_id]:
-            misses[object_id] -= 1
-            raise ObjectUnavailableError(object_id)
-        return b"content"
-
-    started = time.monotonic()
-    assert http_grid.pull_objects(["a"], pull) == {"a": b"content"}
-    assert time.monotonic() - started < 2  # Flower: 1 + 2 + 4 s
-    assert http_grid.pull_objects.keywords["initial_backoff"] == OBJECT_RETRY_S
 
 
 class SlowSitesGrid:
@@ -49,8 +20,7 @@ class SlowSitesGrid:
         return [r for r in self.replies[self.pulls - 1:self.pulls] if r.metadata.reply_to_message_id in message_ids]
 
 
-def test_each_reply_goes_through_on_reply_once_as_it_arrives(monkeypatch):
-    monkeypatch.setattr(http_grid, "pull_objects", http_grid.pull_objects)  # restored after the test
+def test_each_reply_goes_through_on_reply_once_as_it_arrives():
     grid = PromptGrid(SlowSitesGrid([1, 2, 3]))
     seen = []
     grid.on_reply = lambda r: seen.append((r.metadata.src_node_id, grid.grid.pulls)) or r
