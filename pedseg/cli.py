@@ -1,4 +1,4 @@
-"""The `pedseg` command's composition root: one parser, the subcommands of each layer registered on it, and one
+"""The `pedseg` command's composition root: one parser, every subcommand registered on it from one table, and one
 way of ending (a clean one-line error, exit 2; interrupted, exit 130)."""
 
 from __future__ import annotations
@@ -8,12 +8,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-import pedseg_core.commands
-import simulations.commands
+from pedseg.commands import adapt, audit, data, evaluate, federate, predict, report, reproduce, train
 from pedseg_core import __version__
 from pedseg_core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, PedsegError, report_error
 
-LAYERS = (pedseg_core.commands, simulations.commands)  # each has add_commands(subparsers)
+COMMANDS = (data, train, federate, reproduce, predict, adapt, evaluate, report, audit)  # each has register()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "pediatric MRI: data, training (centralized and on Flower), prediction, reports.")
     parser.add_argument("--version", action="version", version=f"pedseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for layer in LAYERS:
-        layer.add_commands(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

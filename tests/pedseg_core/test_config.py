@@ -62,7 +62,7 @@ def test_presets_resolve():
 
 
 def test_a_yaml_config_travels_to_the_federation_as_overrides():
-    from pedseg_core.commands import flatten_options
+    from pedseg.options import flatten_options
 
     values = {"train": {"epochs": 3, "precision": "bf16"}, "model": {"decoder_channels": [32, 16, 16, 8, 8]}}
     cfg = config_from_run_config({"preset": "tiny", "overrides": " ".join(flatten_options(values))})

@@ -171,7 +171,7 @@ def test_tensorboard_can_be_switched_off(tmp_path):
 def test_mlflow_option_becomes_an_absolute_tracking_uri(tmp_path, monkeypatch):
     """`--mlflow` takes a folder or any MLflow URI; a folder or relative file: URI is made absolute (a
     federation's ServerApp runs elsewhere) with spaces encoded (overrides travel split on spaces)."""
-    from pedseg_core.commands import mlflow_settings
+    from pedseg.options import mlflow_settings
 
     monkeypatch.chdir(tmp_path)
     folder = (tmp_path / "ml runs").as_uri()

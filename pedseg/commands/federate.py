@@ -1,0 +1,99 @@
+"""`pedseg federate`: federated training on Flower, on loopback (--local) or in Flower's simulation engine."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pedseg.options import flatten_options, mlflow_settings, parse_site_args, run_options
+from pedseg_core.config import FEDERATED_SCHEMES, load_yaml
+from pedseg_core.errors import PedsegError
+
+
+def federate(args: argparse.Namespace) -> int:
+    if not (args.local or args.simulation or args.resume):
+        raise PedsegError("choose --local (a SuperLink and one SuperNode per site on 127.0.0.1) or --simulation "
+                          "(Flower's simulation engine); for a deployment across hosts see deploy/README.md")
+    if args.resume:
+        if args.data or args.out or args.policy:
+            raise PedsegError("--resume RUN continues with the run's own sites, directory and policy: drop "
+                              "--data/--out/--policy")
+        from simulations.local import resume_local
+
+        results = resume_local(Path(args.resume))
+        return _report_federation(results, Path(args.resume))
+    if not (args.data and args.out):
+        raise PedsegError("federate needs --data (one per site) and --out RUN")
+    pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
+    overrides = [*pairs, *args.set, *mlflow_settings(args.mlflow)]
+    app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,
+                  "num-server-rounds": args.rounds or 0, "overrides": overrides}
+    if args.min_sites is not None:
+        app_config["min-nodes"] = args.min_sites
+    if args.secure_aggregation:
+        app_config["secure-aggregation"] = True
+    sites, joints = parse_site_args(args.data)
+    if (args.ray_address or args.gpus_per_site) and not args.simulation:
+        raise PedsegError("--ray-address and --gpus-per-site are options of --simulation")
+    if args.simulation:
+        from simulations.simulation import federate_simulation
+
+        results = federate_simulation(sites, Path(args.out), app_config, joints=joints,
+                                      sites_per_joint=args.sites_per_joint,
+                                      cpus_per_site=args.cpus_per_site, insecure=args.insecure,
+                                      policy=Path(args.policy) if args.policy else None,
+                                      ray_address=args.ray_address, gpus_per_site=args.gpus_per_site)
+    else:
+        from simulations.local import federate_local
+
+        results = federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads,
+                                 insecure=args.insecure, policy=Path(args.policy) if args.policy else None)
+    return _report_federation(results, Path(args.out))
+
+
+def _report_federation(results: dict, out: Path) -> int:
+    from pedseg_core.evaluate.table import results_table
+    from simulations.site_dirs import personalized_models
+
+    print(results_table(results))
+    for site, model in personalized_models(out).items():
+        print(f"personalized model of {site}: {model}")
+    print(f"run directory: {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("federate", parents=[run_options(required=False)], help="federated training on "
+                            "Flower; --data takes JOINT=DIR or SITE:JOINT=DIR (several sites may hold one joint)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--local", action="store_true", help="SuperLink and SuperNodes on 127.0.0.1")
+    mode.add_argument("--simulation", action="store_true", help="Flower's simulation engine (Ray, 127.0.0.1)")
+    mode.add_argument("--resume", metavar="RUN", help="continue a stopped or killed --local run from its last "
+                      "completed round, with its own sites, data and settings")
+    parser.add_argument("--sites-per-joint", type=int, default=1,
+                        help="simulation: split each joint's training cases into K sites")
+    parser.add_argument("--cpus-per-site", type=int, default=1,
+                        help="simulation: CPU cores Ray reserves for each virtual site")
+    parser.add_argument("--ray-address", metavar="HOST:PORT",
+                        help="simulation: run the virtual sites on this existing Ray cluster (its head's address) "
+                             "instead of a private Ray on this machine; see docs/ray-cluster.md")
+    parser.add_argument("--gpus-per-site", type=float, default=0.0,
+                        help="simulation on a Ray cluster: GPUs Ray reserves for each virtual site (e.g. 0.25)")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per site (0 = cores / sites, at least 1)")
+    parser.add_argument("--scheme", default="full", choices=FEDERATED_SCHEMES)
+    parser.add_argument("--min-sites", type=int, metavar="K",
+                        help="the quorum: a round starts once K sites are connected, and the run goes on while "
+                             "K remain (default: every site with a valid dataset)")
+    parser.add_argument("--secure-aggregation", action="store_true",
+                        help="SecAgg+: the server learns only the mean of the sites' shared weights (at least 3 "
+                             "sites; per-site update checks and robust aggregation are off)")
+    parser.add_argument("--policy", metavar="POLICY.yaml",
+                        help="every site's privacy policy (default: the safe one: no per-case metrics leave; "
+                             "a simulation, on your own data, allows them)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="no TLS and no SuperNode authentication (default: both, with a private CA and one "
+                             "key per site in RUN/pki/)")
+    parser.set_defaults(func=federate)
