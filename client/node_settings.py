@@ -1,15 +1,20 @@
 """A site's own settings as its ClientApp sees them: the SuperNode's node config (set by `pedseg-client`), or in
 a Flower simulation, where a virtual node only knows its partition id, its entry in the run config's
-`sites-json` table. Keys: site, joint, data-dir, state-dir, threads, keep-sent, policy (a YAML file)."""
+`sites-json` table. Keys: site, joint, data-dir, state-dir, threads, keep-sent, policy (a YAML file), part, parts.
+And the run's typed configuration, parsed once per run in a process."""
 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 from flwr.app import Context
 
+from flower_common.run_config import config_from_run_config
+from pedseg_core.config import PedsegConfig
 from pedseg_core.policy import SitePolicy, load_policy
+from pedseg_core.train.site_requests import SiteSettings
 
 
 def node_settings(context: Context) -> dict:
@@ -26,3 +31,25 @@ def state_dir(node: dict) -> Path:
 def site_policy(node: dict) -> SitePolicy:
     """The site's privacy policy: its `policy` file, or the default (safe) one."""
     return load_policy(Path(str(node["policy"])) if node.get("policy") else None)
+
+
+def site_settings(node: dict) -> SiteSettings:
+    """The node's settings as the site algorithm takes them (its policy's DP budget included)."""
+    return SiteSettings(str(node["site"]), str(node["joint"]), Path(str(node["data-dir"])), state_dir(node),
+                        (int(node.get("part", 0)), int(node.get("parts", 1))), site_policy(node).dp,
+                        bool(node.get("keep-sent", False)))
+
+
+def site_config(context: Context) -> PedsegConfig:
+    """The run's typed configuration with the node's thread count: parsed once per run, thread count and run
+    config in this process (a site's messages all carry the same run config). Shared: read it, never change it."""
+    threads = node_settings(context).get("threads")
+    return _parsed(context.run_id, tuple(sorted(context.run_config.items())), None if threads is None else int(threads))
+
+
+@lru_cache(maxsize=8)
+def _parsed(run_id: int, run_config: tuple, threads: int | None) -> PedsegConfig:
+    cfg = config_from_run_config(dict(run_config))
+    if threads is not None:
+        cfg.train.num_threads = threads
+    return cfg

@@ -1,8 +1,9 @@
-"""One hospital's side of federated training, without Flower: the site trainer that `client/` adapts.
+"""One hospital's model and data in a federation: the trainer of the site algorithm
+(`pedseg_core.train.site_algorithm`), which keeps its state between messages and decides what leaves.
 
 Takes the global shared weights and a round number, trains locally with THE training loop, returns the new
 shared weights, the number of training slices and metrics. Its private layers (domain norms with running
-statistics, the head) never leave it: they are kept in memory by the caller and on the site's disk.
+statistics, the head) never leave it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""A process that serves several messages keeps its site trainers between them, but uses one only if it handled
+"""A process that serves several messages keeps its site algorithms between them, but uses one only if it handled
 that node's previous message: Flower's simulation hands a node's messages to any of its actors, and an actor
-that last saw the site rounds ago holds its private layers, Adam state and DP accountant of then."""
+that last saw the site rounds ago holds its private layers, Adam state and DP accountant of then. The run's
+configuration is parsed once per run, not per message."""
 
 from __future__ import annotations
 
@@ -8,29 +9,45 @@ import torch
 from flwr.app import ArrayRecord, Context, RecordDict
 
 from client import app as clientapp
+from client import node_settings
+from pedseg_core.config import build_config
+from pedseg_core.train.site_algorithm_cache import SiteAlgorithmCache
 
 
-def test_a_trainer_is_reused_only_by_the_process_that_handled_the_nodes_previous_message(tmp_path, write_dataset):
+def test_an_algorithm_is_reused_only_by_the_process_that_handled_the_nodes_previous_message(tmp_path, write_dataset,
+                                                                                            monkeypatch):
     node = {"site": "ankle", "joint": "ankle", "data-dir": str(write_dataset()), "state-dir": str(tmp_path / "s"),
             "threads": 1}
     context = Context(run_id=7, node_id=1, node_config=node, state=RecordDict(), run_config={"preset": "tiny"})
-    clientapp._CACHE.clear()
-    first, _ = clientapp._site(context)  # actor A handles message 1
-    assert clientapp._site(context)[0] is first  # and message 2: its trainer is current
-    actor_a = dict(clientapp._CACHE)
+    actor_a, actor_b = SiteAlgorithmCache(), SiteAlgorithmCache()  # each actor process has its own
+    monkeypatch.setattr(clientapp, "ALGORITHMS", actor_a)
+    first = clientapp.site_algorithm(context)  # actor A handles message 1
+    assert clientapp.site_algorithm(context) is first  # and message 2: its algorithm is current
 
-    clientapp._CACHE.clear()  # actor B (its own process, its own cache) handles message 3 and trains the site
-    trained, _ = clientapp._site(context)
+    monkeypatch.setattr(clientapp, "ALGORITHMS", actor_b)  # actor B handles message 3 and trains the site
+    trained = clientapp.site_algorithm(context)
     assert trained is not first
     private = trained.private_state()
     key = next(k for k in private if k.endswith("weight"))
     private[key] = private[key] + 1.0
     context.state[clientapp.PRIVATE_KEY] = ArrayRecord(private)  # what the handler leaves in the node's state
 
-    clientapp._CACHE.clear()  # back on actor A for message 4: its trainer has not seen message 3
-    clientapp._CACHE.update(actor_a)
-    current, _ = clientapp._site(context)
+    monkeypatch.setattr(clientapp, "ALGORITHMS", actor_a)  # back on actor A for message 4: it has not seen message 3
+    current = clientapp.site_algorithm(context)
     assert current is not first
     torch.testing.assert_close(current.private_state()[key], private[key])
-    assert clientapp._site(context)[0] is current
-    clientapp._CACHE.clear()
+    assert clientapp.site_algorithm(context) is current
+
+
+def test_the_run_config_is_parsed_once_per_run(tmp_path, monkeypatch):
+    parsed = []
+    monkeypatch.setattr(node_settings, "config_from_run_config",
+                        lambda run_config: parsed.append(run_config) or build_config("tiny"))
+    node = {"site": "knee", "joint": "knee", "data-dir": str(tmp_path), "threads": 1}
+    run_config = {"preset": "tiny", "sites-json": "[]"}
+    contexts = [Context(run_id=11, node_id=1, node_config=node, state=RecordDict(), run_config=dict(run_config))
+                for _ in range(3)]  # one context per message, as Flower builds them
+    configs = {id(node_settings.site_config(c)) for c in contexts}
+    assert len(parsed) == 1 and len(configs) == 1
+    other_run = Context(run_id=12, node_id=1, node_config=node, state=RecordDict(), run_config=run_config)
+    assert node_settings.site_config(other_run).train.num_threads == 1 and len(parsed) == 2

@@ -1,0 +1,146 @@
+"""One hospital's side of a federation, without any federated-learning framework (as MONAI's
+`monai.fl.client.ClientAlgo`): typed requests in, typed results out (`pedseg_core.train.site_requests`).
+
+The algorithm owns the site's trainer (`SiteTrainer`), its private layers in memory and on its disk
+(`PrivateStore`: `<state_dir>/run-<run>/`), its Adam state, its DP-SGD accountant (`privacy.pt`) and the copies of
+what it sent; and it decides, in `_released`, what of a round may leave it. A Flower ClientApp (client/app.py)
+only translates messages to these calls; a hospital can drive them by hand.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pedseg_core.config import PedsegConfig
+from pedseg_core.errors import PedsegError
+from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
+from pedseg_core.protocol import ARRAYS, EPSILON, HEAD, PROTOTYPE_SEP, PROTOTYPE_SLICES, PROTOTYPES, TRAIN_LOSS
+from pedseg_core.train.private_store import PrivateStore
+from pedseg_core.train.private_training import spent_epsilon
+from pedseg_core.train.site import SiteTrainer
+from pedseg_core.train.site_requests import (
+    EvaluateRequest,
+    EvaluateResult,
+    PriorRequest,
+    PriorResult,
+    SiteSettings,
+    StateDict,
+    TrainRequest,
+    TrainResult,
+    UnionLabels,
+)
+
+
+class SiteAlgorithm:
+    """A site's training, prior rounds and evaluation in one federated run."""
+
+    def __init__(self, settings: SiteSettings, cfg: PedsegConfig, run: str, union: UnionLabels | None = None,
+                 private: StateDict | None = None) -> None:
+        """Validates the site's data. `run`: the federation run it takes part in (a folder name: digits; a
+        resumed run's is that of the run it continues); `union`: the `shared` scheme's label space; `private`:
+        the private layers the node holds in memory, preferred over those on its disk."""
+        self.settings = settings
+        self.trainer = SiteTrainer(settings.site, settings.joint, settings.data_dir, cfg, settings.part, union)
+        self.store = PrivateStore(settings.state_dir, run)
+        if private is None:
+            private = self.store.load()
+        if private is not None:
+            self.trainer.load_private(private)
+        if (optimizer := self.store.load_optimizer()) is not None:
+            self.trainer.load_optimizer_state(optimizer)
+
+    def private_state(self) -> StateDict:
+        """The private layers (domain norms, head) as they are now: for the node's own memory, never sent."""
+        return self.trainer.private_state()
+
+    def train(self, request: TrainRequest) -> TrainResult:
+        """One round: (evaluate the previous global weights first, when asked,) train locally from the round's
+        global weights, keep the private layers, Adam state and accountant, and return what may leave."""
+        trainer = self.trainer
+        if self.settings.dp is not None:  # DP-SGD with the accountant this site kept from its earlier rounds
+            trainer.use_privacy(self.settings.dp, request.num_rounds, self.store.load_privacy())
+        if request.head is not None:  # the head pooled over this joint's sites (domain-wise aggregation)
+            trainer.load_private(request.head)
+        evaluation = None
+        if request.evaluate_first:  # the personalized model on the global weights of the previous round
+            evaluation = self.evaluate(EvaluateRequest(request.shared, request.server_round - 1))
+        shared, slices, stats = trainer.train_round(request.shared, request.server_round, request.num_rounds,
+                                                    request.proximal_mu, self._other_prototypes(request.prototypes),
+                                                    self._prior_loss(request))
+        self.store.save(trainer.private_state())
+        self.store.save_optimizer(trainer.optimizer_state())
+        if trainer.private is not None:
+            self.store.save_privacy(trainer.private.state_dict())
+        result = self._released(request, shared, slices, stats)
+        result.evaluation = evaluation
+        if self.settings.keep_sent:
+            sent = {ARRAYS: result.shared, PROTOTYPES: result.prototypes, HEAD: result.head}
+            self.store.save_sent(request.server_round, {k: v for k, v in sent.items() if v is not None}, slices)
+        return result
+
+    def _released(self, request: TrainRequest, shared: StateDict, slices: int, stats: dict) -> TrainResult:
+        """What of a round leaves the site (before its policy mod cuts it further): the shared weights, the
+        example count and timings; the training losses only without DP (DP does not cover them), its spent
+        epsilon with DP; its joint's prototypes only without DP and when the run shares them (each a mean over
+        the training slices, which DP does not cover either); its head only when the server pools it."""
+        trainer = self.trainer
+        metrics = {"lr": stats["lr"], "train-time-s": stats["train_time_s"], "load-time-s": stats["load_time_s"]}
+        if trainer.private is not None:
+            metrics[EPSILON] = stats["epsilon"]
+        else:
+            metrics[TRAIN_LOSS] = stats["loss"]
+            metrics.update({k.replace("_", "-"): v for k, v in stats.items() if k.endswith("_loss")})
+        result = TrainResult(shared, slices, metrics)
+        if trainer.cfg.contrastive.share_prototypes and trainer.private is None and \
+                (prototypes := trainer.prototypes(request.server_round)) is not None:
+            means, count = prototypes
+            result.prototypes = {f"{trainer.domain.joint}{PROTOTYPE_SEP}{s}": m for s, m in enumerate(means)}
+            metrics[PROTOTYPE_SLICES] = count
+        if request.share_head:
+            result.head = trainer.head_state()
+        return result
+
+    def _other_prototypes(self, prototypes: StateDict) -> list[Tensor] | None:
+        """The other joints' prototypes ("<joint>|<scale>" -> [D]) as one [M, D] per scale (M joints)."""
+        joints = sorted({k.split(PROTOTYPE_SEP)[0] for k in prototypes} - {self.trainer.domain.joint})
+        if not joints:
+            return None
+        return [torch.stack([prototypes[f"{j}{PROTOTYPE_SEP}{s}"] for j in joints])
+                for s in range(len(self.trainer.model.scales))]
+
+    def _prior_loss(self, request: TrainRequest) -> ShapePriorLoss | None:
+        if request.prior is None:
+            return None
+        if request.union is None:
+            raise PedsegError("the shape prior came without the union label space it is learned in")
+        autoencoder = self._autoencoder(request.prior, request.union)
+        return ShapePriorLoss(autoencoder, [request.union.offset], self.trainer.cfg.prior.weight)
+
+    def _autoencoder(self, state: StateDict, union: UnionLabels) -> ShapeAutoEncoder:
+        autoencoder = ShapeAutoEncoder(union.classes, self.trainer.cfg.prior.channels)
+        autoencoder.load_state_dict(state)
+        return autoencoder
+
+    def train_prior(self, request: PriorRequest) -> PriorResult:
+        """Stage 1 of `full`: one round of the shape auto-encoder on this site's masks (weights out, no data);
+        under DP by DP-SGD on the site's accountant, and then without losses (DP does not cover them)."""
+        autoencoder = self._autoencoder(request.autoencoder, request.union)
+        dp = self.settings.dp
+        slices, stats, privacy = self.trainer.train_prior_round(autoencoder, request.union.offset, request.server_round,
+                                                                dp, self.store.load_privacy() if dp else None)
+        if privacy is not None:
+            self.store.save_privacy(privacy)
+            stats = {}
+        return PriorResult(autoencoder.state_dict(), slices, {k.replace("_", "-"): v for k, v in stats.items()})
+
+    def evaluate(self, request: EvaluateRequest) -> EvaluateResult:
+        """The personalized model on `request.shared` (the global weights of `request.server_round`) over the
+        site's evaluation cases; the model it scored stays at the site as `model.pt`, for `pedseg predict` (the
+        `shared` scheme has none: its head is the union of all bones). A DP site adds the epsilon it has spent."""
+        entry = self.trainer.evaluate(request.shared)
+        if not self.trainer.union:
+            self.trainer.save_model(self.store.model_path, request.server_round)
+        if (privacy := self.store.load_privacy()) is not None:
+            entry["epsilon"] = spent_epsilon(privacy)
+        return EvaluateResult(entry)

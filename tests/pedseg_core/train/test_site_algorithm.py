@@ -1,0 +1,85 @@
+"""The site algorithm without Flower: two hospitals federated by hand with plain tensors (a mean of their shared
+weights, their prototypes handed over), what leaves each of them, and what each keeps on its disk."""
+
+from __future__ import annotations
+
+import torch
+
+from pedseg_core.config import build_config
+from pedseg_core.model.shape_prior import ShapeAutoEncoder
+from pedseg_core.policy import DPBudget
+from pedseg_core.train.private_store import PrivateStore
+from pedseg_core.train.site_algorithm import SiteAlgorithm
+from pedseg_core.train.site_requests import (
+    EvaluateRequest,
+    PriorRequest,
+    SiteSettings,
+    TrainRequest,
+    UnionLabels,
+)
+
+ROUNDS = 2
+LABELS = {"background": 0, "a": 1, "b": 2}  # each joint's two bones; the union holds four
+
+
+def sites(write_dataset, tmp_path, scheme: str = "full", dp: DPBudget | None = None) -> list[SiteAlgorithm]:
+    cfg = build_config("tiny", overrides={"scheme": scheme, "model": {"norm": "group"},
+                                          "train": {"steps_per_epoch": 2, "batch_size": 2},
+                                          "prior": {"epochs": 1, "steps_per_epoch": 2},
+                                          "contrastive": {"min_prototype_slices": 4}})
+    return [SiteAlgorithm(SiteSettings(joint, joint, write_dataset(n_train=2, shape=(40, 40, 6), labels=LABELS,
+                                                                   seed=i),
+                                       tmp_path / joint, dp=dp, keep_sent=True), cfg, run="7")
+            for i, joint in enumerate(("ankle", "knee"))]
+
+
+def mean(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+    return {k: sum(w * s[k] for s, w in zip(states, weights)) / sum(weights) for k in states[0]}
+
+
+def test_two_hospitals_federate_by_hand(write_dataset, tmp_path):
+    ankle, knee = hospitals = sites(write_dataset, tmp_path)
+    unions = [UnionLabels(5, 0), UnionLabels(5, 2)]
+    autoencoder = ShapeAutoEncoder(5, ankle.trainer.cfg.prior.channels).state_dict()
+    stage1 = [h.train_prior(PriorRequest(autoencoder, 1, u)) for h, u in zip(hospitals, unions)]
+    assert all(r.num_examples > 0 and r.metrics["prior-recon-last"] > 0 for r in stage1)
+    autoencoder = mean([r.autoencoder for r in stage1], [r.num_examples for r in stage1])
+
+    shared, prototypes = ankle.trainer.shared_state(), {}
+    for server_round in range(1, ROUNDS + 1):
+        results = [h.train(TrainRequest(shared, server_round, ROUNDS, prototypes=prototypes, prior=autoencoder,
+                                        union=u, evaluate_first=server_round > 1))
+                   for h, u in zip(hospitals, unions)]
+        for result in results:
+            assert set(result.shared) == set(shared) and result.head is None
+            assert {"train-loss", "prior-loss", "contrastive-loss", "prototype-slices", "lr"} <= set(result.metrics)
+            assert (result.evaluation is not None) == (server_round > 1)
+        assert [sorted(r.prototypes) for r in results] == [[f"{j}|{s}" for s in range(3)] for j in ("ankle", "knee")]
+        prototypes = {k: v for r in results for k, v in r.prototypes.items()}
+        shared = mean([r.shared for r in results], [r.num_examples for r in results])
+    evaluation = knee.evaluate(EvaluateRequest(shared, ROUNDS))
+    assert evaluation.num_examples == 1 and 0 <= evaluation.mean_dice <= 1
+    # each site keeps its private layers, its Adam state, its last model and a copy of what it sent
+    store = PrivateStore(tmp_path / "knee", "7")
+    torch.testing.assert_close(store.load(), knee.private_state())
+    assert store.optimizer_path.is_file() and store.model_path.is_file()
+    sent = torch.load(store.sent_dir / f"round-{ROUNDS:03d}.pt", weights_only=True)
+    assert set(sent) == {"arrays", "prototypes", "num_examples"} and sent["num_examples"] == results[1].num_examples
+    # a restarted site continues with them
+    again = SiteAlgorithm(knee.settings, knee.trainer.cfg, run="7")
+    torch.testing.assert_close(again.private_state(), knee.private_state())
+
+
+def test_the_head_leaves_only_when_asked(write_dataset, tmp_path):
+    (site, _) = sites(write_dataset, tmp_path, scheme="multi-domain")
+    result = site.train(TrainRequest(site.trainer.shared_state(), 1, ROUNDS, share_head=True))
+    assert result.head is not None and set(result.head) == set(site.trainer.head_state())
+    assert result.prototypes is None  # no projection heads in this scheme
+
+
+def test_a_dp_site_sends_neither_losses_nor_prototypes(write_dataset, tmp_path):
+    (site, _) = sites(write_dataset, tmp_path, scheme="contrastive", dp=DPBudget(epsilon=8.0))
+    result = site.train(TrainRequest(site.trainer.shared_state(), 1, ROUNDS))
+    assert result.prototypes is None and 0 < result.metrics["epsilon"] <= 8.0
+    assert not [k for k in result.metrics if k.endswith("loss")]
+    assert site.store.privacy_path.is_file()
