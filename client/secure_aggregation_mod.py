@@ -8,7 +8,7 @@ prototypes and the pooled head (which SecAgg+ does not cover) are put back, in c
 
 Checks Flower's client lacks, each refusing the round with one line:
 - the set of sites must be at least 3 (with 2, the server knows a site's private mask after unmasking and
-  could brute-force the one 32-bit pairwise seed left; see docs/dev/secure-aggregation-and-app-trust.md);
+  could brute-force the one 32-bit pairwise seed left; see docs/decisions/0004-secure-aggregation-legacy-workflow.md);
 - the unmasking threshold must be a strict majority of the share holders (2 t > n);
 - the server may never ask for both kinds of shares of one node (alive and dropped: that would unmask it);
 - the shared keys must be exactly those received, and the update must lie within the clipping range (the

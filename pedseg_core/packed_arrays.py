@@ -2,7 +2,7 @@
 
 Flower sends every array of a message as its own object (and each in chunks of at most 5 MB), one request per
 object; the demo network's 38 shared tensors make 80 objects a message, and on a loaded 2-core machine the
-per-object latency, not the bytes, is most of a round's fixed cost (docs/dev/flower-round-cost.md §9-10).
+per-object latency, not the bytes, is most of a round's fixed cost (docs/decisions/0003-packed-fp16-arrays.md).
 Packed, they travel as one array: as many objects as its 5 MB chunks. Nothing is converted: each array keeps its
 dtype, shape and bytes.
 """

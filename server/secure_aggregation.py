@@ -18,8 +18,8 @@ What it covers: the shared weights of every training round (segmentation and pri
 prototypes, pooled heads, metrics, the piggy-backed evaluation and `num-examples` travel in clear (as without
 SecAgg+), and the per-site update checks (norms, finite values) and robust aggregation cannot see single updates.
 Flower's protocol trusts an honest-but-curious server (it relays the sites' public keys unauthenticated);
-`client.secure_aggregation_mod` adds the checks Flower's client lacks (see docs/dev/secure-aggregation-and-app-
-trust.md).
+`client.secure_aggregation_mod` adds the checks Flower's client lacks (see
+docs/decisions/0004-secure-aggregation-legacy-workflow.md).
 """
 
 from __future__ import annotations
