@@ -1,7 +1,7 @@
 """The arithmetic training runs in: `train.precision` (auto | fp32 | bf16) -> what the machine does fastest.
 
 bf16 autocast with channels-last memory is the fastest path where bf16 is native: CUDA GPUs that support it, and
-CPUs with AVX512-BF16 or AMX (1.7x fp32 for the ResNet-34 U-Net on 2 cores, FACTS.md). Where bf16 is emulated
+CPUs with AVX512-BF16 or AMX (1.97x the fp32 peer loop, 2 cores: benchmarks/RESULTS.md). Where bf16 is emulated
 (AVX2-only CPUs) it runs several times slower than fp32, and channels-last alone was 0.89x of fp32 there, so
 `auto` picks plain fp32. The CPU's flags are read from /proc/cpuinfo, never assumed, and a cap on oneDNN's
 instruction set (`ONEDNN_MAX_CPU_ISA`, which an administrator sets to make a mixed cluster compute alike) below
