@@ -8,23 +8,29 @@ REPRO_DIR ?= reproduce
 REPRO_PRESET ?= small
 HELDOUT_DIR ?= reproduce-heldout
 JOINTS := ankle knee shoulder
+TORCH_VERSION ?= 2.13.0
+# Where torch comes from: empty = the index pip is configured with; on an ordinary machine without a GPU,
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu (torch's CPU build, not the multi-GB CUDA one).
+TORCH_INDEX ?=
+# `make wheelhouse`: pedseg's wheel and every dependency, for `pip install --no-index --find-links` offline.
+WHEELHOUSE ?= wheelhouse
 export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: demo reproduce reproduce-heldout test test-slow lint bench clean-demo
+.PHONY: demo reproduce reproduce-heldout test test-slow lint bench wheelhouse clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m pedseg.demo --out $(DEMO_DIR)
 
-# The paper's ablation on synthetic data (13 cells; resumes when re-run): see README, "Reproduction".
+# The paper's ablation on synthetic data (13 cells; resumes when re-run): see docs/reproduction.md.
 reproduce: $(STAMP)
 	test -f $(REPRO_DIR)/data/shoulder/dataset.json || $(BIN)/pedseg data synth $(REPRO_DIR)/data --seed 0
 	$(BIN)/pedseg reproduce $(foreach j,$(JOINTS),--data $(j)=$(REPRO_DIR)/data/$(j)) \
@@ -49,6 +55,13 @@ lint: $(STAMP)
 # Every benchmark, one after the other (hours on 2 cores), into benchmarks/RESULTS.md.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# On a machine with internet access and the hospital server's Python version and OS; build/lib is setuptools'
+# staging folder, emptied so that no module removed from the tree is packed.
+wheelhouse:
+	rm -rf build/lib
+	$(PYTHON) -m pip wheel --wheel-dir $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+		torch==$(TORCH_VERSION) .
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
