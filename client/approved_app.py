@@ -19,12 +19,16 @@ Environment (set by `pedseg-client`): PEDSEG_SITE, PEDSEG_POLICY (a YAML file or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from flwr.cli.build import build_fab_from_disk
@@ -39,9 +43,43 @@ class AppNotApproved(PedsegError):
     """The FAB the federation sent is not among the site's approved apps."""
 
 
+APP_PACKAGES = ("pedseg", "pedseg_core", "server", "client", "flower_common", "simulations")
+INSTALLED_PYPROJECT = "share/pedseg/pyproject.toml"  # the app's pyproject.toml in a wheel (its data-files)
+
+
 def app_hash(app_dir: Path) -> str:
     """sha256 of the FAB that `flwr run APP_DIR` builds and sends (Flower builds it byte for byte the same)."""
     return hashlib.sha256(build_fab_from_disk(Path(app_dir))).hexdigest()
+
+
+@contextlib.contextmanager
+def own_app() -> Iterator[Path]:
+    """The folder of pedseg's own Flower app, for `flwr run` and `app_hash`: a clone's project folder (its
+    pyproject.toml holds [tool.flwr.app]); for an installed wheel, which has no project folder, a private
+    temporary folder holding the installed packages and the pyproject.toml the wheel installs."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file():
+        yield root
+        return
+    with tempfile.TemporaryDirectory(prefix="pedseg-app-") as folder:
+        app = Path(folder)
+        shutil.copyfile(installed_pyproject(), app / "pyproject.toml")
+        for package in APP_PACKAGES:
+            shutil.copytree(root / package, app / package, ignore=shutil.ignore_patterns("__pycache__"))
+        yield app
+
+
+def installed_pyproject() -> Path:
+    """The app's pyproject.toml as the installed pedseg distribution lists it; PedsegError when it has none."""
+    try:
+        dist = distribution("pedseg")
+    except PackageNotFoundError:
+        dist = None
+    listed = [f for f in (dist.files or []) if f.as_posix().endswith(INSTALLED_PYPROJECT)] if dist else []
+    if not listed:
+        raise PedsegError(f"pedseg's installation has no {INSTALLED_PYPROJECT}, so its Flower app cannot be "
+                          "built: install pedseg from its wheel (make wheelhouse) or from a clone")
+    return Path(dist.locate_file(listed[0]))
 
 
 def approval_check(site: str, policy_path: Path | None, state_dir: Path | None,

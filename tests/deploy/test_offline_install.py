@@ -1,6 +1,7 @@
 """The install of a hospital without internet access (README, "A built package"): `make wheelhouse` on a connected
 machine (here: from the index pip is configured with), then a fresh virtual environment that installs pedseg
-from that folder alone (`pip install --no-index --find-links`, no pip configuration), and runs its commands."""
+from that folder alone (`pip install --no-index --find-links`, no pip configuration), runs its commands and
+builds its own Flower app, which a wheel install has no project folder for."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def test_pedseg_installs_from_a_wheelhouse_without_an_index(tmp_path: Path) -> N
     for command in ("pedseg", "pedseg-client"):  # run from tmp_path: nothing of the clone is on sys.path
         shown = run([str(venv / "bin" / command), "--help"], env=offline, cwd=tmp_path)
         assert shown.stdout.startswith(f"usage: {command}")
+    # the site's app check and `flwr run` find pedseg's own Flower app without a project folder
+    own = run([str(venv / "bin" / "python"), "-c", "from client.approved_app import app_hash, own_app\n"
+               "with own_app() as app: print(app_hash(app))"], env=offline, cwd=tmp_path)
+    assert len(own.stdout.strip()) == 64
     torch = run([str(venv / "bin" / "python"), "-c", "import torch; print(torch.__version__)"], env=offline,
                 cwd=tmp_path)
     print(f"wheelhouse {built - started:.0f} s, offline install {installed - built:.0f} s, torch {torch.stdout}")
