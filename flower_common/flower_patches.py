@@ -96,7 +96,7 @@ def failing_when_the_run_ended(pull_objects: Callable[..., dict[str, bytes]]) ->
     return pull
 
 
-ROUND_COST = "docs/decisions/0007-shortened-flower-waits.md"
+WAITS_RECORD = "docs/decisions/0007-shortened-flower-waits.md"
 SERVERAPP = (
     Patch("serverapp-prompt-reply-arrays", "flwr.superlink.grid.http_grid", "pull_objects", prompt_retries,
           reason="a reply is listed before its arrays have arrived; HttpGrid.pull_messages retries each missing "
@@ -109,11 +109,11 @@ SUPERNODE = (
     Patch("supernode-short-sleeps", "flwr.supernode.start_client_internal", "time", ShortSleeps,
           reason="the SuperNode sleeps 3 s after every empty PullMessages and 0.5 s between looks at its own state",
           gain=f"with the SuperNode's array retries below: about 10-11 s -> 7.8 s of a 50-step demo round outside "
-               f"the handlers (3 sites, fp16, AMD EPYC, 2 cores; {ROUND_COST})",
+               f"the handlers (3 sites, fp16, AMD EPYC, 2 cores; {WAITS_RECORD})",
           remove_when="Flower makes the SuperNode's polls settable, or pushes messages to it"),
     Patch("supernode-prompt-arrays", "flwr.supernode.start_client_internal", "pull_objects", prompt_retries,
           reason="a message is announced before its arrays have arrived; the SuperNode retries after 1, 2, 4 ... 10 s",
-          gain=f"part of the 10-11 s -> 7.8 s above ({ROUND_COST})",
+          gain=f"part of the 10-11 s -> 7.8 s above ({WAITS_RECORD})",
           remove_when="Flower pushes a message's arrays before announcing it, or lets the backoff be set"),
     Patch("supernode-ended-runs-fail-their-task", "flwr.supernode.start_client_internal", "pull_objects",
           failing_when_the_run_ended,
@@ -130,7 +130,7 @@ SITE_WORKER = (
           prompt_retries,
           reason="the worker pulls the task's message as soon as it is handed out, often before its arrays arrive; "
                  "Flower retries after 1, 2, 4 ... 10 s",
-          gain=f"part of the 10-11 s -> 7.8 s above ({ROUND_COST})",
+          gain=f"part of the 10-11 s -> 7.8 s above ({WAITS_RECORD})",
           remove_when="Flower pushes a message's arrays before announcing it, or lets the backoff be set"),
 )
 
