@@ -34,9 +34,9 @@ def site_policy(node: dict) -> SitePolicy:
 
 
 def site_settings(node: dict) -> SiteSettings:
-    """The node's settings as the site algorithm takes them (its policy's DP budget included)."""
+    """The node's settings as the site algorithm takes them, its policy included."""
     return SiteSettings(str(node["site"]), str(node["joint"]), Path(str(node["data-dir"])), state_dir(node),
-                        (int(node.get("part", 0)), int(node.get("parts", 1))), site_policy(node).dp,
+                        (int(node.get("part", 0)), int(node.get("parts", 1))), site_policy(node),
                         bool(node.get("keep-sent", False)))
 
 

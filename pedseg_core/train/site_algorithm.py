@@ -3,8 +3,8 @@
 
 The algorithm owns the site's trainer (`SiteTrainer`), its private layers in memory and on its disk
 (`PrivateStore`: `<state_dir>/run-<run>/`), its Adam state, its DP-SGD accountant (`privacy.pt`) and the copies of
-what it sent; and it decides, in `_released`, what of a round may leave it. A Flower ClientApp (client/app.py)
-only translates messages to these calls; a hospital can drive them by hand.
+what it sent; and it decides, in `_released`, what of a round may leave it, by the site's policy. A Flower
+ClientApp (client/app.py) only translates messages to these calls; a hospital can drive them by hand.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import Tensor
 from pedseg_core.config import PedsegConfig
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
+from pedseg_core.policy import Requests
 from pedseg_core.protocol import ARRAYS, EPSILON, HEAD, PROTOTYPE_SEP, PROTOTYPE_SLICES, PROTOTYPES, TRAIN_LOSS
 from pedseg_core.train.private_store import PrivateStore
 from pedseg_core.train.private_training import spent_epsilon
@@ -58,8 +59,8 @@ class SiteAlgorithm:
         """One round: (evaluate the previous global weights first, when asked,) train locally from the round's
         global weights, keep the private layers, Adam state and accountant, and return what may leave."""
         trainer = self.trainer
-        if self.settings.dp is not None:  # DP-SGD with the accountant this site kept from its earlier rounds
-            trainer.use_privacy(self.settings.dp, request.num_rounds, self.store.load_privacy())
+        if (dp := self.settings.policy.dp) is not None:  # DP-SGD on the accountant of its earlier rounds
+            trainer.use_privacy(dp, request.num_rounds, self.store.load_privacy())
         if request.head is not None:  # the head pooled over this joint's sites (domain-wise aggregation)
             trainer.load_private(request.head)
         evaluation = None
@@ -80,10 +81,11 @@ class SiteAlgorithm:
         return result
 
     def _released(self, request: TrainRequest, shared: StateDict, slices: int, stats: dict) -> TrainResult:
-        """What of a round leaves the site (before its policy mod cuts it further): the shared weights, the
-        example count and timings; the training losses only without DP (DP does not cover them), its spent
-        epsilon with DP; its joint's prototypes only without DP and when the run shares them (each a mean over
-        the training slices, which DP does not cover either); its head only when the server pools it."""
+        """What of a round leaves the site, every rule in this one place: the shared weights, the example count
+        and timings; the training losses only without DP (DP does not cover them), with DP the epsilon spent;
+        its joint's prototypes and its head only as far as the run asks and the site's policy grants
+        (`SitePolicy.grant`: no prototypes under DP, each a mean over enough slices). The policy mod of a Flower
+        site checks the reply again and records the refusals."""
         trainer = self.trainer
         metrics = {"lr": stats["lr"], "train-time-s": stats["train_time_s"], "load-time-s": stats["load_time_s"]}
         if trainer.private is not None:
@@ -92,14 +94,25 @@ class SiteAlgorithm:
             metrics[TRAIN_LOSS] = stats["loss"]
             metrics.update({k.replace("_", "-"): v for k, v in stats.items() if k.endswith("_loss")})
         result = TrainResult(shared, slices, metrics)
-        if trainer.cfg.contrastive.share_prototypes and trainer.private is None and \
-                (prototypes := trainer.prototypes(request.server_round)) is not None:
+        granted = self._granted(request.share_head)
+        if granted.share_prototypes and trainer.private is None and \
+                (prototypes := trainer.prototypes(request.server_round)) is not None and \
+                prototypes[1] >= granted.min_prototype_slices:
             means, count = prototypes
             result.prototypes = {f"{trainer.domain.joint}{PROTOTYPE_SEP}{s}": m for s, m in enumerate(means)}
             metrics[PROTOTYPE_SLICES] = count
-        if request.share_head:
+        if granted.share_head:
             result.head = trainer.head_state()
         return result
+
+    def _granted(self, share_head: bool = False) -> Requests:
+        """What the run asks of this site (its configuration; the head when the server pools it), cut down to
+        what the site's policy allows."""
+        cfg = self.trainer.cfg
+        asked = Requests(per_case_metrics=cfg.federation.per_case_metrics,
+                         share_prototypes=cfg.contrastive.share_prototypes,
+                         min_prototype_slices=cfg.contrastive.min_prototype_slices, share_head=share_head)
+        return self.settings.policy.grant(asked)[0]
 
     def _other_prototypes(self, prototypes: StateDict) -> list[Tensor] | None:
         """The other joints' prototypes ("<joint>|<scale>" -> [D]) as one [M, D] per scale (M joints)."""
@@ -126,7 +139,7 @@ class SiteAlgorithm:
         """Stage 1 of `full`: one round of the shape auto-encoder on this site's masks (weights out, no data);
         under DP by DP-SGD on the site's accountant, and then without losses (DP does not cover them)."""
         autoencoder = self._autoencoder(request.autoencoder, request.union)
-        dp = self.settings.dp
+        dp = self.settings.policy.dp
         slices, stats, privacy = self.trainer.train_prior_round(autoencoder, request.union.offset, request.server_round,
                                                                 dp, self.store.load_privacy() if dp else None)
         if privacy is not None:
@@ -137,8 +150,11 @@ class SiteAlgorithm:
     def evaluate(self, request: EvaluateRequest) -> EvaluateResult:
         """The personalized model on `request.shared` (the global weights of `request.server_round`) over the
         site's evaluation cases; the model it scored stays at the site as `model.pt`, for `pedseg predict` (the
-        `shared` scheme has none: its head is the union of all bones). A DP site adds the epsilon it has spent."""
+        `shared` scheme has none: its head is the union of all bones). Per-case metrics only where the run asks and
+        the policy allows; a DP site adds the epsilon it has spent."""
         entry = self.trainer.evaluate(request.shared)
+        if not self._granted().per_case_metrics:
+            entry.pop("per_case", None)
         if not self.trainer.union:
             self.trainer.save_model(self.store.model_path, request.server_round)
         if (privacy := self.store.load_privacy()) is not None:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from torch import Tensor
 
 from pedseg_core.errors import PedsegError
-from pedseg_core.policy import DPBudget
+from pedseg_core.policy import SitePolicy
 
 StateDict = dict[str, Tensor]
 
@@ -46,7 +46,7 @@ class SiteSettings:
     data_dir: Path
     state_dir: Path  # private layers, optimizer and DP state, models, sent copies (`PrivateStore`)
     part: tuple[int, int] = (0, 1)  # (i, k): every k-th training case from i (simulated sites of one joint)
-    dp: DPBudget | None = None  # its policy's DP-SGD budget
+    policy: SitePolicy = field(default_factory=SitePolicy)  # what may leave it; its DP-SGD budget
     keep_sent: bool = False  # keep a copy of every training reply in <state_dir>/run-<run>/sent/
 
 

@@ -7,7 +7,7 @@ import torch
 
 from pedseg_core.config import build_config
 from pedseg_core.model.shape_prior import ShapeAutoEncoder
-from pedseg_core.policy import DPBudget
+from pedseg_core.policy import DPBudget, SitePolicy
 from pedseg_core.train.private_store import PrivateStore
 from pedseg_core.train.site_algorithm import SiteAlgorithm
 from pedseg_core.train.site_requests import (
@@ -20,16 +20,17 @@ from pedseg_core.train.site_requests import (
 
 ROUNDS = 2
 LABELS = {"background": 0, "a": 1, "b": 2}  # each joint's two bones; the union holds four
+SHARING = SitePolicy(min_prototype_slices=4)  # a tiny site's prototypes may leave
 
 
-def sites(write_dataset, tmp_path, scheme: str = "full", dp: DPBudget | None = None) -> list[SiteAlgorithm]:
+def sites(write_dataset, tmp_path, scheme: str = "full", policy: SitePolicy = SHARING) -> list[SiteAlgorithm]:
     cfg = build_config("tiny", overrides={"scheme": scheme, "model": {"norm": "group"},
                                           "train": {"steps_per_epoch": 2, "batch_size": 2},
                                           "prior": {"epochs": 1, "steps_per_epoch": 2},
                                           "contrastive": {"min_prototype_slices": 4}})
     return [SiteAlgorithm(SiteSettings(joint, joint, write_dataset(n_train=2, shape=(40, 40, 6), labels=LABELS,
                                                                    seed=i),
-                                       tmp_path / joint, dp=dp, keep_sent=True), cfg, run="7")
+                                       tmp_path / joint, policy=policy, keep_sent=True), cfg, run="7")
             for i, joint in enumerate(("ankle", "knee"))]
 
 
@@ -72,13 +73,28 @@ def test_two_hospitals_federate_by_hand(write_dataset, tmp_path):
 
 def test_the_head_leaves_only_when_asked(write_dataset, tmp_path):
     (site, _) = sites(write_dataset, tmp_path, scheme="multi-domain")
-    result = site.train(TrainRequest(site.trainer.shared_state(), 1, ROUNDS, share_head=True))
+    assert site.train(TrainRequest(site.trainer.shared_state(), 1, ROUNDS)).head is None
+    result = site.train(TrainRequest(site.trainer.shared_state(), 2, ROUNDS, share_head=True))
     assert result.head is not None and set(result.head) == set(site.trainer.head_state())
     assert result.prototypes is None  # no projection heads in this scheme
 
 
+def test_the_sites_policy_keeps_what_it_refuses_at_the_site_without_any_mod(write_dataset, tmp_path):
+    """Prototypes over fewer slices than the policy's minimum, a head it does not pool, per-case metrics: none
+    leaves, and none is in the copy of what was sent."""
+    policy = SitePolicy(min_prototype_slices=13, share_head=False)  # a site of 2 cases holds 12 slices
+    (site, _) = sites(write_dataset, tmp_path, scheme="contrastive", policy=policy)
+    site.trainer.cfg.federation.per_case_metrics = True  # asked by the run, not allowed by the policy
+    result = site.train(TrainRequest(site.trainer.shared_state(), 2, ROUNDS, share_head=True, evaluate_first=True))
+    assert result.prototypes is None and result.head is None and "prototype-slices" not in result.metrics
+    assert "per_case" not in result.evaluation.entry and result.evaluation.num_examples == 1
+    sent = torch.load(site.store.sent_dir / "round-002.pt", weights_only=True)
+    assert set(sent) == {"arrays", "num_examples"}
+
+
 def test_a_dp_site_sends_neither_losses_nor_prototypes(write_dataset, tmp_path):
-    (site, _) = sites(write_dataset, tmp_path, scheme="contrastive", dp=DPBudget(epsilon=8.0))
+    policy = SitePolicy(dp=DPBudget(epsilon=8.0), min_prototype_slices=4)
+    (site, _) = sites(write_dataset, tmp_path, scheme="contrastive", policy=policy)
     result = site.train(TrainRequest(site.trainer.shared_state(), 1, ROUNDS))
     assert result.prototypes is None and 0 < result.metrics["epsilon"] <= 8.0
     assert not [k for k in result.metrics if k.endswith("loss")]
