@@ -51,8 +51,7 @@ def train(msg: Message, context: Context) -> Message:
     kind = json.loads(str(context.run_config["corruptions-json"] or "{}")).get(
         str(msg.content["config"]["server-round"]))
     if kind and site == context.run_config["corrupt-site"]:
-        private = pedseg._site(context, msg.content["config"])[0].private_state()  # the trainer just used
-        _corrupt(reply, received, kind, min(private))
+        _corrupt(reply, received, kind, min(context.state[pedseg.PRIVATE_KEY].keys()))  # the private layers just kept
     return reply
 
 
