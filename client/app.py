@@ -111,10 +111,11 @@ def train(msg: Message, context: Context) -> Message:
         metrics = MetricRecord({NUM_EXAMPLES: prior.num_examples, **prior.metrics})
         return Message(RecordDict({ARRAYS: ArrayRecord(prior.autoencoder), METRICS: metrics}), reply_to=msg)
     result = algorithm.train(TrainRequest(
-        _arrays(msg, ARRAYS), int(config[SERVER_ROUND]), int(config[NUM_ROUNDS]), float(config.get(PROXIMAL_MU, 0.0)),
-        _arrays(msg, PROTOTYPES) or {}, _arrays(msg, HEAD), _arrays(msg, PRIOR),
-        _union(config, context) if UNION_CLASSES in config else None, bool(config.get(EVALUATE_FIRST)),
-        bool(config.get(SHARE_HEAD))))
+        shared=_arrays(msg, ARRAYS), server_round=int(config[SERVER_ROUND]), num_rounds=int(config[NUM_ROUNDS]),
+        proximal_mu=float(config.get(PROXIMAL_MU, 0.0)), prototypes=_arrays(msg, PROTOTYPES) or {},
+        head=_arrays(msg, HEAD), prior=_arrays(msg, PRIOR),
+        union=_union(config, context) if UNION_CLASSES in config else None,
+        evaluate_first=bool(config.get(EVALUATE_FIRST)), share_head=bool(config.get(SHARE_HEAD))))
     context.state[PRIVATE_KEY] = ArrayRecord(algorithm.private_state())
     identity = _identity(context)
     if result.evaluation is not None:
