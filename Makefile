@@ -56,11 +56,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# On a machine with internet access and the hospital server's Python version and OS; build/lib is setuptools'
-# staging folder, emptied so that no module removed from the tree is packed.
+# On a machine with internet access and the hospital server's Python version and OS (the pip of .venv, made if
+# missing, builds it); build/lib is setuptools' staging folder, emptied so that no module removed from the tree
+# is packed.
 wheelhouse:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	rm -rf build/lib
-	$(PYTHON) -m pip wheel --wheel-dir $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+	$(BIN)/python -m pip wheel --wheel-dir $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
 		torch==$(TORCH_VERSION) .
 
 clean-demo:
