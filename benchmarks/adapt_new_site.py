@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from flower_common.run_config import config_from_run_config
 from pedseg_core.train.adapt import adapt_site
 from simulations.simulation import federate_simulation
 
@@ -62,8 +63,8 @@ def main() -> None:
     if (federation / "results.json").is_file():
         results = json.loads((federation / "results.json").read_text(encoding="utf-8"))
     else:
-        results = federate_simulation(sites, federation, {"preset": "small", "scheme": "full",
-                                                          "strategy": "fedavg"}, progress=False)
+        results = federate_simulation(sites, federation, config_from_run_config(
+            {"preset": "small", "scheme": "full", "strategy": "fedavg"}), progress=False)
     weights = federation / "checkpoints" / "global_final.pt"
     rows = [("federation's own knee site (12 cases, every round)", results["sites"][LEFT_OUT])]
     for cases in (2, 5):

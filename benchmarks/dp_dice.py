@@ -13,7 +13,6 @@ Without --data, the reproduction data is synthesized (`pedseg data synth DIR --s
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 from synthetic_data import synthesized
 
+from flower_common.run_config import config_from_run_config
+from pedseg_core.train.metrics_line import read_metrics
 from simulations.simulation import federate_simulation
 
 JOINTS = ("ankle", "knee", "shoulder")
@@ -29,8 +30,8 @@ DELTA, CLIP = 1e-5, 1.0
 
 def site_train_seconds(run: Path) -> float:
     """Mean over rounds and sites of the sites' own training time (train-time-s) in one round."""
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    return statistics.mean(s["train-time-s"] for line in lines if "sites" in line for s in line["sites"].values())
+    lines = read_metrics(run / "metrics.jsonl")
+    return statistics.mean(s["train-time-s"] for line in lines if line.is_round for s in line.sites.values())
 
 
 def run(name: str, data: Path, out: Path, preset: str, epsilon: float | None) -> dict:
@@ -40,7 +41,8 @@ def run(name: str, data: Path, out: Path, preset: str, epsilon: float | None) ->
     config = {"preset": preset, "scheme": "full", "strategy": "fedavg", "num-server-rounds": 0,
               "overrides": "model.norm=group train.precision=fp32", "per-case-metrics": True}
     started = time.perf_counter()
-    results = federate_simulation({j: data / j for j in JOINTS}, out / name, config, progress=False, policy=policy)
+    results = federate_simulation({j: data / j for j in JOINTS}, out / name, config_from_run_config(config),
+                                  progress=False, policy=policy)
     return {"name": name, "results": results, "wall_s": time.perf_counter() - started,
             "train_s": site_train_seconds(out / name)}
 

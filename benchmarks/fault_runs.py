@@ -24,6 +24,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from pedseg_core.train.metrics_line import read_metrics
+
 JOINTS = ("ankle", "knee", "shoulder")
 
 
@@ -58,11 +60,11 @@ def wait_for_round(run: Path, proc: subprocess.Popen, round_: int) -> None:
 
 def summary(name: str, run: Path, seconds: float) -> dict:
     results = json.loads((run / "results.json").read_text(encoding="utf-8"))
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    missing = {m["site"]: [] for line in lines for m in line.get("missing", [])}
+    lines = read_metrics(run / "metrics.jsonl")
+    missing = {m.site: [] for line in lines for m in line.missing}
     for line in lines:
-        for m in line.get("missing", []):
-            missing[m["site"]].append(line["round"])
+        for m in line.missing:
+            missing[m.site].append(line.round)
     sites = {s: round(r["mean_dice"], 4) for s, r in results["sites"].items()}
     print(f"{name:>13}: mean Dice {results['mean_dice']:.4f}  per site {sites}  missing {missing or '-'}  "
           f"{seconds:.0f} s", flush=True)

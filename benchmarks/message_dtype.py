@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from synthetic_data import synthesized
 
+from flower_common.run_config import config_from_run_config
 from simulations.local import federate_local
 from simulations.simulation import federate_simulation
 
@@ -32,9 +33,9 @@ def traffic(out: Path, rounds: int, dtype: str) -> dict:
     """MB per site and round, each way, of a loopback federation, and the fp32 shared weights' MB."""
     data = synthesized(out / "bytes-data", "--train", "8", "--test", "3")
     run = out / f"bytes-{dtype}"
-    federate_local({j: data / j for j in JOINTS}, run, {"preset": "demo", "scheme": "multi-domain",
-                                                        "num-server-rounds": rounds, "message-dtype": dtype},
-                   progress=False)
+    federate_local({j: data / j for j in JOINTS}, run,
+                   config_from_run_config({"preset": "demo", "scheme": "multi-domain", "num-server-rounds": rounds,
+                                           "message-dtype": dtype}), progress=False)
     count = json.loads((run / "logs" / "run-status.json").read_text(encoding="utf-8"))["network-traffic"]
     shared = torch.load(run / "checkpoints" / "global_final.pt", weights_only=True)["shared_state_dict"]
     per = len(JOINTS) * rounds * 1e6
@@ -46,7 +47,8 @@ def traffic(out: Path, rounds: int, dtype: str) -> dict:
 def dice(data: Path, out: Path, dtype: str) -> dict:
     config = {"preset": "small", "scheme": "full", "strategy": "fedavg", "num-server-rounds": 0,
               "per-case-metrics": True, "message-dtype": dtype}
-    return federate_simulation({j: data / j for j in JOINTS}, out / f"dice-{dtype}", config, progress=False)
+    return federate_simulation({j: data / j for j in JOINTS}, out / f"dice-{dtype}", config_from_run_config(config),
+                               progress=False)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from synthetic_data import synthesized
 
+from flower_common.run_config import config_from_run_config
 from pedseg_core.config import build_config
 from pedseg_core.precision import resolve_precision
 from pedseg_core.train.centralized import train_centralized
@@ -39,7 +40,7 @@ def run(mode: str, precision: str, seed: int, data: Path, out: Path, preset: str
     else:
         config = {"preset": preset, "scheme": "full", "strategy": "fedavg", "num-server-rounds": 0,
                   "overrides": f"train.precision={precision} train.seed={seed}"}
-        results = federate_simulation(sites, run_dir, config, progress=False)
+        results = federate_simulation(sites, run_dir, config_from_run_config(config), progress=False)
     return {"mode": mode, "precision": precision, "seed": seed, "results": results,
             "wall_s": time.perf_counter() - started}
 

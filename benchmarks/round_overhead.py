@@ -23,10 +23,12 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from flower_common.run_config import config_from_run_config
 from pedseg_core.config import build_config, parse_overrides
 from pedseg_core.data.synth import synthesize
 from pedseg_core.model.partition import split_state_dict
 from pedseg_core.model.unet import MultiDomainUNet
+from pedseg_core.train.metrics_line import MetricsLine, read_metrics
 from simulations.local import federate_local
 
 JOINTS = ("ankle", "knee", "shoulder")
@@ -59,11 +61,11 @@ def main() -> None:
         measure(data, work / ("run" if pack else "run-unpacked"), args, pack)
 
 
-def round_periods(lines: list[dict]) -> list[float]:
+def round_periods(lines: list[MetricsLine]) -> list[float]:
     """Each round's seconds from its start to the next round's (the server's state save between them
     included); the last round's own `round_time_s`."""
-    starts = [line["started_at"] for line in lines]
-    return [b - a for a, b in zip(starts, starts[1:])] + [lines[-1]["round_time_s"]]
+    starts = [line.started_at for line in lines]
+    return [b - a for a, b in zip(starts, starts[1:])] + [lines[-1].round_time_s]
 
 
 def measure(data: dict, run: Path, args: argparse.Namespace, pack: bool) -> None:
@@ -72,22 +74,22 @@ def measure(data: dict, run: Path, args: argparse.Namespace, pack: bool) -> None
     config = {"preset": args.preset, "scheme": "multi-domain", "strategy": "fedavg",
               "message-dtype": args.message_dtype, "num-server-rounds": args.rounds, "evaluate-every": args.rounds,
               "overrides": " ".join(overrides)}
-    federate_local(data, run, config)
+    federate_local(data, run, config_from_run_config(config))
 
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in read_metrics(run / "metrics.jsonl") if line.is_round]
     print(f"\n{'packed arrays (one Array per record)' if pack else 'unpacked (one Flower object per tensor)'}:")
     print(f"{'round':>5} {'round s':>8} {'max train s':>11} {'max load s':>10} {'max client s':>12} "
           f"{'overhead':>9} {'outside handlers':>16}")
     shares, outside = [], []
     for line, period in zip(lines, round_periods(lines)):
-        train = max(s["train-time-s"] for s in line["sites"].values())
-        load = max(s["load-time-s"] for s in line["sites"].values())
-        client = max(s.get("client-time-s", float("nan")) for s in line["sites"].values())
+        train = max(s["train-time-s"] for s in line.sites.values())
+        load = max(s["load-time-s"] for s in line.sites.values())
+        client = max(s.get("client-time-s", float("nan")) for s in line.sites.values())
         share, messaging = 1 - train / period, 1 - client / period
-        if 1 < line["round"] < args.rounds:  # round 1 also installs and imports the app; the last one evaluates
+        if 1 < line.round < args.rounds:  # round 1 also installs and imports the app; the last one evaluates
             shares.append(share)
             outside.append(messaging)
-        print(f"{line['round']:>5} {period:>8.1f} {train:>11.1f} {load:>10.1f} {client:>12.1f} "
+        print(f"{line.round:>5} {period:>8.1f} {train:>11.1f} {load:>10.1f} {client:>12.1f} "
               f"{share:>9.1%} {messaging:>16.1%}")
     if shares:
         print(f"fixed cost (median over rounds 2..{args.rounds - 1}): {statistics.median(shares):.1%} of the round "

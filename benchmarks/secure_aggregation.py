@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from synthetic_data import synthesized
 
+from flower_common.run_config import config_from_run_config
+from pedseg_core.train.metrics_line import read_metrics
 from simulations.local import federate_local
 
 JOINTS = ("ankle", "knee", "shoulder")
@@ -28,14 +30,13 @@ def run(name: str, data: Path, out: Path, args: argparse.Namespace, secure: bool
     config = {"preset": args.preset, "scheme": args.scheme, "num-server-rounds": args.rounds,
               "secure-aggregation": secure}
     started = time.perf_counter()
-    results = federate_local({j: data / j for j in JOINTS}, out / name, config, progress=False)
+    results = federate_local({j: data / j for j in JOINTS}, out / name, config_from_run_config(config), progress=False)
     wall = time.perf_counter() - started
-    lines = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    rounds = [line for line in lines if "round_time_s" in line]
+    rounds = [line for line in read_metrics(out / name / "metrics.jsonl") if line.is_round]
     status = json.loads((out / name / "logs" / "run-status.json").read_text(encoding="utf-8"))
     return {"name": name, "dice": results["mean_dice"], "wall_s": wall,
-            "round_s": statistics.mean(r["round_time_s"] for r in rounds[1:] or rounds),
-            "secagg_s": statistics.mean(r["secure_aggregation"]["seconds"] for r in rounds) if secure else 0.0,
+            "round_s": statistics.mean(r.round_time_s for r in rounds[1:] or rounds),
+            "secagg_s": statistics.mean(r.secure_aggregation["seconds"] for r in rounds) if secure else 0.0,
             "mb_per_round": status["network-traffic"]["total-bytes"] / len(rounds) / 1e6,
             "final": torch.load(out / name / "checkpoints" / "global_final.pt",
                                 weights_only=True)["shared_state_dict"]}

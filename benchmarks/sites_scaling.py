@@ -12,7 +12,6 @@ Aim: cost linear in the number of sites.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import threading
@@ -21,7 +20,9 @@ from pathlib import Path
 
 import psutil
 
+from flower_common.run_config import config_from_run_config
 from pedseg_core.data.synth import synthesize
+from pedseg_core.train.metrics_line import read_metrics
 from simulations.simulation import federate_simulation
 
 JOINTS = ("ankle", "knee", "shoulder")
@@ -72,16 +73,16 @@ def main() -> None:
         sampler = MemorySampler(run)
         sampler.start()
         start = time.perf_counter()
-        federate_simulation(data, run, {"preset": args.preset, "scheme": "multi-domain",
-                                        "num-server-rounds": args.rounds, "evaluate-every": args.rounds,
-                                        "overrides": f"train.steps_per_epoch={args.steps}"},
+        federate_simulation(data, run, config_from_run_config({
+            "preset": args.preset, "scheme": "multi-domain", "num-server-rounds": args.rounds,
+            "evaluate-every": args.rounds, "overrides": f"train.steps_per_epoch={args.steps}"}),
                             sites_per_joint=n // len(JOINTS), progress=False)
         wall = time.perf_counter() - start
         sampler.stop.set()
         sampler.join()
-        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-        rows.append((n, statistics.median(x["round_time_s"] for x in lines),
-                     statistics.median(x["aggregation_s"] for x in lines), sampler.peak_total / 2**30,
+        lines = [line for line in read_metrics(run / "metrics.jsonl") if line.is_round]
+        rows.append((n, statistics.median(x.round_time_s for x in lines),
+                     statistics.median(x.aggregation_s for x in lines), sampler.peak_total / 2**30,
                      sampler.peak_server / 2**30, wall))
     print(f"{args.preset} preset, {args.rounds} rounds of {args.steps} local steps; simulation on "
           f"{psutil.cpu_count()} cores")

@@ -11,13 +11,14 @@ as it can in the round time: the ratio is an upper bound for rounds that train l
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from flower_common.run_config import config_from_run_config
 from pedseg_core.data.synth import synthesize
+from pedseg_core.train.metrics_line import read_metrics
 from simulations.local import federate_local
 
 JOINTS = ("ankle", "knee", "shoulder")
@@ -25,8 +26,8 @@ JOINTS = ("ankle", "knee", "shoulder")
 
 def round_times(run: Path) -> list[float]:
     """Round times (server side) of a run, leaving out the last round, which also evaluates."""
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    return [line["round_time_s"] for line in lines[:-1]]
+    lines = [line for line in read_metrics(run / "metrics.jsonl") if line.is_round]
+    return [line.round_time_s for line in lines[:-1]]
 
 
 def main() -> None:
@@ -47,7 +48,8 @@ def main() -> None:
     for pair in range(args.pairs):
         for mode in ("tls", "insecure"):
             start = time.monotonic()
-            federate_local(data, work / f"{mode}-{pair}", config, progress=False, insecure=mode == "insecure")
+            federate_local(data, work / f"{mode}-{pair}", config_from_run_config(config), progress=False,
+                           insecure=mode == "insecure")
             totals[mode].append(time.monotonic() - start)
             rounds[mode] += round_times(work / f"{mode}-{pair}")
     print(f"{args.preset} preset, {len(JOINTS)} sites, {args.steps} local steps per round, {args.rounds} rounds, "

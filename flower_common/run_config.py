@@ -1,23 +1,24 @@
 """THE adapter between a Flower run config and pedseg's typed configuration.
 
 What crosses into Flower is one document: `config-json`, the whole resolved configuration as JSON
-(`pedseg_core.config.PedsegConfig.to_dict`), which every launcher writes (`with_config_document`) and the
-ServerApp and every site read back as it is. A run config without it (`flwr run` by hand, with pyproject's
-`[tool.flwr.app.config]` keys) is resolved from `preset`, the keys of RUN_CONFIG_FIELDS and `overrides`
-("section.key=value ..." split like a shell line, so a value may be quoted), which win.
+(`pedseg_core.config.PedsegConfig.to_dict`), which every launcher writes (`run_config_with_document`) and the
+ServerApp and every site read back as it is. A run config without it (`flwr run` by hand) is resolved from
+`preset`, the keys of RUN_CONFIG_FIELDS and `overrides` ("section.key=value ..." split like a shell line, so a
+value may be quoted), which win. pyproject's `[tool.flwr.app.config]` lists those keys only so that Flower
+accepts them, each unset (""): every default is the preset's.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Sequence
 from typing import Any
 
-from pedseg_core.config import PedsegConfig, build_config, config_from_dict, parse_overrides
+from pedseg_core.config import DEFAULT_PRESET, PedsegConfig, build_config, config_from_dict, nested, parse_overrides
 from pedseg_core.errors import PedsegError
 
 CONFIG_DOCUMENT = "config-json"
+UNSET = ""  # a run-config key as pyproject lists it: the preset's value
 
 # Flower run-config keys (flat, hyphenated, as Flower requires) -> PedsegConfig fields.
 RUN_CONFIG_FIELDS = {
@@ -37,14 +38,12 @@ RUN_CONFIG_FIELDS = {
     "message-dtype": "federation.message_dtype",
     "share-prototypes": "contrastive.share_prototypes",
 }
-ZERO_MEANS_PRESET = ("evaluate-every",)  # run-config keys whose 0 means "the preset's value"
-CONFIG_KEYS = {"preset", "overrides", CONFIG_DOCUMENT, *RUN_CONFIG_FIELDS}
 
 
 def config_from_run_config(run_config: dict[str, Any]) -> PedsegConfig:
     """The typed configuration of a run: its `config-json` document when it has one, else resolved from the
-    preset, the run-config keys and the overrides (a list of "section.key=value", or one string of them)."""
-    document = str(run_config.get(CONFIG_DOCUMENT, ""))
+    preset, the run-config keys that are set and the overrides (one string of "section.key=value")."""
+    document = str(run_config.get(CONFIG_DOCUMENT, UNSET))
     if document:
         try:
             values = json.loads(document)
@@ -53,25 +52,21 @@ def config_from_run_config(run_config: dict[str, Any]) -> PedsegConfig:
         if not isinstance(values, dict):
             raise PedsegError(f"run config {CONFIG_DOCUMENT}: expected a JSON object")
         return config_from_dict(values)
-    pairs = [f"{target}={run_config[key]}" for key, target in RUN_CONFIG_FIELDS.items()
-             if key in run_config and not (key in ZERO_MEANS_PRESET and run_config[key] == 0)]
-    pairs += override_list(run_config.get("overrides", ""))
-    return build_config(str(run_config.get("preset", "small")), overrides=parse_overrides(pairs))
+    keys = nested({target: run_config[key] for key, target in RUN_CONFIG_FIELDS.items()
+                   if run_config.get(key, UNSET) != UNSET})
+    return build_config(str(run_config.get("preset") or DEFAULT_PRESET), options=keys,
+                        overrides=parse_overrides(_split(str(run_config.get("overrides", UNSET)))))
 
 
-def override_list(overrides: str | Sequence[str]) -> list[str]:
-    """["a.b=1", ...] as it is; "a.b=1 c.d='x y'" split like a shell line."""
-    if isinstance(overrides, str):
-        try:
-            return shlex.split(overrides)
-        except ValueError as err:
-            raise PedsegError(f"run config overrides {overrides!r}: {err}") from None
-    return [str(x) for x in overrides]
+def _split(overrides: str) -> list[str]:
+    """"a.b=1 c.d='x y'" split like a shell line."""
+    try:
+        return shlex.split(overrides)
+    except ValueError as err:
+        raise PedsegError(f"run config overrides {overrides!r}: {err}") from None
 
 
-def with_config_document(app_config: dict[str, Any]) -> dict[str, Any]:
-    """`app_config` as it crosses into Flower: its configuration keys replaced by the one `config-json`
-    document of the resolved configuration; the other keys (out-dir, resume-from, sites-json) kept."""
-    cfg = config_from_run_config(app_config)
-    return {**{k: v for k, v in app_config.items() if k not in CONFIG_KEYS},
-            CONFIG_DOCUMENT: json.dumps(cfg.to_dict(), separators=(",", ":"))}
+def run_config_with_document(cfg: PedsegConfig, flower_keys: dict[str, str]) -> dict[str, str]:
+    """The run config a launcher sends: the resolved `cfg` as the one `config-json` document, and the keys
+    that are Flower's side of the run (out-dir, resume-from, sites-json)."""
+    return {**flower_keys, CONFIG_DOCUMENT: json.dumps(cfg.to_dict(), separators=(",", ":"))}

@@ -27,8 +27,10 @@ CONTRASTIVE_SCHEMES = ("contrastive", "full")
 # as a stock Flower or NVIDIA FLARE MONAI example does): the peer baseline
 FEDERATED_SCHEMES = ("shared", "multi-domain", "contrastive", "full")
 UNION_LABEL_SCHEMES = ("shared", "full")  # schemes that need the union label space of all joints
+PRIOR_SCHEMES = ("full",)  # schemes with the anatomical shape prior (federated: trained first, stage 1)
 PRECISIONS = ("auto", "fp32", "bf16")  # see pedseg_core.precision
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multikrum", "bulyan")  # server.aggregation.RULES
+DEFAULT_PRESET = "small"  # the preset of a run that names none
 MLFLOW_SCHEMES = ("file", "http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql")
 
 
@@ -243,7 +245,7 @@ class TrackingConfig(Section):
 
 
 class PedsegConfig(Section):
-    preset: Text = "small"
+    preset: Text = DEFAULT_PRESET
     scheme: Scheme = "multi-domain"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -267,6 +269,12 @@ class PedsegConfig(Section):
         return self.model_dump(mode="json")
 
 
+# The network of the `demo` and `small` presets. The last decoder stages are 32 wide, not MONAI's 16: 16 channels
+# feeding every joint's head slowed federated sites down on small bones (see `small`)
+DEMO_NETWORK = {"model": {"backbone": "resnet18", "decoder_channels": (128, 64, 32, 32, 32)},
+                "data": {"image_size": 96}}
+DEMO_BATCHES = {"batch_size": 6, "learning_rate": 2e-3}  # ... and its batches
+
 PRESETS: dict[str, dict[str, Any]] = {
     # tests: seconds per round
     "tiny": {
@@ -276,12 +284,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"batch_size": 32},
         "prior": {"channels": (8, 16, 16), "epochs": 1, "steps_per_epoch": 30, "batch_size": 8},
     },
-    # the demo: a few minutes on 2 CPU cores, already a usable segmentation. The last decoder stages are 32 wide,
-    # not MONAI's 16: 16 channels feeding every joint's head slowed federated sites down on small bones (see `small`)
+    # the demo: a few minutes on 2 CPU cores, already a usable segmentation
     "demo": {
-        "model": {"backbone": "resnet18", "decoder_channels": (128, 64, 32, 32, 32)},
-        "data": {"image_size": 96},
-        "train": {"epochs": 16, "steps_per_epoch": 15, "batch_size": 6, "learning_rate": 2e-3},
+        **DEMO_NETWORK,
+        "train": {"epochs": 16, "steps_per_epoch": 15, **DEMO_BATCHES},
         "federation": {"evaluate_every": 4},
     },
     # `pedseg reproduce` (all 13 cells within an hour on 2 CPU cores) and benchmarks: the demo's network; many
@@ -290,14 +296,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # With 16-channel last decoder stages, federated sites learned the knee patella only in rounds 20-28 of 32
     # (sometimes not at all); 32 channels: by round 24 in every run, mostly by round 16 (+20% time).
     "small": {
-        "model": {"backbone": "resnet18", "decoder_channels": (128, 64, 32, 32, 32)},
-        "data": {"image_size": 96},
-        "train": {"epochs": 32, "steps_per_epoch": 10, "batch_size": 6, "learning_rate": 2e-3},
+        **DEMO_NETWORK,
+        "train": {"epochs": 32, "steps_per_epoch": 10, **DEMO_BATCHES},
         "federation": {"evaluate_every": 8},
     },
     # the paper's setting: ResNet-34 U-Net at full resolution (hours on CPU, sensible on a GPU)
     "paper": {
-        "model": {"backbone": "resnet34", "encoder_weights": "imagenet"},
+        "model": {"encoder_weights": "imagenet"},  # on ModelConfig's ResNet-34
         "data": {"image_size": 256},
         "train": {"epochs": 100, "steps_per_epoch": 250, "batch_size": 16, "precision": "bf16",
                   "channels_last": True},
@@ -305,11 +310,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _laid_over(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+def laid_over(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """`base` with the nested mapping `values` laid over it, key by key."""
     merged = dict(base)
     for key, value in values.items():
-        merged[key] = _laid_over(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+        merged[key] = laid_over(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
             else value
     return merged
 
@@ -321,7 +326,7 @@ def _resolved(layers: list[tuple[str, dict[str, Any]]]) -> PedsegConfig:
     for where, layer in layers:
         if not isinstance(layer, dict):
             raise PedsegError(f"{where}: expected a mapping, got {layer!r}")
-        values = _laid_over(values, layer)
+        values = laid_over(values, layer)
     try:
         return PedsegConfig.model_validate(values)
     except ValidationError as err:
@@ -339,12 +344,16 @@ def _sets(layer: dict[str, Any], loc: tuple) -> bool:
     return bool(loc)
 
 
-def build_config(preset: str = "small", yaml_path: Path | None = None,
-                 overrides: dict[str, Any] | None = None) -> PedsegConfig:
-    """Preset, then a YAML file, then explicit overrides (nested dicts), each refusing unknown keys."""
+def build_config(preset: str = DEFAULT_PRESET, yaml_path: Path | None = None,
+                 overrides: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> PedsegConfig:
+    """Preset, then a command's `options` (nested dicts: its flags, whose defaults must not hide the file's
+    values), then a YAML file, then explicit overrides (nested dicts), each refusing unknown keys. The result
+    records what was set over the defaults (`model_fields_set` of each section)."""
     if preset not in PRESETS:
         raise PedsegError(f"preset '{preset}' is unknown (choose from {', '.join(PRESETS)})")
     layers = [(f"preset {preset}", {"preset": preset, **PRESETS[preset]})]
+    if options:
+        layers.append(("option", options))
     if yaml_path is not None:
         layers.append((str(yaml_path), load_yaml(yaml_path)))
     if overrides:
@@ -354,17 +363,25 @@ def build_config(preset: str = "small", yaml_path: Path | None = None,
 
 def parse_overrides(values: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """["train.epochs=3", "model.norm=group"] -> {"train": {"epochs": 3}, "model": {"norm": "group"}}."""
-    overrides: dict[str, Any] = {}
+    dotted: dict[str, Any] = {}
     for value in values:
         key, sep, raw = value.partition("=")
         if not sep or not key:
             raise PedsegError(f"{value}: expected SECTION.KEY=VALUE, e.g. train.epochs=5")
-        node = overrides
+        dotted[key] = yaml.safe_load(raw)
+    return nested(dotted)
+
+
+def nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    """{"train.epochs": 3, "scheme": "full"} -> {"train": {"epochs": 3}, "scheme": "full"}."""
+    values: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = values
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    return overrides
+        node[leaf] = value
+    return values
 
 
 def config_from_dict(values: dict[str, Any]) -> PedsegConfig:

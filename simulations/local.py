@@ -13,24 +13,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
-from flower_common.run_config import config_from_run_config, override_list, with_config_document
+from flower_common.run_config import run_config_with_document
+from pedseg_core.config import PRIOR_SCHEMES, PedsegConfig
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import PedsegError
 from pedseg_core.policy import load_policy
 from pedseg_core.processes.flower_env import flower_env, flower_tool
 from pedseg_core.processes.guard import start_guarded, stop_guarded
 from pedseg_core.processes.ports import free_port
-from pedseg_core.progress import progress_bar
-from pedseg_core.train.run_dir import write_json
+from pedseg_core.progress import StepProgress
+from pedseg_core.train.metrics_line import RUN_ENDED, MetricsLine, read_metrics
+from pedseg_core.train.run_dir import METRICS_FILE, recorded_config, write_json
 from server.run_state import load_run_state
 from simulations.run_pki import RunPKI, make_run_pki
 from simulations.site_dirs import site_state_dir
@@ -197,13 +202,13 @@ class LocalLaunch:
     the same sites on the same data with the same settings."""
 
     data: dict[str, str]  # site -> dataset directory
-    joints: dict[str, str]  # site -> joint
-    app_config: dict[str, object]
+    joints: dict[str, str]  # site -> joint (the settings are the run's config.yaml, which the ServerApp writes)
     threads: int = 0
     keep_sent: bool = False
     insecure: bool = False
     policy: str = ""  # every site's privacy policy (a YAML file); "" = the default policy
     app_dir: str = str(APP_DIR)  # the Flower app: pedseg's own, or a project that extends it
+    app_keys: dict[str, str] = field(default_factory=dict)  # that project's own run-config keys
 
     def save(self, run_dir: Path) -> None:
         write_json(run_dir / LAUNCH_FILE, asdict(self))
@@ -219,60 +224,80 @@ class LocalLaunch:
             raise PedsegError(f"{path}: not a pedseg launch record: {err}") from None
 
 
-def norms_for_policy(app_config: dict[str, object], policy: Path | None) -> dict[str, object]:
-    """The run config for sites that all run `policy` (checked here, one line if it is bad): under a DP policy,
-    group norms (Opacus cannot bound a slice's gradient through BatchNorm), said on stderr; a run that asks for
-    batch norms explicitly is refused."""
-    if load_policy(policy).dp is None or config_from_run_config(app_config).model.norm == "group":
-        return app_config
-    overrides = override_list(app_config.get("overrides", ""))
-    if any(o.startswith("model.norm=") for o in overrides):
+def norms_for_policy(cfg: PedsegConfig, policy: Path | None) -> PedsegConfig:
+    """The configuration for sites that all run `policy` (checked here, one line if it is bad): under a DP
+    policy, group norms (Opacus cannot bound a slice's gradient through BatchNorm), said on stderr; a
+    configuration that sets batch norms itself is refused."""
+    if load_policy(policy).dp is None or cfg.model.norm == "group":
+        return cfg
+    if "norm" in cfg.model.model_fields_set:
         raise PedsegError(f"{policy}: asks for DP-SGD, which needs group norms: drop model.norm=batch")
     print("pedseg federate: the sites' policy asks for DP-SGD: they train with group norms (model.norm=group)",
           file=sys.stderr)
-    return {**app_config, "overrides": [*overrides, "model.norm=group"]}
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.norm = "group"
+    return cfg
 
 
-def federate_local(data: dict[str, Path], out: Path, app_config: dict[str, object],
+def with_quorum(cfg: PedsegConfig, sites: list[str]) -> PedsegConfig:
+    """`cfg` with its quorum (`federation.min_nodes`): the one it sets (`--min-sites`), which must be at most
+    the valid `sites`, or every valid site."""
+    asked = cfg.federation.min_nodes if "min_nodes" in cfg.federation.model_fields_set else len(sites)
+    if asked > len(sites):
+        raise PedsegError(f"--min-sites {asked}: only {len(sites)} site(s) have a valid dataset")
+    cfg = cfg.model_copy(deep=True)
+    cfg.federation.min_nodes = asked
+    return cfg
+
+
+def federate_local(data: dict[str, Path], out: Path, cfg: PedsegConfig,
                    joints: dict[str, str] | None = None, threads: int = 0, keep_sent: bool = False,
                    progress: bool = True, insecure: bool = False, policy: Path | None = None,
-                   app_dir: Path = APP_DIR) -> dict:
-    """Run a loopback federation with one site per `data` entry (site -> dataset; `joints` maps sites to
-    joints, default: the site's name); returns results.json. By default the SuperLink runs TLS with a private CA
-    in RUN/pki/ and admits only the sites whose keys it registered; `insecure` turns both off. `policy`: every
-    site's privacy policy (default: the safe one). `app_dir`: the Flower app to run (a directory with its
-    pyproject.toml)."""
+                   app_dir: Path = APP_DIR, app_keys: dict[str, str] | None = None) -> dict:
+    """Run a loopback federation of the resolved configuration `cfg` with one site per `data` entry (site ->
+    dataset; `joints` maps sites to joints, default: the site's name); returns results.json. By default the
+    SuperLink runs TLS with a private CA in RUN/pki/ and admits only the sites whose keys it registered;
+    `insecure` turns both off. `policy`: every site's privacy policy (default: the safe one). `app_dir`: the
+    Flower app to run (a directory with its pyproject.toml), `app_keys` its own run-config keys."""
     sites = valid_sites(data)
-    app_config = norms_for_policy(app_config, policy)  # a bad policy is refused before anything starts
-    app_config = {**app_config, "min-nodes": quorum(app_config, sites)}
-    out, rounds = prepare_run_dir(out, app_config)
+    cfg = with_quorum(norms_for_policy(cfg, policy), sites)  # a bad policy is refused before anything starts
+    out = prepare_run_dir(out)
     launch = LocalLaunch({site: str(Path(path).resolve()) for site, path in data.items()},
-                         {site: (joints or {}).get(site, site) for site in data}, app_config, threads, keep_sent,
-                         insecure, str(Path(policy).resolve()) if policy else "", str(Path(app_dir).resolve()))
+                         {site: (joints or {}).get(site, site) for site in data}, threads, keep_sent,
+                         insecure, str(Path(policy).resolve()) if policy else "", str(Path(app_dir).resolve()),
+                         dict(app_keys or {}))
     launch.save(out)
     pki = None if insecure else make_run_pki(out / "pki", list(data))
-    return run_local(launch, out, pki, sites, rounds, progress, {"out-dir": str(out)})
+    progress_shown = RunProgress(prior_rounds(cfg), cfg.federation.num_rounds(cfg.train), progress)
+    return run_local(launch, out, pki, sites, cfg, progress_shown, {"out-dir": str(out)})
 
 
 def resume_local(run_dir: Path, progress: bool = True) -> dict:
     """Continue the `pedseg federate --local` run in `run_dir` (stopped or killed) from its last completed round:
-    the same sites, data, settings and PKI, a new SuperLink; returns results.json."""
+    the same sites, data, PKI and configuration (its config.yaml, as the ServerApp resolved it), a new
+    SuperLink; returns results.json."""
     out = Path(run_dir).resolve()
     launch = LocalLaunch.load(out)
     state = load_run_state(out)  # one clear line when there is nothing to continue from
+    cfg = recorded_config(out)
     sites = valid_sites({site: Path(path) for site, path in launch.data.items()})
-    quorum(launch.app_config, sites)
-    cfg = config_from_run_config(launch.app_config)
+    with_quorum(cfg, sites)
     rounds = cfg.federation.num_rounds(cfg.train)
     print(f"pedseg federate: resuming {out} after round {state.completed_round} of {rounds}", file=sys.stderr)
     pki = None if launch.insecure else RunPKI(out / "pki")
-    return run_local(launch, out, pki, sites, rounds, progress, {"resume-from": str(out)})
+    prior = 0 if state.prior is not None else prior_rounds(cfg)
+    return run_local(launch, out, pki, sites, cfg, RunProgress(prior, rounds, progress), {"resume-from": str(out)})
 
 
-def run_local(launch: LocalLaunch, out: Path, pki: RunPKI | None, sites: list[str], rounds: int, progress: bool,
-              run_dir_config: dict[str, str]) -> dict:
-    """Start the SuperLink and the sites of `launch`, run the app with `run_dir_config` (where the run directory
-    is: a new one, or the one to continue), stop them all; returns results.json."""
+def prior_rounds(cfg: PedsegConfig) -> int:
+    """The rounds of the run's stage 1: the shape prior of the full scheme."""
+    return cfg.prior.epochs if cfg.scheme in PRIOR_SCHEMES else 0
+
+
+def run_local(launch: LocalLaunch, out: Path, pki: RunPKI | None, sites: list[str], cfg: PedsegConfig,
+              progress: RunProgress, run_dir_config: dict[str, str]) -> dict:
+    """Start the SuperLink and the sites of `launch`, run the app with `cfg` and `run_dir_config` (where the run
+    directory is: a new one, or the one to continue), stop them all; returns results.json."""
     if launch.insecure:
         print(f"pedseg federate: {INSECURE_WARNING}", file=sys.stderr)
     fed = LocalFederation(out)
@@ -290,43 +315,30 @@ def run_local(launch: LocalLaunch, out: Path, pki: RunPKI | None, sites: list[st
                 "--threads", str(launch.threads or max(1, (os.cpu_count() or 1) // len(launch.data))),
                 *(["--keep-sent"] if launch.keep_sent else []), *(["--policy", launch.policy] if launch.policy else []),
             ], flower_env(site_state_dir(out, site) / "flwr-home"))
-        return submit_and_follow(fed, Path(launch.app_dir), {**launch.app_config, **run_dir_config}, sites, rounds,
-                                 progress)
+        config = run_config_with_document(cfg, {**launch.app_keys, **run_dir_config})
+        return submit_and_follow(fed, Path(launch.app_dir), config, sites, progress)
     finally:
         fed.stop_all()
 
 
-def quorum(app_config: dict[str, object], sites: list[str]) -> int:
-    """The run's `min-nodes`: the `--min-sites` asked for (at most the valid sites), or every valid site."""
-    asked = int(app_config.get("min-nodes", len(sites)))
-    if asked < 1:
-        raise PedsegError(f"--min-sites {asked}: the quorum must be at least 1 site")
-    if asked > len(sites):
-        raise PedsegError(f"--min-sites {asked}: only {len(sites)} site(s) have a valid dataset")
-    return asked
-
-
-def prepare_run_dir(out: Path, app_config: dict[str, object]) -> tuple[Path, int]:
-    """(absolute RUN, number of rounds): refuses a RUN that holds files and bad options, before anything
-    starts."""
+def prepare_run_dir(out: Path) -> Path:
+    """The absolute RUN, made; refuses a RUN that holds files, before anything starts."""
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()):
         raise PedsegError(f"{out}: already exists and is not empty; choose a new --out")
-    cfg = config_from_run_config(app_config)
     out.mkdir(parents=True, exist_ok=True)
-    return out, cfg.federation.num_rounds(cfg.train)
+    return out
 
 
-def submit_and_follow(fed: LocalFederation, app_dir: Path, config: dict[str, object], sites: list[str],
-                      rounds: int, progress: bool) -> dict:
-    """`flwr run` the app in `app_dir` with this run config, follow it to its end (Ctrl-C stops the run), keep its
-    status and the ServerApp's log in RUN/logs, and return results.json; PedsegError if the run did not
-    complete."""
-    config = with_config_document(config)  # the resolved configuration crosses as one document
+def submit_and_follow(fed: LocalFederation, app_dir: Path, config: dict[str, str], sites: list[str],
+                      progress: RunProgress) -> dict:
+    """`flwr run` the app in `app_dir` with this run config (`run_config_with_document`), follow it to its end
+    (Ctrl-C stops the run), keep its status and the ServerApp's log in RUN/logs, and return results.json;
+    PedsegError if the run did not complete."""
     run_id = parse_run_id(fed.flwr("run", str(app_dir), fed.connection, "--run-config", run_config(config),
                                    "--format", "json"))
     try:
-        status = follow_run(fed, run_id, sites, rounds, progress)
+        status = follow_run(fed, run_id, sites, progress)
     except KeyboardInterrupt:
         fed.flwr("stop", run_id, fed.connection, timeout=30)
         raise
@@ -339,10 +351,8 @@ def submit_and_follow(fed: LocalFederation, app_dir: Path, config: dict[str, obj
 
 def run_end_reason(run_dir: Path) -> str | None:
     """Why the ServerApp ended the run early, from the last line of RUN/metrics.jsonl (e.g. no quorum)."""
-    metrics = run_dir / "metrics.jsonl"
-    lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.exists() else []
-    last = json.loads(lines[-1]) if lines else {}
-    return last.get("reason") if last.get("event") == "run-ended" else None
+    lines = read_metrics(run_dir / METRICS_FILE)
+    return lines[-1].reason if lines and lines[-1].event == RUN_ENDED else None
 
 
 def write_connection(cli_home: Path, name: str, port: int, pki: RunPKI | None, extra: str = "") -> None:
@@ -367,37 +377,83 @@ def parse_run_id(proc: subprocess.CompletedProcess) -> str:
     raise PedsegError(f"flwr run did not start the run: {detail[-1] if detail else proc.returncode}")
 
 
-def follow_run(fed: LocalFederation, run_id: str, sites: list[str], rounds: int, progress: bool) -> dict:
-    """Follow the run with `flwr log --stream`, which writes the ServerApp's log to RUN/logs/serverapp.log and
-    ends when the run does, with a progress bar over the rounds of metrics.jsonl; then the run's status (`flwr
-    ls`). A site whose process ends is reported once; the run goes on while the quorum holds (the ServerApp
-    decides). A stream that ends before the run (a lost connection) is started again."""
-    bar = progress_bar(None, "federated rounds", progress, total=rounds, unit="round")
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")  # Flower's logger colours each level name, with no switch to turn it off
+FLOWER_ROUND = re.compile(r"\[ROUND (\d+)/\d+\]")  # what Flower's Strategy.start logs as each round begins
+
+
+class ServerLog:
+    """RUN/logs/serverapp.log as `flwr log --stream` delivers it, without colour codes (the whole log, each time
+    a stream starts); remembers the last round that Flower's log says began."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.round_begun = 0
+
+    def copy(self, stream: IO[str]) -> None:
+        with open(self.path, "w", encoding="utf-8") as log:
+            for line in stream:
+                line = ANSI_CODE.sub("", line)
+                log.write(line)
+                log.flush()
+                if begun := FLOWER_ROUND.search(line):
+                    self.round_begun = int(begun[1])
+
+
+class RunProgress:
+    """The progress `pedseg federate` shows (a bar on a terminal, a line per round elsewhere): the rounds of
+    stage 1 (the full scheme's shape prior, logged in metrics.jsonl only at its end: until then, those that
+    Flower's log says ended), then the federated rounds of metrics.jsonl."""
+
+    def __init__(self, prior_rounds: int, rounds: int, enabled: bool) -> None:
+        self.prior = StepProgress("stage 1 (shape prior)", prior_rounds, "round", enabled) if prior_rounds else None
+        self.rounds = StepProgress("federated rounds", rounds, "round", enabled)
+
+    def show(self, lines: list[MetricsLine], log: ServerLog) -> None:
+        done = sum(line.is_round for line in lines)
+        if self.prior is not None:
+            stage_ended = done or any(line.is_prior_round for line in lines)
+            self.prior.show(self.prior.total if stage_ended else max(0, log.round_begun - 1))
+        self.rounds.show(done)
+
+    def close(self) -> None:
+        for bar in (self.prior, self.rounds):
+            if bar is not None:
+                bar.close()
+
+
+def follow_run(fed: LocalFederation, run_id: str, sites: list[str], progress: RunProgress) -> dict:
+    """Follow the run with `flwr log --stream`, whose ServerApp log goes to RUN/logs/serverapp.log (`ServerLog`)
+    and which ends when the run does, showing its `progress`; then the run's status (`flwr ls`). A site whose
+    process ends is reported once; the run goes on while the quorum holds (the ServerApp decides). A stream that
+    ends before the run (a lost connection) is started again."""
     gone: set[str] = set()
     fed.log_dir.mkdir(parents=True, exist_ok=True)
+    log = ServerLog(fed.log_dir / "serverapp.log")
     try:
         while True:
-            with open(fed.log_dir / "serverapp.log", "w", encoding="utf-8") as log:  # the whole log, each time
-                stream = subprocess.Popen(fed.flwr_command("log", run_id, fed.connection, "--stream"),
-                                          env=fed.flwr_env(), stdout=log, stderr=subprocess.STDOUT)
-                try:
-                    while stream.poll() is None:
-                        metrics = fed.run_dir / "metrics.jsonl"
-                        done = len(metrics.read_text(encoding="utf-8").splitlines()) if metrics.exists() else 0
-                        bar.update(done - bar.n)
-                        report_stopped_sites(fed, sites, gone)
-                        time.sleep(POLL_SECONDS)
-                finally:
-                    if stream.poll() is None:
-                        stream.terminate()
-                    stream.wait()
+            stream = subprocess.Popen(fed.flwr_command("log", run_id, fed.connection, "--stream"),
+                                      env=fed.flwr_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      encoding="utf-8", errors="replace")
+            copier = threading.Thread(target=log.copy, args=(stream.stdout,), daemon=True)
+            copier.start()
+            try:
+                while stream.poll() is None:
+                    progress.show(read_metrics(fed.run_dir / METRICS_FILE), log)
+                    report_stopped_sites(fed, sites, gone)
+                    time.sleep(POLL_SECONDS)
+            finally:
+                if stream.poll() is None:
+                    stream.terminate()
+                stream.wait()
+                copier.join()
+            progress.show(read_metrics(fed.run_dir / METRICS_FILE), log)
             listing = fed.flwr("ls", fed.connection, "--run-id", run_id, "--format", "json")
             runs = json.loads(listing.stdout or "{}").get("runs", [])
             if runs and str(runs[0].get("status", "")).startswith("finished"):
                 return runs[0]
             time.sleep(POLL_SECONDS)
     finally:
-        bar.close()
+        progress.close()
 
 
 def report_stopped_sites(fed: LocalFederation, sites: list[str], gone: set[str]) -> None:

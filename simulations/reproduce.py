@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pedseg_core.config import SCHEMES, build_config, parse_overrides
+from pedseg_core.config import SCHEMES, PedsegConfig, build_config, laid_over, parse_overrides
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import DatasetError, PedsegError
 from pedseg_core.train.centralized import train_centralized
@@ -80,13 +80,20 @@ def _settings_guard(out: Path, settings: dict) -> None:
     write_json(path, settings)
 
 
-def _run_cell(cell: Cell, data: dict[str, Path], run_dir: Path, preset: str, pairs: list[str]) -> dict:
+def fold_config(preset: str, overrides: dict, folds: int, fold: int, cell: Cell | None = None) -> PedsegConfig:
+    """The configuration of a fold (and of one of its cells: its scheme and strategy), resolved from the
+    reproduction's preset and overrides."""
+    values = laid_over(overrides, {"data": {"folds": folds, "fold": fold}})
+    if cell is not None:
+        values = laid_over(values, {"scheme": cell.scheme, **({"federation": {"strategy": cell.strategy}}
+                                                               if cell.strategy else {})})
+    return build_config(preset, overrides=values)
+
+
+def _run_cell(cell: Cell, data: dict[str, Path], run_dir: Path, cfg: PedsegConfig) -> dict:
     if cell.strategy is None:
-        cfg = build_config(preset, overrides={**parse_overrides(pairs), "scheme": cell.scheme})
         return train_centralized(data, cfg, run_dir)
-    app_config = {"preset": preset, "scheme": cell.scheme, "strategy": cell.strategy, "num-server-rounds": 0,
-                  "overrides": list(pairs)}
-    return federate_simulation(data, run_dir, app_config)
+    return federate_simulation(data, run_dir, cfg)
 
 
 def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: int = 1,
@@ -96,8 +103,8 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: in
     if problems:
         raise DatasetError(list(data.values()), problems)
     plan = select_cells(cells)
-    fold_pairs = [[*overrides, f"data.folds={folds}", f"data.fold={fold}"] for fold in range(folds)]
-    configs = [build_config(preset, overrides=parse_overrides(pairs)) for pairs in fold_pairs]  # checked first
+    asked = parse_overrides(list(overrides))
+    configs = [fold_config(preset, asked, folds, fold) for fold in range(folds)]  # checked first
     # The resolved configuration (what the preset and options mean in this version of pedseg) is part of the
     # settings: a folder trained with another version's preset is refused, not resumed into a mixed table.
     resolved = {k: v for k, v in configs[0].to_dict().items() if k not in ("scheme", "tracking")}
@@ -109,7 +116,7 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: in
 
     total, started = folds * len(plan), time.perf_counter()
     order = sorted(plan, key=lambda c: c.name not in FIRST)  # stable: otherwise the table's order
-    for fold, pairs in enumerate(fold_pairs):
+    for fold in range(folds):
         for index, cell in enumerate(order):
             step = fold * len(plan) + index + 1
             run_dir = out / "runs" / f"fold-{fold}" / cell.name
@@ -121,7 +128,7 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: in
                 shutil.rmtree(run_dir)
             print(f"\n{label} (elapsed {_minutes(time.perf_counter() - started)})", flush=True)
             cell_start = time.perf_counter()
-            results = _run_cell(cell, data, run_dir, preset, pairs)
+            results = _run_cell(cell, data, run_dir, fold_config(preset, asked, folds, fold, cell))
             seconds = time.perf_counter() - cell_start
             with (out / "cells.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"fold": fold, "cell": cell.name, "seconds": round(seconds, 1),

@@ -19,17 +19,21 @@ from pathlib import Path
 import torch
 import yaml
 
+from flower_common.run_config import run_config_with_document
+from pedseg_core.config import PedsegConfig
 from pedseg_core.policy import SitePolicy
 from simulations.local import (
     APP_DIR,
     INSECURE_WARNING,
     LocalFederation,
+    RunProgress,
     norms_for_policy,
     prepare_run_dir,
-    quorum,
+    prior_rounds,
     start_superlink,
     submit_and_follow,
     valid_sites,
+    with_quorum,
 )
 from simulations.run_pki import make_run_pki
 from simulations.site_dirs import site_state_dir
@@ -64,26 +68,28 @@ def simulation_options(num_supernodes: int, cpus_per_site: int, cpus: int, gpus:
             f"options.backend.client-resources.num-cpus = {cpus_per_site}\n{gpu_share}{cluster}")
 
 
-def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, object],
+def federate_simulation(data: dict[str, Path], out: Path, cfg: PedsegConfig,
                         joints: dict[str, str] | None = None, sites_per_joint: int = 1,
                         cpus_per_site: int = 1, progress: bool = True, insecure: bool = False,
                         policy: Path | None = None, ray_address: str | None = None,
                         gpus_per_site: float = 0.0) -> dict:
-    """Run the federation on Flower's simulation engine; returns results.json (as `pedseg federate --local`).
-    The data is the researcher's own: unless a `policy` is given, every virtual site runs the default policy
-    with per-case metrics allowed, and the run asks for them (for the reproduction's paired tests).
+    """Run the federation of the resolved configuration `cfg` on Flower's simulation engine; returns
+    results.json (as `pedseg federate --local`). The data is the researcher's own: unless a `policy` is given,
+    every virtual site runs the default policy with per-case metrics allowed, and the run asks for them (for the
+    reproduction's paired tests).
 
     `ray_address` (HOST:PORT of a running Ray head): the virtual sites run on that cluster's workers, which
     must see the data, the run directory and this checkout at the same paths (a shared filesystem), each with
     `cpus_per_site` CPUs and `gpus_per_site` GPUs; the cluster is left running. Without it, a private Ray on
     this machine shares its CPUs and GPUs among the sites."""
     good = valid_sites(data)
-    app_config = norms_for_policy(app_config, policy)
-    out, rounds = prepare_run_dir(out, app_config)
+    cfg = norms_for_policy(cfg, policy)
+    out = prepare_run_dir(out)
     if policy is None:
         policy = out / "site-policy.yaml"
         policy.write_text(yaml.safe_dump(SitePolicy(per_case_metrics=True).model_dump()), encoding="utf-8")
-        app_config = {"per-case-metrics": True, **app_config}
+        cfg = cfg.model_copy(deep=True)
+        cfg.federation.per_case_metrics = True
     if insecure:
         print(f"pedseg federate: {INSECURE_WARNING}", file=sys.stderr)
     cpus = os.cpu_count() or 1
@@ -91,13 +97,14 @@ def federate_simulation(data: dict[str, Path], out: Path, app_config: dict[str, 
                           threads=cpus_per_site, policy=Path(policy).resolve())
     ray_env = {"RAY_ADDRESS": ray_address or ""}  # "": a private Ray, whatever the user's shell has set
     fed = LocalFederation(out, connection=CONNECTION, extra_env={**RAY_LOOPBACK_ENV, **ray_env})
-    config = {**app_config, "min-nodes": quorum(app_config, [site["site"] for site in table]), "out-dir": str(out),
-              "sites-json": json.dumps(table)}
+    cfg = with_quorum(cfg, [site["site"] for site in table])
+    config = run_config_with_document(cfg, {"out-dir": str(out), "sites-json": json.dumps(table)})
     try:
         pki = None if insecure else make_run_pki(out / "pki", [])
         gpus = gpus_per_site * len(table) if ray_address else torch.cuda.device_count()
         start_superlink(fed, pki, simulation=True, connection_extra=simulation_options(
             len(table), cpus_per_site, cpus, gpus, on_cluster=bool(ray_address)))
-        return submit_and_follow(fed, APP_DIR, config, [], rounds, progress)
+        return submit_and_follow(fed, APP_DIR, config, [],
+                                 RunProgress(prior_rounds(cfg), cfg.federation.num_rounds(cfg.train), progress))
     finally:
         fed.stop_all()  # the SuperLink's guard also stops Ray's processes, which are re-parented to it

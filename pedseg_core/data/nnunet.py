@@ -1,4 +1,6 @@
-"""Reading nnU-Net v2 raw datasets: dataset.json, image/label pairing and NIfTI volumes."""
+"""Reading nnU-Net v2 raw datasets: dataset.json, image/label pairing and NIfTI volumes. The one place that
+reads a dataset.json (`read_dataset_json`) and that names a case's files (`image_file`, `label_file`,
+`case_id_of_image`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from pedseg_core.errors import DatasetError, PedsegError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 REQUIRED_KEYS = ("labels", "channel_names", "file_ending")
+DATASET_JSON = "dataset.json"
+CHANNEL_0 = "_0000"  # nnU-Net's suffix of a case's first (here: only) image channel
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,8 @@ def scan_dataset(root: Path) -> tuple[RawDataset | None, list[str]]:
     if not root.is_dir():
         return None, [f"{root}: not a directory (expected an nnU-Net dataset folder)"]
     problems: list[str] = []
-    json_path = root / "dataset.json"
-    meta = _read_metadata(json_path, problems)
+    json_path = root / DATASET_JSON
+    meta = _read_metadata(root, problems)
     if meta is None:
         return None, problems
     labels = _parse_labels(meta.get("labels"), json_path, problems)
@@ -87,30 +91,49 @@ def scan_dataset(root: Path) -> tuple[RawDataset | None, list[str]]:
     return dataset, problems
 
 
+def image_file(case_id: str, file_ending: str) -> str:
+    """The file name of a case's image: "knee_003" -> "knee_003_0000.nii.gz"."""
+    return f"{case_id}{CHANNEL_0}{file_ending}"
+
+
+def label_file(case_id: str, file_ending: str) -> str:
+    """The file name of a case's label: "knee_003" -> "knee_003.nii.gz"."""
+    return f"{case_id}{file_ending}"
+
+
 def case_id_of_image(path: Path, file_ending: str) -> str:
     """The case id of a channel-0 image: "knee_003_0000.nii.gz" -> "knee_003"."""
-    suffix = "_0000" + file_ending
+    suffix = image_file("", file_ending)
     name = Path(path).name
     if not name.endswith(suffix) or name == suffix:
         raise PedsegError(f"{path}: image name must end in {suffix}")
     return name[: -len(suffix)]
 
 
-def _read_metadata(path: Path, problems: list[str]) -> dict | None:
-    """dataset.json as a dict (None when unusable); reports missing required keys."""
+def read_dataset_json(root: Path) -> dict:
+    """The dataset.json of the dataset folder `root` as a JSON object; PedsegError (one line naming the file)
+    when it is missing, unreadable or not an object."""
+    path = Path(root) / DATASET_JSON
     if not path.exists():
-        problems.append(f"{path}: missing (every nnU-Net dataset needs a dataset.json)")
-        return None
+        raise PedsegError(f"{path}: missing (every nnU-Net dataset needs a dataset.json)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
-        problems.append(f"{path}: cannot read: {error.strerror or error}")
-        return None
+        raise PedsegError(f"{path}: cannot read: {error.strerror or error}") from None
     except (ValueError, RecursionError) as error:
-        problems.append(f"{path}: not valid JSON: {error}")
-        return None
+        raise PedsegError(f"{path}: not valid JSON: {error}") from None
     if not isinstance(meta, dict):
-        problems.append(f"{path}: must contain a JSON object, found {type(meta).__name__}")
+        raise PedsegError(f"{path}: must contain a JSON object, found {type(meta).__name__}")
+    return meta
+
+
+def _read_metadata(root: Path, problems: list[str]) -> dict | None:
+    """dataset.json as a dict (None when unusable); reports missing required keys."""
+    path = root / DATASET_JSON
+    try:
+        meta = read_dataset_json(root)
+    except PedsegError as error:
+        problems.append(str(error))
         return None
     missing = [key for key in REQUIRED_KEYS if meta.get(key) is None]
     if missing:
@@ -166,18 +189,18 @@ def _pair(
     images = _images_by_case(images_dir, file_ending, n_channels, problems)
     labels = _labels_by_case(labels_dir, file_ending, problems)
     if training and not images:
-        state = f"no images named <case>_0000{file_ending}" if images_dir.is_dir() else "folder missing"
+        state = f"no images named {image_file('<case>', file_ending)}" if images_dir.is_dir() else "folder missing"
         problems.append(f"{images_dir}: {state} (at least one training case is required)")
     elif training and not labels_dir.is_dir():
         problems.append(f"{labels_dir}: folder missing (every training image needs a label)")
         return ()
     for case_id in sorted(labels.keys() - images.keys()):
-        problems.append(f"{labels[case_id]}: missing image {images_dir / (case_id + '_0000' + file_ending)}")
+        problems.append(f"{labels[case_id]}: missing image {images_dir / image_file(case_id, file_ending)}")
     cases = []
     for case_id, image in sorted(images.items()):
         label = labels.get(case_id)
         if label is None and training:
-            problems.append(f"{image}: missing label {labels_dir / (case_id + file_ending)}")
+            problems.append(f"{image}: missing label {labels_dir / label_file(case_id, file_ending)}")
         else:
             cases.append(Case(case_id, image, label))
     return tuple(cases)
@@ -194,10 +217,10 @@ def _images_by_case(folder: Path, file_ending: str, n_channels: int, problems: l
         elif match and int(match[2]) >= n_channels:
             problems.append(
                 f"{path}: channel {match[2]} is not declared in dataset.json channel_names "
-                f"(only single-channel MRI is supported: images end in _0000{file_ending})"
+                f"(only single-channel MRI is supported: images end in {image_file('', file_ending)})"
             )
         elif not match and _looks_like_nifti(path):
-            problems.append(f"{path}: image name must end in _0000{file_ending}")
+            problems.append(f"{path}: image name must end in {image_file('', file_ending)}")
     return images
 
 

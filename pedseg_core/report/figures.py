@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from pedseg_core.data.montage import LABEL_COLOURS, OVERLAY_ALPHA
 from pedseg_core.report.overlays import Overlay
-from pedseg_core.report.rounds import RoundRecord
+from pedseg_core.train.metrics_line import MetricsLine
 
 DPI = 90
 STATUS_COLOURS = {"trained": "#4daf4a", "missing": "#bdbdbd", "rejected": "#ff7f00", "error": "#e41a1c"}
@@ -45,22 +45,23 @@ def _round_axis(ax, ylabel: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def dice_per_round(rounds: Sequence[RoundRecord]) -> bytes | None:
+def dice_per_round(rounds: Sequence[MetricsLine]) -> bytes | None:
     """First panel: each site's mean Dice per evaluated round; then one panel per site with its bones."""
-    evaluated = [r for r in rounds if r.evaluation]
+    evaluated = [r for r in rounds if r.site_evaluations]
     if not evaluated:
         return None
-    sites = sorted({s for r in evaluated for s in r.evaluation})
+    sites = sorted({s for r in evaluated for s in r.site_evaluations})
     figure, axes = _panels(len(sites) + 1)
     for site in sites:
-        points = [(r.round, r.evaluation[site].get("mean_dice")) for r in evaluated if site in r.evaluation]
+        points = [(r.round, r.site_evaluations[site].get("mean_dice")) for r in evaluated
+                  if site in r.site_evaluations]
         axes[0].plot(*zip(*[(x, np.nan if y is None else y) for x, y in points]), marker="o", label=site)
     axes[0].set_title("mean Dice per site", fontsize=9)
     for ax, site in zip(axes[1:], sites):
-        bones = list(dict.fromkeys(b for r in evaluated for b in (r.evaluation.get(site, {}).get("dice") or {})))
+        bones = list(dict.fromkeys(b for r in evaluated for b in (r.site_evaluations.get(site, {}).get("dice") or {})))
         for bone in bones:
-            points = [(r.round, (r.evaluation[site].get("dice") or {}).get(bone)) for r in evaluated
-                      if site in r.evaluation]
+            points = [(r.round, (r.site_evaluations[site].get("dice") or {}).get(bone)) for r in evaluated
+                      if site in r.site_evaluations]
             ax.plot(*zip(*[(x, np.nan if y is None else y) for x, y in points]), marker=".", label=bone)
         ax.set_title(f"{site}: Dice per bone", fontsize=9)
     for ax in axes:
@@ -71,12 +72,12 @@ def dice_per_round(rounds: Sequence[RoundRecord]) -> bytes | None:
     return _png(figure)
 
 
-def training_per_round(rounds: Sequence[RoundRecord]) -> bytes | None:
+def training_per_round(rounds: Sequence[MetricsLine]) -> bytes | None:
     """Each site's training loss per round (DP sites send none), and where DP is on, the epsilon each site had
     spent; None when the rounds carry neither."""
-    losses = {s: [(r.round, float(r.contributed[s]["train-loss"])) for r in rounds
-                  if r.contributed.get(s, {}).get("train-loss") is not None]
-              for s in sorted({s for r in rounds for s in r.contributed})}
+    losses = {s: [(r.round, float(r.sites[s]["train-loss"])) for r in rounds
+                  if r.sites.get(s, {}).get("train-loss") is not None]
+              for s in sorted({s for r in rounds for s in r.sites})}
     losses = {s: points for s, points in losses.items() if points}
     spent = {s: [(r.round, r.epsilon[s]) for r in rounds if s in r.epsilon]
              for s in sorted({s for r in rounds for s in r.epsilon})}
@@ -94,8 +95,8 @@ def training_per_round(rounds: Sequence[RoundRecord]) -> bytes | None:
     return _png(figure)
 
 
-def _status(record: RoundRecord, site: str) -> str | None:
-    if site in record.contributed:
+def _status(record: MetricsLine, site: str) -> str | None:
+    if site in record.sites:
         return "trained"
     for status, events in (("error", record.errors), ("rejected", record.rejected), ("missing", record.missing)):
         if any(e.site == site for e in events):
@@ -103,22 +104,22 @@ def _status(record: RoundRecord, site: str) -> str | None:
     return None
 
 
-def timeline(rounds: Sequence[RoundRecord], sites: Sequence[str]) -> bytes | None:
+def timeline(rounds: Sequence[MetricsLine], sites: Sequence[str]) -> bytes | None:
     """Rounds along the run's time (their logged seconds, end to end): one row per site, coloured by what the
     site did in each round; evaluated rounds marked above."""
     if not rounds:
         return None
-    timed = all(r.seconds is not None for r in rounds)  # else (a line without round_time_s) one unit per round
+    timed = all(r.round_time_s is not None for r in rounds)  # else (a line without round_time_s) one unit per round
     figure = Figure(figsize=(10, 0.45 * len(sites) + 1.6), layout="constrained")
     ax = figure.subplots()
     start = 0.0
     for record in rounds:
-        width = float(record.seconds) if timed else 1.0
+        width = float(record.round_time_s) if timed else 1.0
         for row, site in enumerate(sites):
             status = _status(record, site)
             if status:
                 ax.barh(row, width, left=start, color=STATUS_COLOURS[status], edgecolor="white", linewidth=0.8)
-        if record.evaluation:
+        if record.site_evaluations:
             ax.plot(start + width, len(sites) - 0.4, marker="v", color="#377eb8")
         start += width
     ax.set_yticks(range(len(sites)), list(sites))
@@ -131,12 +132,13 @@ def timeline(rounds: Sequence[RoundRecord], sites: Sequence[str]) -> bytes | Non
     return _png(figure)
 
 
-def loss_per_epoch(epochs: Sequence[dict]) -> bytes | None:
+def loss_per_epoch(epochs: Sequence[MetricsLine]) -> bytes | None:
     """A centralized run's training loss per epoch, one line per stage."""
     stages: dict[str, list[tuple[int, float]]] = {}
     for line in epochs:
-        if "epoch" in line and line.get("loss") is not None:
-            stages.setdefault(str(line.get("stage", "")), []).append((int(line["epoch"]), float(line["loss"])))
+        loss = (line.model_extra or {}).get("loss")
+        if line.epoch is not None and loss is not None:
+            stages.setdefault(str(line.stage or ""), []).append((line.epoch, float(loss)))
     if not stages:
         return None
     figure, (ax,) = _panels(1, width=6.0)

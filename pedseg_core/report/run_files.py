@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pedseg_core.errors import PedsegError
-from pedseg_core.report.rounds import RoundRecord, is_round_line, parse_round
+from pedseg_core.train.metrics_line import MetricsLine, read_metrics
+from pedseg_core.train.run_dir import CONFIG_FILE, METRICS_FILE
 
 LAUNCH_FILE = "federation.json"  # `pedseg federate --local`: the sites, their data and the run config
 REPRODUCTION_FILE = "reproduce.json"  # `pedseg reproduce`: the settings, the joints' data among them
@@ -21,10 +22,10 @@ class RunFiles:
     kind: str  # "federated" or "centralized"
     config_text: str
     results: dict | None
-    rounds: list[RoundRecord] = field(default_factory=list)  # federated: one per round line of metrics.jsonl
-    epochs: list[dict] = field(default_factory=list)  # centralized: one metrics.jsonl line per epoch of a stage
-    prior_rounds: list[dict] = field(default_factory=list)  # federated `full`: stage 1's lines (stage: prior)
-    events: list[dict] = field(default_factory=list)  # federated: {"event": "resumed" | "run-ended", ...} lines
+    rounds: list[MetricsLine] = field(default_factory=list)  # federated: one per round line of metrics.jsonl
+    epochs: list[MetricsLine] = field(default_factory=list)  # centralized: one line per epoch of a stage
+    prior_rounds: list[MetricsLine] = field(default_factory=list)  # federated `full`: stage 1's lines
+    events: list[MetricsLine] = field(default_factory=list)  # federated: "resumed" | "run-ended" lines
     data: dict[str, Path] = field(default_factory=dict)  # site or joint -> dataset folder, where recorded
     data_source: Path | None = None  # the file the data paths were read from
     launch: dict | None = None  # federation.json
@@ -35,7 +36,7 @@ class RunFiles:
         """Every site the results or any round names, sorted."""
         named = set((self.results or {}).get("sites", {}))
         for record in self.rounds:
-            named |= record.sites | set(record.evaluation)
+            named |= record.named_sites | set(record.site_evaluations)
         return sorted(named)
 
     @property
@@ -55,7 +56,7 @@ def read_json(path: Path) -> dict:
 
 
 def read_lines(path: Path) -> list[dict]:
-    """metrics.jsonl: one JSON object per line; PedsegError naming the first bad line."""
+    """A JSON-lines file (cells.jsonl): one JSON object per line; PedsegError naming the first bad line."""
     lines = []
     texts = path.read_text(encoding="utf-8").splitlines()
     for number, text in enumerate(texts, start=1):
@@ -93,30 +94,26 @@ def read_run(run_dir: Path, data: dict[str, Path] | None = None) -> RunFiles:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PedsegError(f"{run_dir}: no such run folder")
-    config, metrics, results = run_dir / "config.yaml", run_dir / "metrics.jsonl", run_dir / "results.json"
-    if not config.is_file():
-        raise PedsegError(f"{run_dir}: not a pedseg run: no config.yaml (nor {REPRODUCTION_FILE})")
-    if not metrics.is_file() and not results.is_file():
-        raise PedsegError(f"{run_dir}: not a pedseg run: config.yaml but no metrics.jsonl or results.json")
-    lines = read_lines(metrics) if metrics.is_file() else []
-    result = read_json(results) if results.is_file() else None
+    config, results = run_dir / CONFIG_FILE, run_dir / "results.json"
     launch = read_json(run_dir / LAUNCH_FILE) if (run_dir / LAUNCH_FILE).is_file() else None
+    if not config.is_file() and launch is None:
+        raise PedsegError(f"{run_dir}: not a pedseg run: no config.yaml (nor {LAUNCH_FILE} or {REPRODUCTION_FILE})")
+    lines = read_metrics(run_dir / METRICS_FILE)  # none yet: a run stopped before its first round or epoch
+    result = read_json(results) if results.is_file() else None
     status_file = run_dir / "logs" / "run-status.json"
-    federated = (result or {}).get("mode") == "federated" or launch is not None or any("round" in x for x in lines)
+    federated = ((result or {}).get("mode") == "federated" or launch is not None
+                 or any(x.round is not None for x in lines))
     recorded, source = ({k: Path(v) for k, v in data.items()}, None) if data else _recorded_data(run_dir)
-    try:
-        rounds = [parse_round(x) for x in lines if is_round_line(x)]
-    except (TypeError, ValueError, AttributeError) as error:
-        raise PedsegError(f"{metrics}: a round line is not in the format of server/strategy.py ({error})") from None
     return RunFiles(
         path=run_dir,
         kind="federated" if federated else "centralized",
-        config_text=config.read_text(encoding="utf-8"),
+        config_text=config.read_text(encoding="utf-8") if config.is_file() else
+        f"(no {CONFIG_FILE}: the run stopped before its server started)",
         results=result,
-        rounds=rounds,
-        epochs=[x for x in lines if "round" not in x and "event" not in x],
-        prior_rounds=[x for x in lines if "round" in x and x.get("stage") == "prior"],
-        events=[x for x in lines if "event" in x],
+        rounds=[x for x in lines if x.is_round],
+        epochs=[x for x in lines if x.is_epoch],
+        prior_rounds=[x for x in lines if x.is_prior_round],
+        events=[x for x in lines if x.event is not None],
         data=recorded,
         data_source=source,
         launch=launch,

@@ -9,8 +9,8 @@ from pedseg_core.report import figures
 from pedseg_core.report.html import details, heading, image, paragraph, pre, table
 from pedseg_core.report.overlays import find_overlays
 from pedseg_core.report.reproduction import ReproductionFiles
-from pedseg_core.report.rounds import RoundRecord, SiteEvent
 from pedseg_core.report.run_files import RunFiles
+from pedseg_core.train.metrics_line import RUN_ENDED, MetricsLine, SiteEvent
 
 STATUS_KEYS = {"status": "Flower status", "status-details": "Flower status details", "starting-at": "started",
                "finished-at": "finished", "elapsed": "elapsed (s)"}  # logs/run-status.json
@@ -52,7 +52,7 @@ def _curves(run: RunFiles, level: int) -> str:
     dice = figures.dice_per_round(run.rounds)
     body = heading("Dice per round, per site", level)
     if dice:
-        evaluated = [str(r.round) for r in run.rounds if r.evaluation]
+        evaluated = [str(r.round) for r in run.rounds if r.site_evaluations]
         body += (paragraph(f"Each site's personalized model on its test cases, after rounds {', '.join(evaluated)} "
                            f"(evaluation.sites in metrics.jsonl).") + image(dice, "Dice per round per site"))
     else:
@@ -91,13 +91,14 @@ def _events(events: list[SiteEvent]) -> str:
     return "; ".join(f"{e.site}: {e.reason}" for e in events)
 
 
-def _round_row(record: RoundRecord) -> tuple:
-    extra = [f"{site} refused {', '.join(map(str, refused))}" for site, refused in record.refusals.items()]
+def _round_row(record: MetricsLine) -> tuple:
+    extra = [f"{site} refused {', '.join(map(str, refused))}" for site, refused in record.policy_refusals.items()]
     if record.secure_aggregation:
         extra.append("SecAgg+ " + json.dumps(record.secure_aggregation))
     epsilon = ", ".join(f"{s} {e:.2f}" for s, e in sorted(record.epsilon.items()))
-    return (record.round, record.seconds, ", ".join(sorted(record.contributed)), _events(record.missing),
-            _events(record.rejected), _events(record.errors), epsilon, record.mean_dice, "; ".join(extra))
+    evaluation = record.evaluation.mean_dice if record.evaluation else None
+    return (record.round, record.round_time_s, ", ".join(sorted(record.sites)), _events(record.missing),
+            _events(record.rejected), _events(record.errors), epsilon, evaluation, "; ".join(extra))
 
 
 def _timeline(run: RunFiles, level: int) -> str:
@@ -106,7 +107,7 @@ def _timeline(run: RunFiles, level: int) -> str:
     body = heading("Federation timeline", level)
     if not run.rounds:
         return body + paragraph("metrics.jsonl holds no round yet.", note=True)
-    total = sum(r.seconds or 0.0 for r in run.rounds)
+    total = sum(r.round_time_s or 0.0 for r in run.rounds)
     dropped = sorted({e.site for r in run.rounds for e in r.missing + r.errors})
     rejected = sorted({e.site for r in run.rounds for e in r.rejected})
     text = (f"{len(run.rounds)} rounds logged, {total:.0f} s in all; "
@@ -122,7 +123,7 @@ def _timeline(run: RunFiles, level: int) -> str:
         body += paragraph(f"Before these rounds, stage 1 of the full scheme trained the shape prior in "
                           f"{len(run.prior_rounds)} FedAvg rounds (stage: prior in metrics.jsonl).")
     for event in run.events:
-        body += paragraph(", ".join(f"{k}: {v}" for k, v in event.items()), note=event.get("event") == "run-ended")
+        body += paragraph(", ".join(f"{k}: {v}" for k, v in event.values().items()), note=event.event == RUN_ENDED)
     png = figures.timeline(run.rounds, run.sites)
     body += image(png, "federation timeline") if png else ""
     return body + table(("round", "time (s)", "trained", "missing", "rejected updates", "errors", "epsilon",

@@ -4,7 +4,14 @@ import pytest
 from pydantic import ValidationError
 
 from flower_common.run_config import config_from_run_config
-from pedseg_core.config import build_config, config_from_dict, parse_overrides
+from pedseg_core.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    PedsegConfig,
+    build_config,
+    config_from_dict,
+    parse_overrides,
+)
 from pedseg_core.errors import PedsegError
 
 
@@ -30,9 +37,31 @@ def test_zero_rounds_means_the_presets_epochs():
     assert cfg.federation.num_rounds(cfg.train) == cfg.train.epochs
 
 
-def test_zero_evaluate_every_keeps_the_presets_and_other_values_win():
-    assert config_from_run_config({"preset": "small", "evaluate-every": 0}).federation.evaluate_every == 8
+def test_an_unset_run_config_key_keeps_the_presets_value_and_a_set_one_wins():
+    assert config_from_run_config({"preset": "small", "evaluate-every": ""}).federation.evaluate_every == 8
     assert config_from_run_config({"preset": "small", "evaluate-every": 2}).federation.evaluate_every == 2
+    assert config_from_run_config({"preset": ""}).preset == DEFAULT_PRESET
+
+
+def test_a_command_option_lies_under_the_yaml_file_and_the_overrides(tmp_path):
+    """`pedseg federate --rounds 5 --config F.yaml --set ...`: the file's values, then --set, win over the
+    command's own flags (whose defaults must not hide the file's)."""
+    path = tmp_path / "run.yaml"
+    path.write_text("scheme: contrastive\nfederation: {rounds: 7}\n", encoding="utf-8")
+    options = {"scheme": "full", "federation": {"rounds": 5, "strategy": "fedprox"}}
+    cfg = build_config("tiny", path, parse_overrides(["federation.rounds=9"]), options)
+    assert (cfg.scheme, cfg.federation.rounds, cfg.federation.strategy) == ("contrastive", 9, "fedprox")
+    assert {"rounds", "strategy"} <= cfg.federation.model_fields_set  # what was set, for the launchers' decisions
+
+
+def test_no_preset_repeats_a_default():
+    """Every value a preset sets differs from the typed configuration's default: a default is written once."""
+    defaults = PedsegConfig().to_dict()
+    for name, preset in PRESETS.items():
+        for section, values in preset.items():
+            for key, value in values.items():
+                assert PedsegConfig.model_validate({section: {key: value}}).to_dict()[section][key] != \
+                    defaults[section][key], (name, section, key)
 
 
 @pytest.mark.parametrize("values, message", [

@@ -117,10 +117,10 @@ def test_federated_run_reads_rounds_missing_sites_rejected_updates_and_epsilon(f
     assert run.kind == "federated" and [r.round for r in run.rounds] == [1, 2, 3] and len(run.prior_rounds) == 2
     assert run.sites == ["ankle", "knee", "shoulder"]
     second = run.rounds[1]
-    assert set(second.contributed) == {"ankle"} and [e.site for e in second.missing] == ["shoulder"]
+    assert set(second.sites) == {"ankle"} and [e.site for e in second.missing] == ["shoulder"]
     assert [(e.site, e.reason) for e in second.rejected] == [("knee", "update norm 812.5 exceeds norm_bound 10.0")]
     assert run.rounds[2].epsilon == {"ankle": 7.5, "knee": 7.5} and run.rounds[2].errors[0].site == "shoulder"
-    assert set(run.rounds[0].evaluation) == {"ankle", "knee", "shoulder"}
+    assert set(run.rounds[0].site_evaluations) == {"ankle", "knee", "shoulder"}
 
 
 def test_federated_report_has_every_section(federated_run):
@@ -197,6 +197,21 @@ def test_an_unfinished_run_shows_what_it_logged(tmp_path):
         images(html))
 
 
+@pytest.mark.parametrize("server_started", [True, False])
+def test_a_run_killed_before_its_first_round_is_reported_as_such(tmp_path, server_started):
+    """`pedseg federate --local` killed before round 1: federation.json (and config.yaml once the ServerApp
+    started), no metrics.jsonl: a report that says no round was logged, not "not a pedseg run"."""
+    run = tmp_path / "killed"
+    run.mkdir()
+    (run / "federation.json").write_text(json.dumps({"data": {}, "joints": {}}), encoding="utf-8")
+    if server_started:
+        write_config(run)
+    files = read_run(run)
+    assert files.kind == "federated" and files.rounds == [] and files.results is None
+    html = write_report(run).read_text(encoding="utf-8")
+    assert "metrics.jsonl holds no round yet." in notes(html)
+
+
 def test_a_reproduction_report_holds_its_tables_and_every_cell(centralized_run, tmp_path):
     run, dataset = centralized_run
     repro = tmp_path / "repro"
@@ -227,7 +242,6 @@ def test_a_reproduction_report_holds_its_tables_and_every_cell(centralized_run, 
 @pytest.mark.parametrize("make, message", [
     (lambda p: None, "no such run folder"),
     (lambda p: p.mkdir(), "not a pedseg run: no config.yaml"),
-    (lambda p: write_config(p), "config.yaml but no metrics.jsonl or results.json"),
     (lambda p: (write_config(p), (p / "results.json").write_text("[1]", encoding="utf-8")), "expected a JSON object"),
     (lambda p: (write_config(p), write_lines(p / "metrics.jsonl", [{"round": 1}], tail="oops\n{}\n")),
      "metrics.jsonl:2: not a JSON line"),

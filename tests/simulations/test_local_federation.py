@@ -17,6 +17,7 @@ import torch
 from nibabel.affines import voxel_sizes
 
 from client.approved_app import app_hash
+from flower_common.run_config import config_from_run_config
 from pedseg.cli import main as pedseg
 from pedseg_core.config import build_config
 from pedseg_core.data.geometry import through_plane_axis
@@ -41,8 +42,8 @@ def federation(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "fed"
     sites = {j: data / j for j in JOINTS} | {"broken": broken}
     # fp32 messages: the weighted-mean check below is exact (fp16 messages: test_simulation.py)
-    config = {"preset": "tiny", "num-server-rounds": ROUNDS, "strategy": "fedavg", "message-dtype": "fp32",
-              "overrides": f"train.steps_per_epoch={STEPS}"}
+    config = config_from_run_config({"preset": "tiny", "num-server-rounds": ROUNDS, "strategy": "fedavg",
+                                     "message-dtype": "fp32", "overrides": f"train.steps_per_epoch={STEPS}"})
     results = federate_local(sites, out, config, threads=1, keep_sent=True, progress=False)
     return out, results, truncated
 
@@ -269,8 +270,9 @@ def federate_two_joints(tmp_path, joints, scheme, overrides, policy=None):
     """Synthesize two joints (2 training cases each) and run a 2-round tiny federation of `scheme` on them."""
     data = tmp_path / "data"
     assert pedseg(["data", "synth", str(data), "--joints", ",".join(joints), "--train", "2", "--test", "1"]) == 0
-    config = {"preset": "tiny", "scheme": scheme, "num-server-rounds": 2,
-              "overrides": f"train.steps_per_epoch=2 contrastive.min_prototype_slices=16 {overrides}".strip()}
+    config = config_from_run_config({"preset": "tiny", "scheme": scheme, "num-server-rounds": 2,
+                                     "overrides": f"train.steps_per_epoch=2 contrastive.min_prototype_slices=16 "
+                                                  f"{overrides}".strip()})
     return federate_local({j: data / j for j in joints}, tmp_path / "run", config, threads=1, progress=False,
                           policy=policy)
 
@@ -292,7 +294,7 @@ def test_sites_of_one_joint_pool_their_heads_and_keep_their_norms(tmp_path):
     split_dataset(data / "knee", [tmp_path / "knee-a", tmp_path / "knee-b"])
     sites = {"ankle": data / "ankle", "knee-a": tmp_path / "knee-a", "knee-b": tmp_path / "knee-b"}
     joints = {"ankle": "ankle", "knee-a": "knee", "knee-b": "knee"}
-    config = {"preset": "tiny", "num-server-rounds": 3, "overrides": "train.steps_per_epoch=2"}
+    config = config_from_run_config({"preset": "tiny", "num-server-rounds": 3, "overrides": "train.steps_per_epoch=2"})
     out = tmp_path / "run"
     results = federate_local(sites, out, config, joints=joints, threads=1, keep_sent=True, progress=False)
     assert {s: r["joint"] for s, r in results["sites"].items()} == joints

@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from flower_common.run_config import config_from_run_config
 from pedseg.cli import main as pedseg
 from simulations.local import federate_local
 
@@ -21,8 +22,9 @@ def test_a_dp_policy_spends_at_most_its_epsilon(tmp_path):
     assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "3", "--test", "1"]) == 0
     policy = tmp_path / "policy.yaml"
     policy.write_text("dp:\n  epsilon: 8.0\n  delta: 1.0e-5\n  max_grad_norm: 1.0\n", encoding="utf-8")
-    config = {"preset": "tiny", "scheme": "full", "num-server-rounds": ROUNDS,
-              "overrides": "train.steps_per_epoch=3 model.norm=group prior.epochs=2 prior.steps_per_epoch=3"}
+    config = config_from_run_config({"preset": "tiny", "scheme": "full", "num-server-rounds": ROUNDS,
+                                     "overrides": "train.steps_per_epoch=3 model.norm=group prior.epochs=2 "
+                                                  "prior.steps_per_epoch=3"})
     out = tmp_path / "run"
     results = federate_local({"ankle": data / "ankle", "knee": data / "knee"}, out, config, threads=1,
                              progress=False, policy=policy)

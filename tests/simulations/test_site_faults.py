@@ -22,6 +22,7 @@ from pedseg_core.processes.ports import free_port
 from simulations.local import (
     APP_DIR,
     LocalFederation,
+    RunProgress,
     follow_run,
     parse_run_id,
     register_sites,
@@ -234,7 +235,7 @@ def test_a_superlink_restarted_with_its_database_continues_the_run(data, tmp_pat
         kill_everything(superlink.pid)
         start_superlink()
         second = submit({**config, "resume-from": str(out)})
-        status = follow_run(fed, second, sites, 5, progress=False)
+        status = follow_run(fed, second, sites, RunProgress(0, 5, enabled=False))
 
         def first_run_ended() -> dict | None:
             listing = json.loads(fed.flwr("ls", fed.connection, "--format", "json").stdout)

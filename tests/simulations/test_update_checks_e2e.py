@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flower_common.run_config import config_from_run_config
 from pedseg.cli import main as pedseg
 from pedseg_core.config import build_config
 from pedseg_core.model.partition import split_for_scheme
@@ -42,12 +43,12 @@ def corrupting_app_dir(root: Path) -> Path:
 def test_every_corrupted_update_is_rejected_and_the_run_completes(tmp_path):
     data = tmp_path / "data"
     assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "2", "--test", "1"]) == 0
-    config = {"preset": "tiny", "scheme": "multi-domain", "num-server-rounds": 7,
-              "overrides": "train.steps_per_epoch=3", "corrupt-site": "knee",
-              "corruptions-json": json.dumps(CORRUPTIONS)}
+    config = config_from_run_config({"preset": "tiny", "scheme": "multi-domain", "num-server-rounds": 7,
+                                     "overrides": "train.steps_per_epoch=3"})
     out = tmp_path / "run"
     results = federate_local({"ankle": data / "ankle", "knee": data / "knee"}, out, config, threads=1,
-                             progress=False, app_dir=corrupting_app_dir(tmp_path))
+                             progress=False, app_dir=corrupting_app_dir(tmp_path),
+                             app_keys={"corrupt-site": "knee", "corruptions-json": json.dumps(CORRUPTIONS)})
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["round"] for r in records] == list(range(1, 8))
     assert set(records[0]["sites"]) == {"ankle", "knee"} and records[0]["rejected"] == []

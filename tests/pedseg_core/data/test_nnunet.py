@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pedseg_core.data.nifti import load_volume
-from pedseg_core.data.nnunet import case_id_of_image, read_dataset
+from pedseg_core.data.nnunet import case_id_of_image, image_file, label_file, read_dataset, read_dataset_json
 from pedseg_core.errors import DatasetError, PedsegError
 
 
@@ -130,3 +130,22 @@ def test_load_volume_unreadable_file(tmp_path, content):
         load_volume(path)
     assert caught.value.problems[0].startswith(f"{path}: cannot read NIfTI: ")
     assert "\n" not in str(caught.value)
+
+
+def test_a_cases_file_names_are_named_in_one_place(tmp_path):
+    assert (image_file("knee_003", ".nii.gz"), label_file("knee_003", ".nii")) == ("knee_003_0000.nii.gz",
+                                                                                  "knee_003.nii")
+    assert case_id_of_image(tmp_path / image_file("knee_003", ".nii.gz"), ".nii.gz") == "knee_003"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "dataset.json: missing"),
+    ("{broken", "dataset.json: not valid JSON"),
+    ("[1, 2]", "dataset.json: must contain a JSON object, found list"),
+])
+def test_read_dataset_json_is_one_line_naming_the_file(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "dataset.json").write_text(content, encoding="utf-8")
+    with pytest.raises(PedsegError, match=message) as error:
+        read_dataset_json(tmp_path)
+    assert str(tmp_path / "dataset.json") in str(error.value) and "\n" not in str(error.value)
