@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pedseg.options import flatten_options, mlflow_settings, parse_site_args, run_options
-from pedseg_core.config import FEDERATED_SCHEMES, load_yaml
+from pedseg.options import mlflow_settings, parse_site_args, run_options
+from pedseg_core.config import FEDERATED_SCHEMES, build_config, parse_overrides
 from pedseg_core.errors import PedsegError
 
 
@@ -15,6 +15,8 @@ def federate(args: argparse.Namespace) -> int:
         raise PedsegError("choose --local (a SuperLink and one SuperNode per site on 127.0.0.1) or --simulation "
                           "(Flower's simulation engine); for a deployment across hosts see deploy/README.md")
     if args.resume:
+        if args.simulation:
+            raise PedsegError("--resume RUN continues a --local run: drop --simulation")
         if args.data or args.out or args.policy:
             raise PedsegError("--resume RUN continues with the run's own sites, directory and policy: drop "
                               "--data/--out/--policy")
@@ -24,21 +26,20 @@ def federate(args: argparse.Namespace) -> int:
         return _report_federation(results, Path(args.resume))
     if not (args.data and args.out):
         raise PedsegError("federate needs --data (one per site) and --out RUN")
-    pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
-    overrides = [*pairs, *args.set, *mlflow_settings(args.mlflow)]
-    app_config = {"preset": args.preset, "scheme": args.scheme, "strategy": args.strategy,
-                  "num-server-rounds": args.rounds or 0, "overrides": overrides}
+    options = {"scheme": args.scheme, "federation": {"strategy": args.strategy, "rounds": args.rounds or 0}}
     if args.min_sites is not None:
-        app_config["min-nodes"] = args.min_sites
+        options["federation"]["min_nodes"] = args.min_sites
     if args.secure_aggregation:
-        app_config["secure-aggregation"] = True
+        options["federation"]["secure_aggregation"] = True
+    cfg = build_config(args.preset, Path(args.config) if args.config else None,
+                       parse_overrides([*args.set, *mlflow_settings(args.mlflow)]), options)
     sites, joints = parse_site_args(args.data)
     if (args.ray_address or args.gpus_per_site) and not args.simulation:
         raise PedsegError("--ray-address and --gpus-per-site are options of --simulation")
     if args.simulation:
         from simulations.simulation import federate_simulation
 
-        results = federate_simulation(sites, Path(args.out), app_config, joints=joints,
+        results = federate_simulation(sites, Path(args.out), cfg, joints=joints,
                                       sites_per_joint=args.sites_per_joint,
                                       cpus_per_site=args.cpus_per_site, insecure=args.insecure,
                                       policy=Path(args.policy) if args.policy else None,
@@ -46,7 +47,7 @@ def federate(args: argparse.Namespace) -> int:
     else:
         from simulations.local import federate_local
 
-        results = federate_local(sites, Path(args.out), app_config, joints=joints, threads=args.threads,
+        results = federate_local(sites, Path(args.out), cfg, joints=joints, threads=args.threads,
                                  insecure=args.insecure, policy=Path(args.policy) if args.policy else None)
     return _report_federation(results, Path(args.out))
 
@@ -68,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--local", action="store_true", help="SuperLink and SuperNodes on 127.0.0.1")
     mode.add_argument("--simulation", action="store_true", help="Flower's simulation engine (Ray, 127.0.0.1)")
-    mode.add_argument("--resume", metavar="RUN", help="continue a stopped or killed --local run from its last "
-                      "completed round, with its own sites, data and settings")
+    parser.add_argument("--resume", metavar="RUN", help="continue a stopped or killed --local run from its last "
+                        "completed round, with its own sites, data and settings")
     parser.add_argument("--sites-per-joint", type=int, default=1,
                         help="simulation: split each joint's training cases into K sites")
     parser.add_argument("--cpus-per-site", type=int, default=1,
