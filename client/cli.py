@@ -2,9 +2,11 @@
 messages one warm worker process runs (client/site_worker.py) after checking that the app is one the site
 approved (client/approved_app.py).
 
-    pedseg-client --site NAME --joint J --data DIR --superlink HOST:PORT
+    pedseg-client [run] --site NAME --joint J --data DIR --superlink HOST:PORT
                   (--root-certificates CA.pem [--auth-key KEY] | --insecure) [--state-dir DIR] [--policy POLICY.yaml]
     pedseg-client app-hash [APP_DIR]     the sha256 of the app (FAB) Flower builds from APP_DIR, for approved_apps
+
+`run` is the default: `pedseg-client --site ...` runs the site.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from client.supernode_log import SupernodeLog
 from client.worker_supervisor import install_launcher
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import EXIT_USER_ERROR, PedsegError, report_error
+from pedseg_core.names import check_name
 from pedseg_core.policy import describe_policy, load_policy
 from pedseg_core.processes.flower_env import flower_env
 from pedseg_core.processes.guard import start_guarded, stop_guarded
@@ -35,27 +38,46 @@ POLL_SECONDS = 0.2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--site", required=True, help="this site's name (unique in the federation)")
-    p.add_argument("--joint", required=True, help="the joint of this site's dataset, e.g. knee")
-    p.add_argument("--data", required=True, metavar="DIR", help="this site's nnU-Net v2 raw dataset")
-    p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the federation's SuperLink")
-    security = p.add_mutually_exclusive_group(required=True)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,app-hash}")
+    site = commands.add_parser("run", help="run this site (the default command)",
+                               description="Validate the site's data, then run its Flower SuperNode until stopped.")
+    site.add_argument("--site", required=True, help="this site's name (unique in the federation; letters, digits, "
+                      "'.', '_', '-')")
+    site.add_argument("--joint", required=True, help="the joint of this site's dataset, e.g. knee")
+    site.add_argument("--data", required=True, metavar="DIR", help="this site's nnU-Net v2 raw dataset")
+    site.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the federation's SuperLink")
+    security = site.add_mutually_exclusive_group(required=True)
     security.add_argument("--root-certificates", metavar="CA.pem", help="CA certificate of the SuperLink's TLS")
     security.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
-    p.add_argument("--auth-key", metavar="KEY", help="this SuperNode's private EC key (SuperNode authentication)")
-    p.add_argument("--state-dir", metavar="DIR",
-                   help="where the site keeps its private layers, its personalized model (run-ID/model.pt) and Flower "
-                        "state (default: DATA/../.pedseg-SITE)")
-    p.add_argument("--port", type=int, default=0, help="local port of the SuperNode's runtime API (0 = free port)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads for training (0 = torch's default)")
-    p.add_argument("--policy", metavar="POLICY.yaml",
-                   help="this site's privacy policy: what may leave it (default: the safe one; see DESIGN)")
-    p.add_argument("--keep-sent", action="store_true",
-                   help="keep an audit copy of the arrays sent each round in STATE_DIR/run-<id>/sent/")
-    p.add_argument("--connect-timeout", type=float, default=120.0,
-                   help="seconds to keep retrying an unreachable SuperLink before giving up")
-    return p
+    site.add_argument("--auth-key", metavar="KEY", help="this SuperNode's private EC key (SuperNode authentication)")
+    site.add_argument("--state-dir", metavar="DIR",
+                      help="where the site keeps its private layers, its personalized model (run-ID/model.pt) and "
+                           "Flower state (default: DATA/../.pedseg-SITE)")
+    site.add_argument("--port", type=int, default=0,
+                      help="local port of the SuperNode's runtime API (default: 0, a free port)")
+    site.add_argument("--threads", type=int, default=0,
+                      help="torch threads for training (default: 0, torch's own choice: one per core)")
+    site.add_argument("--policy", metavar="POLICY.yaml",
+                      help="this site's privacy policy: what may leave it (default: the safe one; see docs/privacy.md)")
+    site.add_argument("--keep-sent", action="store_true",
+                      help="keep an audit copy of the arrays sent each round in STATE_DIR/run-<id>/sent/")
+    site.add_argument("--connect-timeout", type=float, default=120.0,
+                      help="seconds to keep retrying an unreachable SuperLink before giving up (default: %(default)s)")
+    site.set_defaults(func=run)
+    hashing = commands.add_parser("app-hash", help="the sha256 of the app (FAB) that `flwr run APP_DIR` sends",
+                                  description="The sha256 of the app (FAB) that "
+                                  "`flwr run APP_DIR` sends: list it under approved_apps in the site's policy.")
+    hashing.add_argument("app_dir", nargs="?", default=str(PEDSEG_APP_DIR), metavar="APP_DIR",
+                         help="a Flower app folder (default: this pedseg's own)")
+    hashing.set_defaults(func=print_app_hash)
+    return parser
+
+
+def with_command(argv: list[str]) -> list[str]:
+    """The site run is the default command: `pedseg-client --site ...` is `pedseg-client run --site ...`."""
+    return ["run", *argv] if argv[:1] and argv[0].startswith("--") and argv[0] != "--help" else argv
 
 
 def node_config(values: dict[str, str | int]) -> str:
@@ -92,6 +114,8 @@ def supernode_command(args: argparse.Namespace, state_dir: Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_name(args.site, "site", "--site")
+    check_name(args.joint, "joint", "--joint")
     host, port = check_arguments(args)
     report = check_dataset(Path(args.data))
     if not report.ok:
@@ -110,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
     stop: list[str] = []  # signal names; a plain list, since a handler must not take locks
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, _frame: stop.append(signal.Signals(signum).name))
+    print(f"{PROG}: waiting for the SuperLink at {args.superlink} to accept connections (up to "
+          f"{args.connect_timeout:.0f} s, --connect-timeout)", flush=True)
     if not wait_for_port(host, port, args.connect_timeout, stop=stop):
         if stop:
             return stopped(args.site)
@@ -148,12 +174,8 @@ def stopped(site: str) -> int:
     return 0
 
 
-def print_app_hash(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"{PROG} app-hash", description="The sha256 of the app (FAB) that "
-                                     "`flwr run APP_DIR` sends: list it under approved_apps in the site's policy.")
-    parser.add_argument("app_dir", nargs="?", default=str(PEDSEG_APP_DIR), metavar="APP_DIR",
-                        help="a Flower app folder (default: this pedseg's own)")
-    app_dir = Path(parser.parse_args(argv).app_dir)
+def print_app_hash(args: argparse.Namespace) -> int:
+    app_dir = Path(args.app_dir)
     if not (app_dir / "pyproject.toml").is_file():
         raise PedsegError(f"{app_dir}: not a Flower app (no pyproject.toml)")
     print(app_hash(app_dir))
@@ -161,11 +183,9 @@ def print_app_hash(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(with_command(sys.argv[1:] if argv is None else list(argv)))
     try:
-        if argv[:1] == ["app-hash"]:
-            return print_app_hash(argv[1:])
-        return run(build_parser().parse_args(argv))
+        return args.func(args)
     except PedsegError as err:
         report_error(err, PROG)
         return EXIT_USER_ERROR

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from pedseg.commands import adapt, audit, data, evaluate, federate, predict, report, reproduce, train
+from pedseg.options import CommandParser, in_typed_words
 from pedseg_core import __version__
 from pedseg_core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, PedsegError, report_error
 
@@ -16,10 +17,10 @@ COMMANDS = (data, train, federate, reproduce, predict, adapt, evaluate, report, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pedseg", description="Federated multi-joint bone segmentation of "
-                                     "pediatric MRI: data, training (centralized and on Flower), prediction, reports.")
+    parser = CommandParser(prog="pedseg", description="Federated multi-joint bone segmentation of "
+                           "pediatric MRI: data, training (centralized and on Flower), prediction, reports.")
     parser.add_argument("--version", action="version", version=f"pedseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     for command in COMMANDS:
         command.register(sub)
     return parser
@@ -30,12 +31,17 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # bare `pedseg`: what it can do
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a service stop cleans up like Ctrl-C
     try:
         return args.func(args)
     except PedsegError as err:
-        report_error(err, "pedseg")
+        report_error(in_typed_words(err), "pedseg")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("pedseg: interrupted", file=sys.stderr)

@@ -22,7 +22,10 @@ def load_torch_file(path: Path, what: str) -> object:
     path = Path(path)
     if not path.is_file():
         raise PedsegError(f"{path}: {what} not found")
+    if path.stat().st_size == 0:
+        raise PedsegError(f"{path}: cannot read {what}: the file is empty (0 bytes)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing line
-        raise PedsegError(f"{path}: cannot read {what}: {str(err).splitlines()[0]}") from None
+        reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise PedsegError(f"{path}: cannot read {what}: {reason}") from None

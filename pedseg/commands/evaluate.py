@@ -21,9 +21,11 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("evaluate", help="Dice, HD95 and ASSD per case and bone")
-    parser.add_argument("--pred", required=True, metavar="DIR")
-    parser.add_argument("--ref", required=True, metavar="DIR")
+    parser.add_argument("--pred", required=True, metavar="DIR", help="the predicted label volumes (pedseg predict "
+                        "--out)")
+    parser.add_argument("--ref", required=True, metavar="DIR", help="the reference label volumes, e.g. "
+                        "DATASET/labelsTs")
     parser.add_argument("--labels", metavar="DATASET_JSON",
                         help="dataset.json naming the labels (default: next to --ref)")
-    parser.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    parser.add_argument("--json", metavar="FILE", help="also write the full report as JSON (replaced)")
     parser.set_defaults(func=evaluate)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pedseg.options import mlflow_settings, parse_site_args, run_options
-from pedseg_core.config import FEDERATED_SCHEMES, build_config, parse_overrides
+from pedseg.options import mlflow_settings, parse_site_args, run_options, whole_number
+from pedseg_core.config import FEDERATED_SCHEMES, FederationConfig, PedsegConfig, build_config, parse_overrides
 from pedseg_core.errors import PedsegError
 
 
@@ -14,6 +14,7 @@ def federate(args: argparse.Namespace) -> int:
     if not (args.local or args.simulation or args.resume):
         raise PedsegError("choose --local (a SuperLink and one SuperNode per site on 127.0.0.1) or --simulation "
                           "(Flower's simulation engine); for a deployment across hosts see deploy/README.md")
+    refuse_other_mode(args)
     if args.resume:
         if args.simulation:
             raise PedsegError("--resume RUN continues a --local run: drop --simulation")
@@ -34,8 +35,6 @@ def federate(args: argparse.Namespace) -> int:
     cfg = build_config(args.preset, Path(args.config) if args.config else None,
                        parse_overrides([*args.set, *mlflow_settings(args.mlflow)]), options)
     sites, joints = parse_site_args(args.data)
-    if (args.ray_address or args.gpus_per_site) and not args.simulation:
-        raise PedsegError("--ray-address and --gpus-per-site are options of --simulation")
     if args.simulation:
         from simulations.simulation import federate_simulation
 
@@ -50,6 +49,25 @@ def federate(args: argparse.Namespace) -> int:
         results = federate_local(sites, Path(args.out), cfg, joints=joints, threads=args.threads,
                                  insecure=args.insecure, policy=Path(args.policy) if args.policy else None)
     return _report_federation(results, Path(args.out))
+
+
+SIMULATION_OPTIONS = {"sites_per_joint": 1, "cpus_per_site": 1, "ray_address": None, "gpus_per_site": 0.0}
+LOCAL_OPTIONS = {"threads": 0}
+
+
+def refuse_other_mode(args: argparse.Namespace) -> None:
+    """Refuses an option of another mode than the one chosen (naming it as typed), then gives the options left
+    unset their defaults."""
+    mode, others = ("--simulation", LOCAL_OPTIONS) if args.simulation else \
+        ("--resume", {**LOCAL_OPTIONS, **SIMULATION_OPTIONS}) if args.resume else ("--local", SIMULATION_OPTIONS)
+    given = [name for name in others if getattr(args, name) is not None]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        raise PedsegError(f"{option} is not an option of {mode}: drop it (it belongs to "
+                          f"{'--local' if given[0] in LOCAL_OPTIONS else '--simulation'})")
+    for name, default in {**SIMULATION_OPTIONS, **LOCAL_OPTIONS}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def _report_federation(results: dict, out: Path) -> int:
@@ -70,22 +88,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--local", action="store_true", help="SuperLink and SuperNodes on 127.0.0.1")
     mode.add_argument("--simulation", action="store_true", help="Flower's simulation engine (Ray, 127.0.0.1)")
     parser.add_argument("--resume", metavar="RUN", help="continue a stopped or killed --local run from its last "
-                        "completed round, with its own sites, data and settings")
-    parser.add_argument("--sites-per-joint", type=int, default=1,
-                        help="simulation: split each joint's training cases into K sites")
-    parser.add_argument("--cpus-per-site", type=int, default=1,
-                        help="simulation: CPU cores Ray reserves for each virtual site")
+                      "completed round, with its own sites, data and settings")
+    parser.add_argument("--sites-per-joint", type=whole_number(1), metavar="K",
+                        help="--simulation only: split each joint's training cases into K sites (default: 1)")
+    parser.add_argument("--cpus-per-site", type=whole_number(1), metavar="N",
+                        help="--simulation only: CPU cores Ray reserves for each virtual site (default: 1)")
     parser.add_argument("--ray-address", metavar="HOST:PORT",
-                        help="simulation: run the virtual sites on this existing Ray cluster (its head's address) "
-                             "instead of a private Ray on this machine; see docs/ray-cluster.md")
-    parser.add_argument("--gpus-per-site", type=float, default=0.0,
-                        help="simulation on a Ray cluster: GPUs Ray reserves for each virtual site (e.g. 0.25)")
-    parser.add_argument("--rounds", type=int)
-    parser.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads per site (0 = cores / sites, at least 1)")
-    parser.add_argument("--scheme", default="full", choices=FEDERATED_SCHEMES)
-    parser.add_argument("--min-sites", type=int, metavar="K",
+                        help="--simulation only: run the virtual sites on this existing Ray cluster (its head's "
+                             "address) instead of a private Ray on this machine; see docs/ray-cluster.md")
+    parser.add_argument("--gpus-per-site", type=float, metavar="G",
+                        help="--simulation on a Ray cluster only: GPUs Ray reserves for each virtual site, e.g. 0.25 "
+                             "(default: 0)")
+    parser.add_argument("--rounds", type=whole_number(0), metavar="N",
+                        help="federated rounds (default: 0, which means the preset's train.epochs: one local epoch "
+                             "per round)")
+    parser.add_argument("--strategy", choices=("fedavg", "fedprox"),
+                        default=FederationConfig.model_fields["strategy"].default,
+                        help="fedprox adds FedProx's proximal term to each site's loss")
+    parser.add_argument("--threads", type=whole_number(0), metavar="N",
+                        help="--local only: torch threads per site (default: 0, which means this machine's cores "
+                             "divided by the sites, at least 1)")
+    parser.add_argument("--scheme", default=PedsegConfig.model_fields["scheme"].default, choices=FEDERATED_SCHEMES,
+                        help="which layers the sites share (docs/user-guide.md#schemes)")
+    parser.add_argument("--min-sites", type=whole_number(1), metavar="K",
                         help="the quorum: a round starts once K sites are connected, and the run goes on while "
                              "K remain (default: every site with a valid dataset)")
     parser.add_argument("--secure-aggregation", action="store_true",

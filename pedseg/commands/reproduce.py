@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pedseg.options import flatten_options, parse_data_args
+from pedseg.options import flatten_options, parse_data_args, whole_number
 from pedseg_core.config import load_yaml
 
 
@@ -28,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", action="append", required=True, metavar="JOINT=DIR",
                         help="a joint's nnU-Net dataset; repeat for each joint")
     parser.add_argument("--out", required=True, metavar="DIR", help="reproduction folder (a re-run resumes it)")
-    parser.add_argument("--preset", default="small", help="tiny | demo | small | paper")
-    parser.add_argument("--folds", type=int, default=1,
+    parser.add_argument("--preset", default="small", help="the configuration to start from: tiny | demo | small | "
+                        "paper")
+    parser.add_argument("--folds", type=whole_number(1), default=1, metavar="K",
                         help="K > 1: K-fold cross-validation over the training cases; 1: the labelsTs split")
     parser.add_argument("--cells", help="comma-separated subset of cells, e.g. centralized-full,"
                         "federated-full-fedavg (default: all 13)")

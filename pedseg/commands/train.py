@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from pedseg.options import mlflow_settings, parse_data_args, run_options
-from pedseg_core.config import SCHEMES, parse_overrides
+from pedseg_core.config import SCHEMES, PedsegConfig, parse_overrides
 
 
 def train(args: argparse.Namespace) -> int:
@@ -25,5 +25,6 @@ def train(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", parents=[run_options(required=True)], help="centralized training")
-    parser.add_argument("--scheme", default="multi-domain", choices=SCHEMES)
+    parser.add_argument("--scheme", default=PedsegConfig.model_fields["scheme"].default, choices=SCHEMES,
+                        help="which layers the joints share (docs/user-guide.md#schemes)")
     parser.set_defaults(func=train)

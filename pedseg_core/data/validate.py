@@ -9,7 +9,7 @@ import numpy as np
 
 from pedseg_core.data.geometry import through_plane_axis, voxel_spacing
 from pedseg_core.data.nifti import load_volume
-from pedseg_core.data.nnunet import Case, RawDataset, read_dataset, scan_dataset
+from pedseg_core.data.nnunet import DATASET_JSON, Case, RawDataset, read_dataset, scan_dataset
 from pedseg_core.errors import DatasetError
 
 
@@ -58,11 +58,26 @@ class DatasetReport:
         return "\n".join(lines)
 
 
+def folder_hint(root: Path) -> str | None:
+    """Where the dataset is when `root`, which has no dataset.json, is next to one: a folder of datasets (what
+    `pedseg data synth` writes) or a folder inside a dataset (imagesTr/, labelsTs/, ...)."""
+    if not root.is_dir() or (root / DATASET_JSON).is_file():
+        return None
+    inside = sorted(p for p in root.iterdir() if (p / DATASET_JSON).is_file())
+    if inside:
+        return (f"{root}: a folder of datasets, not a dataset: give each of "
+                f"{', '.join(str(p) for p in inside)}")
+    if (root.parent / DATASET_JSON).is_file():
+        return f"{root}: a folder inside the dataset {root.parent}: give {root.parent}"
+    return None
+
+
 def check_dataset(root: Path) -> DatasetReport:
     """Run every check and collect all problems; never raises for data problems, never writes anything."""
     root = Path(root)
     dataset, problems = scan_dataset(root)
-    report = DatasetReport(root=root, problems=problems)
+    hint = folder_hint(root) if dataset is None else None
+    report = DatasetReport(root=root, problems=[hint] if hint else problems)
     if dataset is None:
         return report
     report.name, report.labels = dataset.name, dataset.labels

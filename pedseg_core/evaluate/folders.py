@@ -10,6 +10,7 @@ import numpy as np
 
 from pedseg_core.data.geometry import voxel_spacing
 from pedseg_core.data.nifti import read_nifti
+from pedseg_core.data.nnunet import DATASET_JSON
 from pedseg_core.errors import PedsegError
 from pedseg_core.evaluate.metrics import case_metrics, summarize
 from pedseg_core.evaluate.predict import case_name
@@ -26,9 +27,20 @@ def read_labels(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     return data, img
 
 
+def check_reference_folder(ref_dir: Path) -> None:
+    """PedsegError with the folder to give when `ref_dir` is a dataset (or a folder of datasets), not its
+    folder of reference labels."""
+    datasets = [ref_dir] if (ref_dir / DATASET_JSON).is_file() else \
+        sorted(p for p in ref_dir.iterdir() if (p / DATASET_JSON).is_file()) if ref_dir.is_dir() else []
+    if datasets:
+        kind = "a dataset" if datasets == [ref_dir] else "a folder of datasets"
+        options = " or ".join(f"--ref {p / 'labelsTs'}" for p in datasets)
+        raise PedsegError(f"{ref_dir}: {kind}, not a folder of reference label volumes: give {options}")
+
+
 def labels_for(ref_dir: Path, labels_json: Path | None) -> dict[str, int]:
     """Bone names -> values from dataset.json (given, or next to the reference folder)."""
-    path = labels_json or ref_dir.parent / "dataset.json"
+    path = labels_json or ref_dir.parent / DATASET_JSON
     if not path.is_file():
         raise PedsegError(f"{path}: no dataset.json to name the labels (pass --labels DATASET_JSON)")
     try:
@@ -67,6 +79,7 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, labels_json: Path | None = N
                      progress: bool = True) -> dict:
     """{"labels": {bone: value}, "cases": {case: {metric: {bone: v}}}, "mean": {metric: {bone: v}},
     "mean_dice": v} with distances in mm."""
+    check_reference_folder(ref_dir)
     bones = labels_for(ref_dir, labels_json)
     cases = {case: evaluate_pair(p, r, bones)
              for case, p, r in progress_bar(pair_files(pred_dir, ref_dir), "evaluate", progress)}

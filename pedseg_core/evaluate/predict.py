@@ -85,10 +85,10 @@ def output_paths(images: Sequence[Path], out_dir: Path, overwrite: bool) -> list
 def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], out_dir: Path,
                   cfg: DataConfig, batch_size: int, overwrite: bool = False, progress: bool = True,
                   largest_component: bool = True, mesh_bones: Mapping[str, int] | None = None,
-                  min_fraction: float = MIN_FRACTION) -> list[Path]:
+                  min_fraction: float = MIN_FRACTION) -> tuple[list[Path], list[Path]]:
     """Write one uint8 label NIfTI per image, with the image's shape, affine and header geometry; with
-    `mesh_bones` (bone -> label value), also one STL surface per bone and case in `out_dir/meshes/`
-    (`evaluate.meshes`: scanner coordinates, mm)."""
+    `mesh_bones` (bone -> label value), also one STL surface per bone predicted in a case, in `out_dir/meshes/`
+    (`evaluate.meshes`: scanner coordinates, mm). Returns (label volumes, meshes) written."""
     outputs = output_paths(images, out_dir, overwrite)
     meshes_dir = out_dir / MESHES_FOLDER
     if mesh_bones and not overwrite:  # every mesh a case could get, checked before any prediction
@@ -98,6 +98,7 @@ def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], o
             raise PedsegError(f"{existing[0]}: already exists ({len(existing)} meshes would be overwritten; "
                               "pass --overwrite or choose another --out)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    meshes: list[Path] = []
     for image_path, out_path in progress_bar(list(zip(images, outputs)), "predict", progress, unit="case"):
         img, volume = read_image(image_path)
         labels = predict_volume(model, domain, volume, voxel_spacing(img.affine), cfg, batch_size, largest_component,
@@ -107,5 +108,6 @@ def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], o
         header["scl_slope"], header["scl_inter"] = 1.0, 0.0
         nib.save(nib.Nifti1Image(labels.reshape(img.shape), img.affine, header), str(out_path))
         if mesh_bones:
-            write_meshes(labels.reshape(img.shape), img.affine, mesh_bones, meshes_dir, case_name(out_path), overwrite)
-    return outputs
+            meshes += write_meshes(labels.reshape(img.shape), img.affine, mesh_bones, meshes_dir, case_name(out_path),
+                                   overwrite)
+    return outputs, meshes

@@ -41,6 +41,34 @@ def test_bad_security_options(dataset, extra, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("names, message", [
+    (["--site", "../etc", "--joint", "knee"], "--site: site name '../etc' may hold only"),
+    (["--site", "bad site", "--joint", "knee"], "--site: site name 'bad site' may hold only"),
+    (["--site", "h1", "--joint", "knee/../x"], "--joint: joint name 'knee/../x' may hold only"),
+])
+@pytest.mark.parametrize("command", [[], ["run"]])
+def test_bad_site_and_joint_names_are_refused_before_any_folder_is_made(dataset, tmp_path, names, message, command,
+                                                                        monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, *names, "--data", str(dataset), "--superlink", "127.0.0.1:1", "--insecure"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir()) and not list(dataset.parent.glob(".pedseg-*"))
+
+
+def test_a_new_joint_is_a_name_like_any_other(dataset, capsys):
+    """Joints are not a fixed list: a spine site passes the name check (and fails later, at the SuperLink)."""
+    assert main(["--site", "spine-1", "--joint", "spine", "--data", str(dataset), "--superlink", "127.0.0.1:1",
+                 "--insecure", "--connect-timeout", "0.1"]) == 2
+    assert "cannot reach the SuperLink" in capsys.readouterr().err
+
+
+def test_bare_command_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as done:
+        main([])
+    assert done.value.code == 2 and "{run,app-hash}" in capsys.readouterr().err
+
+
 def test_unreachable_superlink_gives_a_clear_error_after_retries(dataset, tmp_path):
     port = free_port()  # nothing listens there
     start = time.monotonic()
@@ -50,6 +78,7 @@ def test_unreachable_superlink_gives_a_clear_error_after_retries(dataset, tmp_pa
                           capture_output=True, encoding="utf-8", errors="replace", timeout=60)
     assert proc.returncode == 2
     assert f"cannot reach the SuperLink at 127.0.0.1:{port} (retried for 3 s)" in proc.stderr
+    assert f"waiting for the SuperLink at 127.0.0.1:{port} to accept connections (up to 3 s" in proc.stdout
     assert "Traceback" not in proc.stderr and time.monotonic() - start >= 2.5
 
 
