@@ -8,4 +8,4 @@ source "$env_file"
 args=(--site "$PEDSEG_SITE" --joint "$PEDSEG_JOINT" --data "$PEDSEG_DATA" --superlink "$PEDSEG_SUPERLINK"
       --root-certificates "$PEDSEG_CA" --state-dir "$PEDSEG_STATE" --threads "${PEDSEG_THREADS:-0}")
 [ -n "${PEDSEG_AUTH_KEY:-}" ] && args+=(--auth-key "$PEDSEG_AUTH_KEY")
-exec pedseg-client "${args[@]}"
+exec pedseg-client run "${args[@]}"

@@ -28,4 +28,5 @@ def load_torch_file(path: Path, what: str) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing line
         reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise PedsegError(f"{path}: cannot read {what}: {reason}") from None
+        raise PedsegError(f"{path}: cannot read {what} (truncated or not a torch file?): "
+                          f"{reason.split('. ')[0]}") from None
