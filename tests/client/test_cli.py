@@ -89,3 +89,16 @@ def test_app_hash_is_the_hash_of_the_fab_flower_sends(capsys, tmp_path):
     assert printed == hashlib.sha256(build_fab_from_disk(PEDSEG_APP_DIR)).hexdigest()
     assert main(["app-hash", str(tmp_path)]) == 2
     assert "not a Flower app" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    import argparse
+
+    from client.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in commands.choices.items():
+        assert all(action.help for action in sub._actions), name
+        assert all("default" in action.help for action in sub._actions if action.default not in (None, False)
+                   and action.dest != "help"), name
