@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pedseg_core.errors import PedsegError
 from pedseg_core.names import check_name
+
+if TYPE_CHECKING:  # torch and the model load only when the command runs
+    from pedseg_core.config import PedsegConfig
+    from pedseg_core.model.checkpoint import DomainSpec
+    from pedseg_core.model.unet import MultiDomainUNet
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -33,7 +39,7 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_model(checkpoint: Path):
+def load_model(checkpoint: Path) -> tuple[MultiDomainUNet, PedsegConfig, list[DomainSpec]]:
     """The model of a checkpoint; given a federation's shared weights instead, where the sites' models are."""
     from pedseg_core.model.checkpoint import SHARED_FORMAT, load_checkpoint
     from pedseg_core.torch_files import load_torch_file
