@@ -3,10 +3,11 @@
 Starts `flower-superlink` and one `pedseg-client` per site (free ports, private FLWR_HOMEs under RUN/), by
 default with TLS and SuperNode authentication from a private PKI in RUN/pki/; submits the app with `flwr run`,
 shows round progress, and stops every process it started, also on Ctrl-C and on failure, and when this process
-is killed (each process tree runs under a guard that ends with it). The ServerApp writes the run directory
-(config.yaml, metrics.jsonl, checkpoints/, results.json) into RUN; process logs go to RUN/logs/, and what was
-asked (sites, data, settings) to RUN/federation.json, from which `pedseg federate --resume RUN` continues a
-stopped or killed run after its last completed round.
+is killed (each process tree runs under a guard that ends with it). The configuration arrives resolved (a
+`PedsegConfig`) and crosses into Flower as one document; the ServerApp writes the run directory (config.yaml:
+that document, metrics.jsonl, checkpoints/, results.json) into RUN; process logs go to RUN/logs/ (without
+colour codes), and the sites and their data to RUN/federation.json. From these two files `pedseg federate
+[--local] --resume RUN` continues a stopped or killed run after its last completed round.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
@@ -35,7 +37,7 @@ from pedseg_core.processes.guard import start_guarded, stop_guarded
 from pedseg_core.processes.ports import free_port
 from pedseg_core.progress import StepProgress
 from pedseg_core.train.metrics_line import RUN_ENDED, MetricsLine, read_metrics
-from pedseg_core.train.run_dir import METRICS_FILE, recorded_config, write_json
+from pedseg_core.train.run_dir import LAUNCH_FILE, METRICS_FILE, recorded_config, write_json
 from server.run_state import load_run_state
 from simulations.run_pki import RunPKI, make_run_pki
 from simulations.site_dirs import site_state_dir
@@ -55,6 +57,7 @@ class LocalFederation:
     logs: dict[str, Path] = field(default_factory=dict)
     connection: str = CONNECTION
     extra_env: dict[str, str] = field(default_factory=dict)
+    copiers: list[threading.Thread] = field(default_factory=list)  # each process's output to its log
 
     @property
     def log_dir(self) -> Path:
@@ -69,12 +72,17 @@ class LocalFederation:
         return self.run_dir / ".flower" / "superlink"
 
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """Start `cmd` under a guard; its output goes to RUN/logs/NAME.log, without colour codes."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.logs[name] = self.log_dir / f"{name}.log"
-        with self.logs[name].open("a", encoding="utf-8") as log:  # a resumed run's processes log after the first ones
-            log.write(f"$ {shlex.join(cmd)}\n")
-            log.flush()
-            proc = start_guarded(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log = self.logs[name].open("a", encoding="utf-8")  # a resumed run's processes log after the first ones
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = start_guarded(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8",
+                             errors="replace")
+        copier = threading.Thread(target=copy_without_colour, args=(proc.stdout, log), daemon=True)
+        copier.start()
+        self.copiers.append(copier)
         self.processes[name] = proc
         return proc
 
@@ -87,6 +95,8 @@ class LocalFederation:
                 proc.stdin.close()
             for proc in group:
                 stop_guarded(proc)
+        for copier in self.copiers:  # the logs hold every line once the processes are gone
+            copier.join(timeout=10)
 
     def flwr_env(self) -> dict[str, str]:
         """Environment of the `flwr` CLI: its FLWR_HOME holds the connection to this federation's SuperLink."""
@@ -160,6 +170,21 @@ def register_sites(fed: LocalFederation, pki: RunPKI, sites: list[str]) -> None:
             raise PedsegError(f"could not register the key of site {site}: {detail[-1]}")
 
 
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")  # Flower's logger colours each level name, with no switch to turn it off
+
+
+def copy_without_colour(stream: IO[str], log: IO[str], on_line: Callable[[str], None] | None = None) -> None:
+    """Copy a process's output to its `log` line by line (then close it) without colour codes; `on_line` sees
+    each line."""
+    with log:
+        for line in stream:
+            line = ANSI_CODE.sub("", line)
+            log.write(line)
+            log.flush()
+            if on_line is not None:
+                on_line(line)
+
+
 INSECURE_WARNING = ("warning: --insecure: no TLS and no SuperNode authentication; anything on this host can read "
                     "the federation's traffic or join it as a site")
 
@@ -193,13 +218,10 @@ def valid_sites(data: dict[str, Path]) -> list[str]:
     return good
 
 
-LAUNCH_FILE = "federation.json"
-
-
 @dataclass
 class LocalLaunch:
-    """What `pedseg federate --local` was asked: recorded in RUN/federation.json, so that `--resume RUN` runs
-    the same sites on the same data with the same settings."""
+    """What `pedseg federate --local` was asked besides the configuration: recorded in RUN/federation.json, so
+    that `--resume RUN` runs the same sites on the same data in the same way (with RUN/config.yaml)."""
 
     data: dict[str, str]  # site -> dataset directory
     joints: dict[str, str]  # site -> joint (the settings are the run's config.yaml, which the ServerApp writes)
@@ -377,7 +399,6 @@ def parse_run_id(proc: subprocess.CompletedProcess) -> str:
     raise PedsegError(f"flwr run did not start the run: {detail[-1] if detail else proc.returncode}")
 
 
-ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")  # Flower's logger colours each level name, with no switch to turn it off
 FLOWER_ROUND = re.compile(r"\[ROUND (\d+)/\d+\]")  # what Flower's Strategy.start logs as each round begins
 
 
@@ -390,13 +411,11 @@ class ServerLog:
         self.round_begun = 0
 
     def copy(self, stream: IO[str]) -> None:
-        with open(self.path, "w", encoding="utf-8") as log:
-            for line in stream:
-                line = ANSI_CODE.sub("", line)
-                log.write(line)
-                log.flush()
-                if begun := FLOWER_ROUND.search(line):
-                    self.round_begun = int(begun[1])
+        copy_without_colour(stream, open(self.path, "w", encoding="utf-8"), self._note)
+
+    def _note(self, line: str) -> None:
+        if begun := FLOWER_ROUND.search(line):
+            self.round_begun = int(begun[1])
 
 
 class RunProgress:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from pedseg_core.train.metrics_line import read_metrics  # noqa: E402
 from simulations.report import CaseScore  # noqa: E402
 
 
@@ -19,11 +19,10 @@ def dice_per_round(metrics_files: list[Path]) -> dict[str, dict[int, list[float]
     """site -> round -> the site's mean Dice in each given metrics.jsonl (one per fold) that evaluated it."""
     curves: dict[str, dict[int, list[float]]] = {}
     for path in metrics_files:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            for site, result in record.get("evaluation", {}).get("sites", {}).items():
+        for line in read_metrics(path):
+            for site, result in line.site_evaluations.items():
                 if result.get("mean_dice") is not None:
-                    curves.setdefault(site, {}).setdefault(record["round"], []).append(result["mean_dice"])
+                    curves.setdefault(site, {}).setdefault(line.round, []).append(result["mean_dice"])
     return curves
 
 

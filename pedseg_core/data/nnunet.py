@@ -110,6 +110,15 @@ def case_id_of_image(path: Path, file_ending: str) -> str:
     return name[: -len(suffix)]
 
 
+def case_id_of_label(path: Path) -> str:
+    """The case id of a label (or predicted label) file: "knee_003.nii.gz" -> "knee_003"."""
+    name = Path(path).name
+    for ending in NIFTI_ENDINGS:
+        if name.endswith(ending) and name != ending:
+            return name[: -len(ending)]
+    raise PedsegError(f"{path}: label name must end in {' or '.join(NIFTI_ENDINGS)}")
+
+
 def read_dataset_json(root: Path) -> dict:
     """The dataset.json of the dataset folder `root` as a JSON object; PedsegError (one line naming the file)
     when it is missing, unreadable or not an object."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from pedseg_core.data.geometry import through_plane_axis, voxel_spacing
 from pedseg_core.data.nifti import load_volume
-from pedseg_core.data.nnunet import Case, scan_dataset
+from pedseg_core.data.nnunet import Case, case_id_of_label, scan_dataset
 from pedseg_core.errors import PedsegError
 from pedseg_core.report.run_files import RunFiles
 
@@ -72,7 +72,7 @@ def find_overlays(run: RunFiles, per_site: int) -> tuple[list[Overlay], list[str
             try:
                 for file in files:
                     prediction, affine = load_volume(file)
-                    overlays.append(Overlay(site, file.name.split(".nii")[0],
+                    overlays.append(Overlay(site, case_id_of_label(file),
                                             *_slice(None, None, prediction, affine), {}))
             except PedsegError as error:
                 notes.append(f"{site}: {str(error).splitlines()[0]}")
@@ -80,7 +80,7 @@ def find_overlays(run: RunFiles, per_site: int) -> tuple[list[Overlay], list[str
         try:
             cases, bones = _cases(root)
             for file in files:
-                case_id = file.name.split(".nii")[0]
+                case_id = case_id_of_label(file)
                 if case_id not in cases:
                     notes.append(f"{site}: {case_id}: no image in {root}")
                     continue

@@ -8,9 +8,8 @@ from pathlib import Path
 
 from pedseg_core.errors import PedsegError
 from pedseg_core.train.metrics_line import MetricsLine, read_metrics
-from pedseg_core.train.run_dir import CONFIG_FILE, METRICS_FILE
+from pedseg_core.train.run_dir import CONFIG_FILE, LAUNCH_FILE, METRICS_FILE
 
-LAUNCH_FILE = "federation.json"  # `pedseg federate --local`: the sites, their data and the run config
 REPRODUCTION_FILE = "reproduce.json"  # `pedseg reproduce`: the settings, the joints' data among them
 
 

@@ -15,6 +15,7 @@ from pedseg_core.train.metrics_line import MetricsLine, json_safe, metrics_line
 
 CONFIG_FILE = "config.yaml"  # the run's resolved configuration
 METRICS_FILE = "metrics.jsonl"  # one `MetricsLine` per round, epoch or event
+LAUNCH_FILE = "federation.json"  # `pedseg federate --local`: its sites, their data and how they ran
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from pedseg_core.data.nifti import load_volume
-from pedseg_core.data.nnunet import case_id_of_image, image_file, label_file, read_dataset, read_dataset_json
+from pedseg_core.data.nnunet import (
+    case_id_of_image,
+    case_id_of_label,
+    image_file,
+    label_file,
+    read_dataset,
+    read_dataset_json,
+)
 from pedseg_core.errors import DatasetError, PedsegError
 
 
@@ -136,6 +143,9 @@ def test_a_cases_file_names_are_named_in_one_place(tmp_path):
     assert (image_file("knee_003", ".nii.gz"), label_file("knee_003", ".nii")) == ("knee_003_0000.nii.gz",
                                                                                   "knee_003.nii")
     assert case_id_of_image(tmp_path / image_file("knee_003", ".nii.gz"), ".nii.gz") == "knee_003"
+    assert case_id_of_label(tmp_path / "knee_003.nii.gz") == case_id_of_label("knee_003.nii") == "knee_003"
+    with pytest.raises(PedsegError, match="label name must end in .nii.gz or .nii"):
+        case_id_of_label("knee_003.mha")
 
 
 @pytest.mark.parametrize("content, message", [
