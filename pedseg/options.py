@@ -20,7 +20,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         shown = action.option_strings or action.nargs in ("?", "*")
-        if not shown or action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+        unset = action.default is None or action.default is False or action.default in ([], argparse.SUPPRESS)
+        if not shown or unset or "default" in text:
             return text
         return f"{text} (default: %(default)s)"
 

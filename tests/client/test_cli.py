@@ -100,5 +100,5 @@ def test_every_option_has_help():
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, sub in commands.choices.items():
         assert all(action.help for action in sub._actions), name
-        assert all("default" in action.help for action in sub._actions if action.default not in (None, False)
-                   and action.dest != "help"), name
+        assert all("default" in action.help for action in sub._actions
+                   if action.default is not None and action.default is not False and action.dest != "help"), name

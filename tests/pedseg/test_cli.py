@@ -222,7 +222,8 @@ def test_every_option_has_help_and_shows_its_default():
             if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
                 continue
             assert action.help, f"{name} {action.dest}: no help"
-            if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+            if action.option_strings and action.default is not None and action.default is not False \
+                    and action.default not in ([], argparse.SUPPRESS):
                 assert "default" in parser._get_formatter()._get_help_string(action), f"{name} {action.dest}"
         assert "(default: small)" in text or "--preset" not in text, name
 
