@@ -37,9 +37,15 @@ PEDSEG_APP_DIR = Path(__file__).resolve().parents[1]  # the project root: pyproj
 POLL_SECONDS = 0.2
 
 
+class ClientParser(argparse.ArgumentParser):
+    """A usage error as one line (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ClientParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{run,app-hash}")
     site = commands.add_parser("run", help="run this site (the default command)",
                                description="Validate the site's data, then run its Flower SuperNode until stopped.")
