@@ -115,13 +115,19 @@ def flatten_options(values: dict, prefix: str = "") -> list[str]:
     return pairs
 
 
-def run_options(required: bool) -> argparse.ArgumentParser:
-    """The options of a training run: data, run directory and configuration (`federate --resume` needs neither
-    data nor a new run directory)."""
+def run_options(federated: bool) -> argparse.ArgumentParser:
+    """The options of a training run: data, run directory and configuration (a federation's sites may share a
+    joint; `federate --resume` needs neither data nor a new run directory)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data", action="append", required=required, metavar="JOINT=DIR",
-                        help="a joint's nnU-Net dataset; repeat for each joint")
-    common.add_argument("--out", required=required, metavar="RUN", help="new run directory (never overwritten)")
+    if federated:
+        common.add_argument("--data", action="append", metavar="[SITE:]JOINT=DIR",
+                            help="a site's nnU-Net dataset; repeat for each site (a site without SITE: is named "
+                                 "after its joint)")
+    else:
+        common.add_argument("--data", action="append", required=True, metavar="JOINT=DIR",
+                            help="a joint's nnU-Net dataset; repeat for each joint")
+    common.add_argument("--out", required=not federated, metavar="RUN", help="new run directory (never "
+                        "overwritten)")
     common.add_argument("--preset", default="small", help="the configuration to start from: tiny | demo | small | "
                         "paper")
     common.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")

@@ -82,7 +82,7 @@ def _report_federation(results: dict, out: Path) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("federate", parents=[run_options(required=False)], help="federated training on "
+    parser = sub.add_parser("federate", parents=[run_options(federated=True)], help="federated training on "
                             "Flower; --data takes JOINT=DIR or SITE:JOINT=DIR (several sites may hold one joint)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--local", action="store_true", help="SuperLink and SuperNodes on 127.0.0.1")

@@ -24,7 +24,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("train", parents=[run_options(required=True)], help="centralized training")
+    parser = sub.add_parser("train", parents=[run_options(federated=False)], help="centralized training")
     parser.add_argument("--scheme", default=PedsegConfig.model_fields["scheme"].default, choices=SCHEMES,
                         help="which layers the joints share (docs/user-guide.md#schemes)")
     parser.set_defaults(func=train)
