@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pedseg_core.config import SCHEMES, PedsegConfig, build_config, laid_over, parse_overrides
+from pedseg_core.config import DEFAULT_PRESET, SCHEMES, PedsegConfig, build_config, laid_over, parse_overrides
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import DatasetError, PedsegError
 from pedseg_core.train.centralized import train_centralized
@@ -80,14 +80,15 @@ def _settings_guard(out: Path, settings: dict) -> None:
     write_json(path, settings)
 
 
-def fold_config(preset: str, overrides: dict, folds: int, fold: int, cell: Cell | None = None) -> PedsegConfig:
+def fold_config(preset: str, config_file: Path | None, overrides: dict, folds: int, fold: int,
+                cell: Cell | None = None) -> PedsegConfig:
     """The configuration of a fold (and of one of its cells: its scheme and strategy), resolved from the
-    reproduction's preset and overrides."""
+    reproduction's preset, YAML file and overrides."""
     values = laid_over(overrides, {"data": {"folds": folds, "fold": fold}})
     if cell is not None:
         values = laid_over(values, {"scheme": cell.scheme, **({"federation": {"strategy": cell.strategy}}
                                                                if cell.strategy else {})})
-    return build_config(preset, overrides=values)
+    return build_config(preset, config_file, overrides=values)
 
 
 def _run_cell(cell: Cell, data: dict[str, Path], run_dir: Path, cfg: PedsegConfig) -> dict:
@@ -96,15 +97,17 @@ def _run_cell(cell: Cell, data: dict[str, Path], run_dir: Path, cfg: PedsegConfi
     return federate_simulation(data, run_dir, cfg)
 
 
-def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: int = 1,
-              overrides: Sequence[str] = (), cells: Sequence[str] | None = None) -> dict:
-    """Run (or resume) every cell of every fold, then write the report; returns results.json's content."""
+def reproduce(data: dict[str, Path], out: Path, preset: str = DEFAULT_PRESET, folds: int = 1,
+              overrides: Sequence[str] = (), cells: Sequence[str] | None = None,
+              config_file: Path | None = None) -> dict:
+    """Run (or resume) every cell of every fold, each configured from `preset`, the YAML `config_file` and the
+    `overrides` ("section.key=value"), then write the report; returns results.json's content."""
     problems = [p for path in data.values() for p in check_dataset(Path(path)).problems]
     if problems:
         raise DatasetError(list(data.values()), problems)
     plan = select_cells(cells)
     asked = parse_overrides(list(overrides))
-    configs = [fold_config(preset, asked, folds, fold) for fold in range(folds)]  # checked first
+    configs = [fold_config(preset, config_file, asked, folds, fold) for fold in range(folds)]  # checked first
     # The resolved configuration (what the preset and options mean in this version of pedseg) is part of the
     # settings: a folder trained with another version's preset is refused, not resumed into a mixed table.
     resolved = {k: v for k, v in configs[0].to_dict().items() if k not in ("scheme", "tracking")}
@@ -112,6 +115,8 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: in
     settings = {"data": {j: str(Path(p).resolve()) for j, p in data.items()}, "preset": preset, "folds": folds,
                 "overrides": list(overrides), "cells": [c.name for c in plan],
                 "config": json.loads(json.dumps(resolved))}  # as reproduce.json holds it (tuples as lists)
+    if config_file is not None:
+        settings["config_file"] = str(Path(config_file).resolve())
     _settings_guard(out, settings)
 
     total, started = folds * len(plan), time.perf_counter()
@@ -128,7 +133,7 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = "small", folds: in
                 shutil.rmtree(run_dir)
             print(f"\n{label} (elapsed {_minutes(time.perf_counter() - started)})", flush=True)
             cell_start = time.perf_counter()
-            results = _run_cell(cell, data, run_dir, fold_config(preset, asked, folds, fold, cell))
+            results = _run_cell(cell, data, run_dir, fold_config(preset, config_file, asked, folds, fold, cell))
             seconds = time.perf_counter() - cell_start
             with (out / "cells.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"fold": fold, "cell": cell.name, "seconds": round(seconds, 1),
@@ -144,7 +149,8 @@ def _minutes(seconds: float) -> str:
 
 def command_line(settings: dict) -> str:
     data = " ".join(f"--data {j}={p}" for j, p in settings["data"].items())
-    sets = " ".join(f"--set {o}" for o in settings["overrides"])
+    sets = " ".join([*([f"--config {settings['config_file']}"] if "config_file" in settings else []),
+                     *(f"--set {o}" for o in settings["overrides"])])
     return f"pedseg reproduce {data} --out OUT --preset {settings['preset']} --folds {settings['folds']} {sets}".strip()
 
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pedseg.options import flatten_options, parse_data_args, whole_number
-from pedseg_core.config import load_yaml
+from pedseg.options import parse_data_args, whole_number
 
 
 def reproduce(args: argparse.Namespace) -> int:
-    pairs = flatten_options(load_yaml(Path(args.config))) if args.config else []
     from simulations.reproduce import reproduce as run_reproduction
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells else None
     content = run_reproduction(parse_data_args(args.data), Path(args.out), args.preset, args.folds,
-                               [*pairs, *args.set], cells)
+                               args.set, cells, Path(args.config) if args.config else None)
     print("\n" + (Path(args.out) / "results.md").read_text(encoding="utf-8"))
     failed = [c["claim"] for c in content["acceptance"] if not c["met"]]
     print(f"reproduction folder: {args.out}" + (f"  (claims not met: {'; '.join(failed)})" if failed else ""))

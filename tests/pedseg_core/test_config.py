@@ -90,11 +90,13 @@ def test_presets_resolve():
         assert build_config(preset).preset == preset
 
 
-def test_a_yaml_config_travels_to_the_federation_as_overrides():
-    from pedseg.options import flatten_options
+def test_a_yaml_config_travels_to_the_federation_inside_the_one_document(tmp_path):
+    from flower_common.run_config import run_config_with_document
 
-    values = {"train": {"epochs": 3, "precision": "bf16"}, "model": {"decoder_channels": [32, 16, 16, 8, 8]}}
-    cfg = config_from_run_config({"preset": "tiny", "overrides": " ".join(flatten_options(values))})
+    path = tmp_path / "run.yaml"
+    path.write_text("train: {epochs: 3, precision: bf16}\nmodel: {decoder_channels: [32, 16, 16, 8, 8]}\n",
+                    encoding="utf-8")
+    cfg = config_from_run_config(run_config_with_document(build_config("tiny", path), {}))
     assert (cfg.train.epochs, cfg.train.precision, cfg.model.decoder_channels) == (3, "bf16", (32, 16, 16, 8, 8))
 
 

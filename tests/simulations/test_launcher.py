@@ -16,6 +16,7 @@ from pedseg_core.errors import PedsegError
 from pedseg_core.progress import StepProgress
 from pedseg_core.train.metrics_line import MetricsLine
 from simulations.local import LocalFederation, RunProgress, ServerLog, with_quorum
+from simulations.reproduce import Cell, fold_config
 
 
 def test_the_quorum_is_every_valid_site_unless_the_configuration_sets_one():
@@ -69,3 +70,11 @@ def test_a_process_log_holds_no_colour_codes(tmp_path):
     fed.processes["coloured"].wait(timeout=60)
     fed.stop_all()
     assert fed.logs["coloured"].read_text(encoding="utf-8").splitlines()[-1] == "INFO :      ready"
+
+
+def test_a_reproduction_cell_is_configured_from_its_yaml_file_its_overrides_then_its_fold_and_scheme(tmp_path):
+    path = tmp_path / "cells.yaml"
+    path.write_text("scheme: shared\ntrain: {epochs: 3, steps_per_epoch: 4}\ndata: {folds: 1}\n", encoding="utf-8")
+    cfg = fold_config("tiny", path, {"train": {"epochs": 5}}, 3, 2, Cell("full", "fedprox"))
+    assert (cfg.train.epochs, cfg.train.steps_per_epoch, cfg.data.folds, cfg.data.fold) == (5, 4, 3, 2)
+    assert (cfg.scheme, cfg.federation.strategy) == ("full", "fedprox")
