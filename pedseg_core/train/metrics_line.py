@@ -26,12 +26,16 @@ RUN_ENDED = "run-ended"
 class SiteEvent(BaseModel):
     """A site and why it did not count this round (a missing site, a rejected update, an error reply)."""
 
+    model_config = ConfigDict(extra="allow")
+
     site: str = "?"
     reason: str = ""
 
 
 class Evaluation(BaseModel):
     """The evaluation a round carries: each site's personalized model on its own test cases."""
+
+    model_config = ConfigDict(extra="allow")
 
     mean_dice: float | None = None
     sites: dict[str, dict[str, Any]] = {}  # site -> {"dice": {bone: v}, "hd95", "assd", "mean_dice"}
@@ -49,7 +53,7 @@ class MetricsLine(BaseModel):
     missing: list[SiteEvent] = []
     rejected: list[SiteEvent] = []
     errors: list[SiteEvent] = []
-    policy_refusals: dict[str, list] = {}  # site -> what its policy refused of the run's requests
+    policy_refusals: dict[str, Any] = {}  # site -> what its policy refused of the run's requests (as it says)
     update_norms: dict[str, Any] = {}
     train_loss: float | None = None  # example-weighted over the sites that sent one
     examples: float | None = None
