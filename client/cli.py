@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.approved_app import app_hash, launcher_env
+from client.approved_app import app_hash, launcher_env, own_app
 from client.supernode_log import SupernodeLog
 from client.worker_supervisor import install_launcher
 from pedseg_core.data.validate import check_dataset
@@ -33,7 +33,6 @@ from pedseg_core.processes.guard import start_guarded, stop_guarded
 from pedseg_core.processes.ports import free_port, split_address, wait_for_port
 
 PROG = "pedseg-client"
-PEDSEG_APP_DIR = Path(__file__).resolve().parents[1]  # the project root: pyproject.toml with [tool.flwr.app]
 POLL_SECONDS = 0.2
 
 
@@ -75,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     hashing = commands.add_parser("app-hash", help="the sha256 of the app (FAB) that `flwr run APP_DIR` sends",
                                   description="The sha256 of the app (FAB) that "
                                   "`flwr run APP_DIR` sends: list it under approved_apps in the site's policy.")
-    hashing.add_argument("app_dir", nargs="?", default=str(PEDSEG_APP_DIR), metavar="APP_DIR",
+    hashing.add_argument("app_dir", nargs="?", metavar="APP_DIR",
                          help="a Flower app folder (default: this pedseg's own)")
     hashing.set_defaults(func=print_app_hash)
     return parser
@@ -181,6 +180,10 @@ def stopped(site: str) -> int:
 
 
 def print_app_hash(args: argparse.Namespace) -> int:
+    if args.app_dir is None:
+        with own_app() as app_dir:
+            print(app_hash(app_dir))
+        return 0
     app_dir = Path(args.app_dir)
     if not (app_dir / "pyproject.toml").is_file():
         raise PedsegError(f"{app_dir}: not a Flower app (no pyproject.toml)")

@@ -14,8 +14,7 @@ import json
 from flwr.app import Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
-from client.node_settings import node_settings, site_policy
-from flower_common.run_config import config_from_run_config
+from client.node_settings import node_settings, site_config, site_policy
 from pedseg_core.policy import Requests
 from pedseg_core.protocol import (
     CONFIG,
@@ -33,7 +32,7 @@ from pedseg_core.protocol import (
 def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     if msg.metadata.message_type not in (MessageType.TRAIN, MessageType.EVALUATE) or CONFIG not in msg.content:
         return call_next(msg, context)
-    cfg = config_from_run_config(dict(context.run_config))
+    cfg = site_config(context)
     config = msg.content[CONFIG]
     asked = Requests(per_case_metrics=cfg.federation.per_case_metrics,
                      share_prototypes=cfg.contrastive.share_prototypes,

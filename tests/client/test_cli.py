@@ -8,7 +8,8 @@ import time
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from client.cli import PEDSEG_APP_DIR, main, node_config
+from client.approved_app import own_app
+from client.cli import main, node_config
 from pedseg_core.processes.ports import free_port
 
 
@@ -86,7 +87,8 @@ def test_app_hash_is_the_hash_of_the_fab_flower_sends(capsys, tmp_path):
     """`pedseg-client app-hash` prints what `flwr run` would send, byte for byte (Flower's own FAB builder)."""
     assert main(["app-hash"]) == 0
     printed = capsys.readouterr().out.strip()
-    assert printed == hashlib.sha256(build_fab_from_disk(PEDSEG_APP_DIR)).hexdigest()
+    with own_app() as app_dir:
+        assert printed == hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
     assert main(["app-hash", str(tmp_path)]) == 2
     assert "not a Flower app" in capsys.readouterr().err
 
