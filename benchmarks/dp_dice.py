@@ -38,7 +38,7 @@ def run(name: str, data: Path, out: Path, preset: str, epsilon: float | None) ->
     policy = out / f"{name}.yaml"
     dp = f"dp:\n  epsilon: {epsilon}\n  delta: {DELTA}\n  max_grad_norm: {CLIP}\n" if epsilon else "dp: null\n"
     policy.write_text(dp + "per_case_metrics: true\n", encoding="utf-8")
-    config = {"preset": preset, "scheme": "full", "strategy": "fedavg", "num-server-rounds": 0,
+    config = {"preset": preset, "scheme": "full", "strategy": "fedavg", "rounds": 0,
               "overrides": "model.norm=group train.precision=fp32", "per-case-metrics": True}
     started = time.perf_counter()
     results = federate_simulation({j: data / j for j in JOINTS}, out / name, config_from_run_config(config),

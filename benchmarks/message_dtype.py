@@ -34,7 +34,7 @@ def traffic(out: Path, rounds: int, dtype: str) -> dict:
     data = synthesized(out / "bytes-data", "--train", "8", "--test", "3")
     run = out / f"bytes-{dtype}"
     federate_local({j: data / j for j in JOINTS}, run,
-                   config_from_run_config({"preset": "demo", "scheme": "multi-domain", "num-server-rounds": rounds,
+                   config_from_run_config({"preset": "demo", "scheme": "multi-domain", "rounds": rounds,
                                            "message-dtype": dtype}), progress=False)
     count = json.loads((run / "logs" / "run-status.json").read_text(encoding="utf-8"))["network-traffic"]
     shared = torch.load(run / "checkpoints" / "global_final.pt", weights_only=True)["shared_state_dict"]
@@ -45,7 +45,7 @@ def traffic(out: Path, rounds: int, dtype: str) -> dict:
 
 
 def dice(data: Path, out: Path, dtype: str) -> dict:
-    config = {"preset": "small", "scheme": "full", "strategy": "fedavg", "num-server-rounds": 0,
+    config = {"preset": "small", "scheme": "full", "strategy": "fedavg", "rounds": 0,
               "per-case-metrics": True, "message-dtype": dtype}
     return federate_simulation({j: data / j for j in JOINTS}, out / f"dice-{dtype}", config_from_run_config(config),
                                progress=False)

@@ -38,7 +38,7 @@ def run(mode: str, precision: str, seed: int, data: Path, out: Path, preset: str
         cfg = build_config(preset, overrides={"scheme": "full", "train": {"precision": precision, "seed": seed}})
         results = train_centralized(sites, cfg, run_dir, progress=False)
     else:
-        config = {"preset": preset, "scheme": "full", "strategy": "fedavg", "num-server-rounds": 0,
+        config = {"preset": preset, "scheme": "full", "strategy": "fedavg", "rounds": 0,
                   "overrides": f"train.precision={precision} train.seed={seed}"}
         results = federate_simulation(sites, run_dir, config_from_run_config(config), progress=False)
     return {"mode": mode, "precision": precision, "seed": seed, "results": results,

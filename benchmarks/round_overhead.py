@@ -72,7 +72,7 @@ def measure(data: dict, run: Path, args: argparse.Namespace, pack: bool) -> None
     """One federation's rounds (its table and medians) and its bytes."""
     overrides = [f"train.steps_per_epoch={args.steps}", f"federation.pack_arrays={str(pack).lower()}"]
     config = {"preset": args.preset, "scheme": "multi-domain", "strategy": "fedavg",
-              "message-dtype": args.message_dtype, "num-server-rounds": args.rounds, "evaluate-every": args.rounds,
+              "message-dtype": args.message_dtype, "rounds": args.rounds, "evaluate-every": args.rounds,
               "overrides": " ".join(overrides)}
     federate_local(data, run, config_from_run_config(config))
 

@@ -1,5 +1,5 @@
-"""`make bench`: run every benchmark in one go and write benchmarks/RESULTS.md, the one place the README's
-figures come from (the README's Benchmarks section is rewritten with the same sections).
+"""`make bench`: run every benchmark in one go and write benchmarks/RESULTS.md, the one place every figure the
+documents quote comes from.
 
 Each benchmark runs as its own process and prints its figures as markdown; RESULTS.md gets one section per
 benchmark: the command, when and on what it ran (date, commit, CPU model, whether bf16 is native there, cores,
@@ -78,7 +78,7 @@ def commit() -> str:
         ).stdout.strip()
 
     # the files this script rewrites after each benchmark do not make the next one's code "uncommitted"
-    written = (f":!{RESULTS.relative_to(ROOT)}", ":!README.md")
+    written = (f":!{RESULTS.relative_to(ROOT)}",)
     dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no", "--", ".",
                                                   *written) else ""
     return (git("rev-parse", "--short", "HEAD") or "unknown") + dirty
@@ -137,8 +137,7 @@ def run(name: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), metavar="NAME")
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="where to write (the README's Benchmarks section follows only the default one)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write (default: %(default)s)")
     parser.add_argument("--list", action="store_true", help="name the benchmarks and stop")
     args = parser.parse_args()
     if args.list:
@@ -149,28 +148,18 @@ def main() -> None:
     for name in args.only or list(BENCHMARKS):
         print(f"benchmark {name} ...", file=sys.stderr, flush=True)
         kept[name] = run(name)
-        write(args.results, kept, ROOT / "README.md" if args.results == RESULTS else None)
+        write(args.results, kept)
     print(f"wrote {args.results}")
 
 
-README_BLOCK = re.compile(r"(<!-- results:begin -->\n).*?(<!-- results:end -->)", re.DOTALL)
-
-
-def write(path: Path, sections: dict[str, str], readme: Path | None) -> None:
-    """RESULTS.md: a header, then the sections in BENCHMARKS' order (written after each benchmark); the same
-    sections, one heading level down, between the README's results markers."""
+def write(path: Path, sections: dict[str, str]) -> None:
+    """RESULTS.md: a header, then the sections in BENCHMARKS' order (written after each benchmark)."""
     body = "\n".join(sections[name] for name in BENCHMARKS if name in sections)
     missing = [name for name in BENCHMARKS if name not in sections]
     note = f"Not run yet: {', '.join(missing)}.\n\n" if missing else ""
     path.write_text("# Benchmark results\n\nWritten by `make bench` (`python benchmarks/run_all.py`); every figure "
                     "is a ratio or a count measured side by side in one run of its benchmark. Each section says "
                     "when, at which commit and on which CPU it ran.\n\n" + note + body, encoding="utf-8")
-    if readme is not None and README_BLOCK.search(readme.read_text(encoding="utf-8")):
-        demoted = re.sub(r"^## ", "### ", note + body, flags=re.MULTILINE)
-        readme.write_text(
-            README_BLOCK.sub(lambda m: m.group(1) + demoted + m.group(2), readme.read_text(encoding="utf-8")),
-            encoding="utf-8",
-        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ JOINTS = ("ankle", "knee", "shoulder")
 
 
 def run(name: str, data: Path, out: Path, args: argparse.Namespace, secure: bool) -> dict:
-    config = {"preset": args.preset, "scheme": args.scheme, "num-server-rounds": args.rounds,
+    config = {"preset": args.preset, "scheme": args.scheme, "rounds": args.rounds,
               "secure-aggregation": secure}
     started = time.perf_counter()
     results = federate_local({j: data / j for j in JOINTS}, out / name, config_from_run_config(config), progress=False)

@@ -74,7 +74,7 @@ def main() -> None:
         sampler.start()
         start = time.perf_counter()
         federate_simulation(data, run, config_from_run_config({
-            "preset": args.preset, "scheme": "multi-domain", "num-server-rounds": args.rounds,
+            "preset": args.preset, "scheme": "multi-domain", "rounds": args.rounds,
             "evaluate-every": args.rounds, "overrides": f"train.steps_per_epoch={args.steps}"}),
                             sites_per_joint=n // len(JOINTS), progress=False)
         wall = time.perf_counter() - start

@@ -41,7 +41,7 @@ def main() -> None:
 
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="pedseg-bench-tls-"))
     data = synthesize(work / "data", JOINTS, 4, 1, seed=0)
-    config = {"preset": args.preset, "num-server-rounds": args.rounds, "evaluate-every": args.rounds,
+    config = {"preset": args.preset, "rounds": args.rounds, "evaluate-every": args.rounds,
               "overrides": f"train.steps_per_epoch={args.steps}"}
     rounds: dict[str, list[float]] = {"tls": [], "insecure": []}
     totals: dict[str, list[float]] = {"tls": [], "insecure": []}

@@ -4,8 +4,8 @@ Started (and restarted) by `client.worker_supervisor`, the `flower-superexec` of
 claims the SuperNode's ClientApp tasks every 50 ms over the Runtime API that SuperExec uses and runs each
 in-process with Flower's own task calls: pull the message, context and app (FAB), check the FAB against the
 site's `approved_apps` before it is installed (`client.approved_app`), install and import it once, call the
-ClientApp, push the reply and the context. The app's module-level cache (`client.app._CACHE`) then keeps the
-site's trainer, data and optimizer between messages, and nothing is imported twice. A task of another app (a new
+ClientApp, push the reply and the context. The app's module-level cache (`client.app.ALGORITHMS`) then keeps the
+site's algorithm, data and optimizer between messages, and nothing is imported twice. A task of another app (a new
 FAB hash) goes to a fresh worker (this process replaces itself), so an app's code never runs beside another's.
 
 An exception in the app becomes the task's error reply, as with `flwr-clientapp`. The task calls used here

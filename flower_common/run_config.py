@@ -23,10 +23,10 @@ UNSET = ""  # a run-config key as pyproject lists it: the preset's value
 # Flower run-config keys (flat, hyphenated, as Flower requires) -> PedsegConfig fields.
 RUN_CONFIG_FIELDS = {
     "scheme": "scheme",
-    "num-server-rounds": "federation.rounds",
+    "rounds": "federation.rounds",
     "strategy": "federation.strategy",
     "proximal-mu": "federation.proximal_mu",
-    "min-nodes": "federation.min_nodes",
+    "min-sites": "federation.min_nodes",
     "quorum-timeout": "federation.quorum_timeout",
     "fraction-train": "federation.fraction_train",
     "round-timeout": "federation.round_timeout",

@@ -1,15 +1,15 @@
 """Option parsing the `pedseg` subcommands share: their parser (defaults in --help), --data JOINT=DIR and
-SITE:JOINT=DIR, a YAML config as overrides, the options of a training run, and --mlflow."""
+SITE:JOINT=DIR, the options of a training run, and --mlflow."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pedseg_core.config import DEFAULT_PRESET, PRESETS
 from pedseg_core.errors import EXIT_USER_ERROR, PedsegError
 from pedseg_core.names import check_name
 
@@ -104,17 +104,6 @@ def parse_site_args(values: Sequence[str]) -> tuple[dict[str, Path], dict[str, s
     return sites, joints
 
 
-def flatten_options(values: dict, prefix: str = "") -> list[str]:
-    """{"train": {"epochs": 3}} -> ["train.epochs=3"] (values as compact JSON, which YAML reads back)."""
-    pairs = []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            pairs += flatten_options(value, f"{prefix}{key}.")
-        else:
-            pairs.append(f"{prefix}{key}={json.dumps(value, separators=(',', ':'))}")
-    return pairs
-
-
 def run_options(federated: bool) -> argparse.ArgumentParser:
     """The options of a training run: data, run directory and configuration (a federation's sites may share a
     joint; `federate --resume` needs neither data nor a new run directory)."""
@@ -128,8 +117,8 @@ def run_options(federated: bool) -> argparse.ArgumentParser:
                             help="a joint's nnU-Net dataset; repeat for each joint")
     common.add_argument("--out", required=not federated, metavar="RUN", help="new run directory (never "
                         "overwritten)")
-    common.add_argument("--preset", default="small", help="the configuration to start from: tiny | demo | small | "
-                        "paper")
+    common.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                        help="the configuration to start from")
     common.add_argument("--config", metavar="YAML", help="YAML file overriding the preset")
     common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one option, e.g. --set train.epochs=5")

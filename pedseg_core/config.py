@@ -211,13 +211,12 @@ class FederationConfig(Section):
     multikrum_selected: AtLeastOne = 2  # multikrum: how many of the updates closest to the others are averaged
     secure_aggregation: bool = False  # SecAgg+: the server learns only the mean of the sites' shared weights
     message_dtype: MessageDtype = "fp16"  # shared weights travel in fp16 (down: rounded; up: the update; measured
-    # to cost no Dice, see README), or fp32; see pedseg_core.message_dtype; under secure_aggregation they travel
-    # as SecAgg+ carries them
+    # to cost no Dice: benchmarks/RESULTS.md, precision_dice), or fp32; see pedseg_core.message_dtype; under
+    # secure_aggregation they travel as SecAgg+ carries them
     pack_arrays: bool = True  # each record's arrays travel packed into one Array: a few objects per message
     # instead of one per tensor (pedseg_core.packed_arrays); off under secure_aggregation, which carries its own
-    cached_sites: Annotated[int, rule(lambda v: v >= 0, "0 or more")] = 3  # site trainers a client process keeps
-    # between messages (a simulation actor serves several virtual sites; a deployed SuperNode starts a process
-    # per message, so nothing is kept there)
+    cached_sites: Annotated[int, rule(lambda v: v >= 0, "0 or more")] = 3  # site algorithms a client process keeps
+    # between messages (a site's warm worker, or a simulation actor serving several virtual sites)
 
     @model_validator(mode="after")
     def _mean_under_secure_aggregation(self) -> FederationConfig:
@@ -227,10 +226,12 @@ class FederationConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _enough_sites_for_bulyan(self) -> FederationConfig:
-        if self.aggregation == "bulyan" and self.min_nodes < 4 * self.malicious_sites + 3:
-            raise refuse(f"federation.aggregation bulyan needs federation.min_nodes of at least 4 x malicious_sites "
-                         f"+ 3 = {4 * self.malicious_sites + 3}, got {self.min_nodes}")
+    def _enough_sites_for_the_robust_rule(self) -> FederationConfig:
+        """Krum's guarantee needs n >= 2f + 3 updates, Bulyan's n >= 4f + 3 (f: the malicious sites)."""
+        factor = {"krum": 2, "multikrum": 2, "bulyan": 4}.get(self.aggregation)
+        if factor and self.min_nodes < factor * self.malicious_sites + 3:
+            raise refuse(f"federation.aggregation {self.aggregation} needs federation.min_nodes of at least "
+                         f"{factor} x malicious_sites + 3 = {factor * self.malicious_sites + 3}, got {self.min_nodes}")
         return self
 
     def num_rounds(self, train: TrainConfig) -> int:
@@ -393,7 +394,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
-        raise PedsegError(f"{path}: cannot read config: {err.strerror}") from None
+        raise PedsegError(f"{path}: cannot read it: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise PedsegError(f"{path}: not a YAML text file (it is not UTF-8 text)") from None
     except yaml.YAMLError as err:
         raise PedsegError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
     if values is None:

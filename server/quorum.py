@@ -25,7 +25,7 @@ def wait_for_quorum(grid: Grid, min_nodes: int, timeout: float, what: str) -> li
     deadline = time.monotonic() + timeout
     while len(nodes := sorted(grid.get_node_ids())) < min_nodes:
         if time.monotonic() >= deadline:
-            raise QuorumNotReached(f"{what}: {len(nodes)} of the {min_nodes} sites needed (min-nodes) were connected "
+            raise QuorumNotReached(f"{what}: {len(nodes)} of the {min_nodes} sites needed (min-sites) were connected "
                                    f"after {timeout:.0f} s (quorum-timeout); the run ends")
         time.sleep(POLL_SECONDS)
     return nodes

@@ -23,10 +23,12 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
+from client.approved_app import own_app
 from flower_common.run_config import run_config_with_document
 from pedseg_core.config import PRIOR_SCHEMES, PedsegConfig
 from pedseg_core.data.validate import check_dataset
@@ -42,7 +44,6 @@ from server.run_state import load_run_state
 from simulations.run_pki import RunPKI, make_run_pki
 from simulations.site_dirs import site_state_dir
 
-APP_DIR = Path(__file__).resolve().parents[1]  # the project root: pyproject.toml with [tool.flwr.app]
 CONNECTION = "pedseg-local"
 POLL_SECONDS = 2.0
 STARTUP_TIMEOUT = 60.0
@@ -229,7 +230,7 @@ class LocalLaunch:
     keep_sent: bool = False
     insecure: bool = False
     policy: str = ""  # every site's privacy policy (a YAML file); "" = the default policy
-    app_dir: str = str(APP_DIR)  # the Flower app: pedseg's own, or a project that extends it
+    app_dir: str = ""  # the Flower app: "" = pedseg's own (`own_app`), or a project that extends it
     app_keys: dict[str, str] = field(default_factory=dict)  # that project's own run-config keys
 
     def save(self, run_dir: Path) -> None:
@@ -275,7 +276,7 @@ def with_quorum(cfg: PedsegConfig, sites: list[str]) -> PedsegConfig:
 def federate_local(data: dict[str, Path], out: Path, cfg: PedsegConfig,
                    joints: dict[str, str] | None = None, threads: int = 0, keep_sent: bool = False,
                    progress: bool = True, insecure: bool = False, policy: Path | None = None,
-                   app_dir: Path = APP_DIR, app_keys: dict[str, str] | None = None) -> dict:
+                   app_dir: Path | None = None, app_keys: dict[str, str] | None = None) -> dict:
     """Run a loopback federation of the resolved configuration `cfg` with one site per `data` entry (site ->
     dataset; `joints` maps sites to joints, default: the site's name); returns results.json. By default the
     SuperLink runs TLS with a private CA in RUN/pki/ and admits only the sites whose keys it registered;
@@ -286,8 +287,8 @@ def federate_local(data: dict[str, Path], out: Path, cfg: PedsegConfig,
     out = prepare_run_dir(out)
     launch = LocalLaunch({site: str(Path(path).resolve()) for site, path in data.items()},
                          {site: (joints or {}).get(site, site) for site in data}, threads, keep_sent,
-                         insecure, str(Path(policy).resolve()) if policy else "", str(Path(app_dir).resolve()),
-                         dict(app_keys or {}))
+                         insecure, str(Path(policy).resolve()) if policy else "",
+                         str(Path(app_dir).resolve()) if app_dir else "", dict(app_keys or {}))
     launch.save(out)
     pki = None if insecure else make_run_pki(out / "pki", list(data))
     progress_shown = RunProgress(prior_rounds(cfg), cfg.federation.num_rounds(cfg.train), progress)
@@ -338,9 +339,16 @@ def run_local(launch: LocalLaunch, out: Path, pki: RunPKI | None, sites: list[st
                 *(["--keep-sent"] if launch.keep_sent else []), *(["--policy", launch.policy] if launch.policy else []),
             ], flower_env(site_state_dir(out, site) / "flwr-home"))
         config = run_config_with_document(cfg, {**launch.app_keys, **run_dir_config})
-        return submit_and_follow(fed, Path(launch.app_dir), config, sites, progress)
+        with app_folder(launch.app_dir) as app_dir:
+            return submit_and_follow(fed, app_dir, config, sites, progress)
     finally:
         fed.stop_all()
+
+
+def app_folder(app_dir: str) -> AbstractContextManager[Path]:
+    """The folder `flwr run` builds the app from: `app_dir`, or "" for pedseg's own (a wheel install has none on
+    disk: `own_app` makes one for the run)."""
+    return nullcontext(Path(app_dir)) if app_dir else own_app()
 
 
 def prepare_run_dir(out: Path) -> Path:

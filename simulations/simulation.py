@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from client.approved_app import own_app
 from flower_common.run_config import run_config_with_document
 from pedseg_core.config import PedsegConfig
 from pedseg_core.policy import SitePolicy
 from simulations.local import (
-    APP_DIR,
     INSECURE_WARNING,
     LocalFederation,
     RunProgress,
@@ -104,7 +104,8 @@ def federate_simulation(data: dict[str, Path], out: Path, cfg: PedsegConfig,
         gpus = gpus_per_site * len(table) if ray_address else torch.cuda.device_count()
         start_superlink(fed, pki, simulation=True, connection_extra=simulation_options(
             len(table), cpus_per_site, cpus, gpus, on_cluster=bool(ray_address)))
-        return submit_and_follow(fed, APP_DIR, config, [],
-                                 RunProgress(prior_rounds(cfg), cfg.federation.num_rounds(cfg.train), progress))
+        with own_app() as app_dir:
+            return submit_and_follow(fed, app_dir, config, [],
+                                     RunProgress(prior_rounds(cfg), cfg.federation.num_rounds(cfg.train), progress))
     finally:
         fed.stop_all()  # the SuperLink's guard also stops Ray's processes, which are re-parented to it

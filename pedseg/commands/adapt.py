@@ -25,10 +25,9 @@ def adapt(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("adapt", help="a model for a hospital that did not take part: the federation's shared "
                             "filters plus a few labelled cases of its joint train its own norms and head")
-    parser.add_argument("--checkpoint", "--weights", required=True, metavar="GLOBAL_FINAL.pt",
-                        help="the federation's shared weights (a federated RUN/checkpoints/global_final.pt; "
-                             "--weights is the old name)")
-    parser.add_argument("--joint", required=True, help="the new site's joint (ankle, knee, shoulder)")
+    parser.add_argument("--checkpoint", required=True, metavar="GLOBAL_FINAL.pt",
+                        help="the federation's shared weights (a federated RUN/checkpoints/global_final.pt)")
+    parser.add_argument("--joint", required=True, help="the new site's joint, e.g. knee or spine")
     parser.add_argument("--data", required=True, metavar="DIR", help="the new site's nnU-Net dataset (its labelled "
                         "training cases train; its labelsTs, or a held-out part of its training cases, evaluate)")
     parser.add_argument("--out", required=True, metavar="RUN", help="a new run folder, never overwritten: "

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from pedseg.options import mlflow_settings, parse_site_args, run_options, whole_number
-from pedseg_core.config import FEDERATED_SCHEMES, FederationConfig, PedsegConfig, build_config, parse_overrides
+from pedseg_core.config import (
+    DEFAULT_PRESET,
+    FEDERATED_SCHEMES,
+    FederationConfig,
+    PedsegConfig,
+    build_config,
+    parse_overrides,
+)
 from pedseg_core.errors import PedsegError
 
 
@@ -18,9 +25,9 @@ def federate(args: argparse.Namespace) -> int:
     if args.resume:
         if args.simulation:
             raise PedsegError("--resume RUN continues a --local run: drop --simulation")
-        if args.data or args.out or args.policy:
-            raise PedsegError("--resume RUN continues with the run's own sites, directory and policy: drop "
-                              "--data/--out/--policy")
+        if given := [name for name, default in resume_refuses().items() if getattr(args, name) != default]:
+            raise PedsegError(f"--resume RUN continues with the run's own sites, directory, policy and settings: "
+                              f"drop --{given[0].replace('_', '-')}")
         from simulations.local import resume_local
 
         results = resume_local(Path(args.resume))
@@ -49,6 +56,15 @@ def federate(args: argparse.Namespace) -> int:
         results = federate_local(sites, Path(args.out), cfg, joints=joints, threads=args.threads,
                                  insecure=args.insecure, policy=Path(args.policy) if args.policy else None)
     return _report_federation(results, Path(args.out))
+
+
+def resume_refuses() -> dict[str, object]:
+    """The options a resumed run takes from its own records (RUN/config.yaml, RUN/federation.json), with the
+    value each has when not given."""
+    return {"data": None, "out": None, "policy": None, "config": None, "set": [], "mlflow": None, "rounds": None,
+            "min_sites": None, "secure_aggregation": False, "insecure": False, "preset": DEFAULT_PRESET,
+            "scheme": PedsegConfig.model_fields["scheme"].default,
+            "strategy": FederationConfig.model_fields["strategy"].default}
 
 
 SIMULATION_OPTIONS = {"sites_per_joint": 1, "cpus_per_site": 1, "ray_address": None, "gpus_per_site": 0.0}

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pedseg.options import parse_data_args, whole_number
+from pedseg_core.config import DEFAULT_PRESET, PRESETS
 
 
 def reproduce(args: argparse.Namespace) -> int:
@@ -26,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", action="append", required=True, metavar="JOINT=DIR",
                         help="a joint's nnU-Net dataset; repeat for each joint")
     parser.add_argument("--out", required=True, metavar="DIR", help="reproduction folder (a re-run resumes it)")
-    parser.add_argument("--preset", default="small", help="the configuration to start from: tiny | demo | small | "
-                        "paper")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                        help="the configuration to start from")
     parser.add_argument("--folds", type=whole_number(1), default=1, metavar="K",
                         help="K > 1: K-fold cross-validation over the training cases; 1: the labelsTs split")
     parser.add_argument("--cells", help="comma-separated subset of cells, e.g. centralized-full,"

@@ -15,8 +15,8 @@ def train(args: argparse.Namespace) -> int:
     from pedseg_core.train.centralized import train_centralized
 
     overrides = parse_overrides([*args.set, *mlflow_settings(args.mlflow)])
-    overrides["scheme"] = args.scheme
-    cfg = build_config(args.preset, Path(args.config) if args.config else None, overrides)
+    cfg = build_config(args.preset, Path(args.config) if args.config else None, overrides,
+                       {"scheme": args.scheme})  # as in `federate`: the YAML file and --set win over the flag
     results = train_centralized(parse_data_args(args.data), cfg, Path(args.out))
     print(results_table(results))
     print(f"run directory: {args.out}")

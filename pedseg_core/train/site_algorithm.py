@@ -61,8 +61,8 @@ class SiteAlgorithm:
         trainer = self.trainer
         if (dp := self.settings.policy.dp) is not None:  # DP-SGD on the accountant of its earlier rounds
             trainer.use_privacy(dp, request.num_rounds, self.store.load_privacy())
-        if request.head is not None:  # the head pooled over this joint's sites (domain-wise aggregation)
-            trainer.load_private(request.head)
+        if request.head is not None and self._granted(request.share_head).share_head:  # the joint's pooled head
+            trainer.load_received(request.head, trainer.head_state(), "its head")
         evaluation = None
         if request.evaluate_first:  # the personalized model on the global weights of the previous round
             evaluation = self.evaluate(EvaluateRequest(request.shared, request.server_round - 1))

@@ -159,7 +159,7 @@ def test_three_sites_complete_a_run(operator, datasets, tmp_path):
                                  operator.certs / "ca.crt", key)
         sites[joint] = start_site(tmp_path, env_file)
     out = tmp_path / "run"
-    config = (f'preset="tiny" scheme="multi-domain" num-server-rounds=1 min-nodes=3 out-dir="{out}" '
+    config = (f'preset="tiny" scheme="multi-domain" rounds=1 min-sites=3 out-dir="{out}" '
               'overrides="train.steps_per_epoch=2"')
     submitted = operator.flwr("run", str(ROOT), "pedseg", "--run-config", config, "--format", "json")
     run_id = json.loads(submitted.stdout)["run-id"]

@@ -25,7 +25,7 @@ def test_a_value_with_a_space_crosses_into_flower_whole():
 
 def test_the_document_wins_over_pyprojects_keys():
     document = run_config_with_document(build_config("tiny", overrides={"federation": {"strategy": "fedprox"}}), {})
-    run = {**document, "strategy": "fedavg", "preset": "small", "num-server-rounds": 0}
+    run = {**document, "strategy": "fedavg", "preset": "small", "rounds": 0}
     cfg = config_from_run_config(run)
     assert cfg.federation.strategy == "fedprox" and cfg.preset == "tiny"
 
@@ -49,4 +49,4 @@ def test_pyproject_repeats_no_default_the_presets_own():
     table = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"]
     assert set(RUN_CONFIG_FIELDS) <= set(table) and all(value == "" for value in table.values())
     assert config_from_run_config(table) == build_config(DEFAULT_PRESET)
-    assert config_from_run_config({**table, "evaluate-every": 2, "min-nodes": 3}).federation.min_nodes == 3
+    assert config_from_run_config({**table, "evaluate-every": 2, "min-sites": 3}).federation.min_nodes == 3

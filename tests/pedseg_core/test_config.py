@@ -16,8 +16,8 @@ from pedseg_core.errors import PedsegError
 
 
 def test_run_config_maps_onto_the_typed_config():
-    cfg = config_from_run_config({"preset": "tiny", "num-server-rounds": 3, "strategy": "fedprox",
-                                  "proximal-mu": 0.1, "min-nodes": 4, "out-dir": "/x",
+    cfg = config_from_run_config({"preset": "tiny", "rounds": 3, "strategy": "fedprox",
+                                  "proximal-mu": 0.1, "min-sites": 4, "out-dir": "/x",
                                   "overrides": "train.steps_per_epoch=5 data.image_size=96 model.norm=group"})
     assert cfg.preset == "tiny" and cfg.federation.num_rounds(cfg.train) == 3
     assert cfg.federation.strategy == "fedprox" and cfg.federation.proximal_mu == 0.1
@@ -27,13 +27,13 @@ def test_run_config_maps_onto_the_typed_config():
 
 def test_explicit_overrides_win_over_the_run_configs_keys():
     """The run config's keys arrive with pyproject's defaults; `--set` (overrides) is what the user asked for."""
-    cfg = config_from_run_config({"preset": "tiny", "quorum-timeout": 600.0, "min-nodes": 2,
+    cfg = config_from_run_config({"preset": "tiny", "quorum-timeout": 600.0, "min-sites": 2,
                                   "overrides": "federation.quorum_timeout=10 federation.min_nodes=3"})
     assert (cfg.federation.quorum_timeout, cfg.federation.min_nodes) == (10, 3)
 
 
 def test_zero_rounds_means_the_presets_epochs():
-    cfg = config_from_run_config({"preset": "tiny", "num-server-rounds": 0})
+    cfg = config_from_run_config({"preset": "tiny", "rounds": 0})
     assert cfg.federation.num_rounds(cfg.train) == cfg.train.epochs
 
 
@@ -69,9 +69,9 @@ def test_no_preset_repeats_a_default():
     ({"overrides": "data.image_size=100"}, "multiple of 32"),
     ({"overrides": "train.nope=1"}, "unknown option 'nope'"),
     ({"preset": "huge"}, "preset 'huge' is unknown"),
-    ({"num-server-rounds": -1}, r"federation.rounds must be 0 \(the preset's train.epochs\) or more, got -1"),
+    ({"rounds": -1}, r"federation.rounds must be 0 \(the preset's train.epochs\) or more, got -1"),
     ({"overrides": "federation.evaluate_every=0"}, "federation.evaluate_every must be at least 1, got 0"),
-    ({"min-nodes": 0}, "federation.min_nodes must be at least 1, got 0"),
+    ({"min-sites": 0}, "federation.min_nodes must be at least 1, got 0"),
     ({"quorum-timeout": 0}, "federation.quorum_timeout must be more than 0 seconds"),
     ({"round-timeout": -5}, "federation.round_timeout must be more than 0 seconds"),
     ({"fraction-train": 1.5}, r"federation.fraction_train must be in \(0, 1\], got 1.5"),

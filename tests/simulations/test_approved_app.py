@@ -12,7 +12,8 @@ from client.approved_app import app_hash
 from flower_common.run_config import config_from_run_config
 from pedseg.cli import main as pedseg
 from pedseg_core.audit import read_audit
-from simulations.local import APP_DIR, federate_local
+from simulations.local import federate_local
+from tests.app_folder import APP_DIR
 
 APP_PARTS = ("pedseg_core", "client", "server", "simulations")
 
@@ -39,7 +40,7 @@ def test_a_modified_app_is_refused_by_every_site_before_it_runs(tmp_path, capsys
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"approved_apps:\n  - {approved}\n", encoding="utf-8")
     out = tmp_path / "run"
-    config = config_from_run_config({"preset": "tiny", "num-server-rounds": 1, "overrides": "train.steps_per_epoch=2"})
+    config = config_from_run_config({"preset": "tiny", "rounds": 1, "overrides": "train.steps_per_epoch=2"})
     results = federate_local({"ankle": data / "ankle", "knee": data / "knee"}, out, config, threads=1,
                              progress=False, policy=policy, app_dir=app)
     assert results["sites"] == {}

@@ -21,7 +21,7 @@ from simulations.reproduce import Cell, fold_config
 
 def test_the_quorum_is_every_valid_site_unless_the_configuration_sets_one():
     assert with_quorum(config_from_run_config({"preset": "tiny"}), ["a", "b", "c"]).federation.min_nodes == 3
-    asked = config_from_run_config({"preset": "tiny", "min-nodes": 2})
+    asked = config_from_run_config({"preset": "tiny", "min-sites": 2})
     assert with_quorum(asked, ["a", "b", "c"]).federation.min_nodes == 2 and asked.federation.min_nodes == 2
     with pytest.raises(PedsegError, match=r"--min-sites 2: only 1 site\(s\) have a valid dataset"):
         with_quorum(asked, ["a"])

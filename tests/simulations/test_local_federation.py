@@ -23,7 +23,8 @@ from pedseg_core.config import build_config
 from pedseg_core.data.geometry import through_plane_axis
 from pedseg_core.model.partition import split_state_dict
 from pedseg_core.model.unet import MultiDomainUNet
-from simulations.local import APP_DIR, federate_local
+from simulations.local import federate_local
+from tests.app_folder import APP_DIR
 from tests.process_checks import family, wait_gone
 
 JOINTS = ("ankle", "knee", "shoulder")
@@ -42,7 +43,7 @@ def federation(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "fed"
     sites = {j: data / j for j in JOINTS} | {"broken": broken}
     # fp32 messages: the weighted-mean check below is exact (fp16 messages: test_simulation.py)
-    config = config_from_run_config({"preset": "tiny", "num-server-rounds": ROUNDS, "strategy": "fedavg",
+    config = config_from_run_config({"preset": "tiny", "rounds": ROUNDS, "strategy": "fedavg",
                                      "message-dtype": "fp32", "overrides": f"train.steps_per_epoch={STEPS}"})
     results = federate_local(sites, out, config, threads=1, keep_sent=True, progress=False)
     return out, results, truncated
@@ -270,7 +271,7 @@ def federate_two_joints(tmp_path, joints, scheme, overrides, policy=None):
     """Synthesize two joints (2 training cases each) and run a 2-round tiny federation of `scheme` on them."""
     data = tmp_path / "data"
     assert pedseg(["data", "synth", str(data), "--joints", ",".join(joints), "--train", "2", "--test", "1"]) == 0
-    config = config_from_run_config({"preset": "tiny", "scheme": scheme, "num-server-rounds": 2,
+    config = config_from_run_config({"preset": "tiny", "scheme": scheme, "rounds": 2,
                                      "overrides": f"train.steps_per_epoch=2 contrastive.min_prototype_slices=16 "
                                                   f"{overrides}".strip()})
     return federate_local({j: data / j for j in joints}, tmp_path / "run", config, threads=1, progress=False,
@@ -294,7 +295,7 @@ def test_sites_of_one_joint_pool_their_heads_and_keep_their_norms(tmp_path):
     split_dataset(data / "knee", [tmp_path / "knee-a", tmp_path / "knee-b"])
     sites = {"ankle": data / "ankle", "knee-a": tmp_path / "knee-a", "knee-b": tmp_path / "knee-b"}
     joints = {"ankle": "ankle", "knee-a": "knee", "knee-b": "knee"}
-    config = config_from_run_config({"preset": "tiny", "num-server-rounds": 3, "overrides": "train.steps_per_epoch=2"})
+    config = config_from_run_config({"preset": "tiny", "rounds": 3, "overrides": "train.steps_per_epoch=2"})
     out = tmp_path / "run"
     results = federate_local(sites, out, config, joints=joints, threads=1, keep_sent=True, progress=False)
     assert {s: r["joint"] for s, r in results["sites"].items()} == joints
@@ -349,7 +350,7 @@ def test_a_new_hospital_adapts_the_federation_model(federation, tmp_path, capsys
     weights = out / "checkpoints" / "global_final.pt"
     shared = torch.load(weights, weights_only=True)["shared_state_dict"]
     frozen, tuned = tmp_path / "frozen", tmp_path / "tuned"
-    common = ["adapt", "--weights", str(weights), "--joint", "knee", "--data", str(data), "--steps", "3"]
+    common = ["adapt", "--checkpoint", str(weights), "--joint", "knee", "--data", str(data), "--steps", "3"]
     assert pedseg([*common, "--out", str(frozen), "--cases", "1", "--site", "new-knee"]) == 0
     assert pedseg([*common, "--out", str(tuned), "--fine-tune-shared"]) == 0
     results = json.loads((frozen / "results.json").read_text(encoding="utf-8"))
@@ -369,6 +370,7 @@ def test_a_new_hospital_adapts_the_federation_model(federation, tmp_path, capsys
                    "--input", str(data / "imagesTs"), "--out", str(pred)]) == 0
     assert len(list(pred.iterdir())) == 1
     capsys.readouterr()
-    assert pedseg([*common, "--weights", str(frozen / "checkpoints" / "final.pt"), "--out", str(tmp_path / "x")]) == 2
+    frozen_model = frozen / "checkpoints" / "final.pt"
+    assert pedseg([*common, "--checkpoint", str(frozen_model), "--out", str(tmp_path / "x")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert "final.pt: not a federation's shared weights" in line

@@ -22,7 +22,7 @@ def test_a_dp_policy_spends_at_most_its_epsilon(tmp_path):
     assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "3", "--test", "1"]) == 0
     policy = tmp_path / "policy.yaml"
     policy.write_text("dp:\n  epsilon: 8.0\n  delta: 1.0e-5\n  max_grad_norm: 1.0\n", encoding="utf-8")
-    config = config_from_run_config({"preset": "tiny", "scheme": "full", "num-server-rounds": ROUNDS,
+    config = config_from_run_config({"preset": "tiny", "scheme": "full", "rounds": ROUNDS,
                                      "overrides": "train.steps_per_epoch=3 model.norm=group prior.epochs=2 "
                                                   "prior.steps_per_epoch=3"})
     out = tmp_path / "run"

@@ -15,7 +15,8 @@ import torch
 
 from flower_common.run_config import config_from_run_config
 from pedseg.cli import main as pedseg
-from simulations.local import APP_DIR, federate_local
+from simulations.local import federate_local
+from tests.app_folder import APP_DIR
 
 JOINTS = ("ankle", "knee", "shoulder")
 ROUNDS = 2
@@ -43,7 +44,7 @@ def test_the_server_learns_only_the_mean_of_the_shared_weights(tmp_path):
     data = tmp_path / "data"
     assert pedseg(["data", "synth", str(data), "--joints", ",".join(JOINTS), "--train", "2", "--test", "1"]) == 0
     out = tmp_path / "run"
-    config = config_from_run_config({"preset": "tiny", "scheme": "multi-domain", "num-server-rounds": ROUNDS,
+    config = config_from_run_config({"preset": "tiny", "scheme": "multi-domain", "rounds": ROUNDS,
                                      "secure-aggregation": True, "overrides": "train.steps_per_epoch=2"})
     results = federate_local({j: data / j for j in JOINTS}, out, config, threads=1, keep_sent=True,
                              progress=False, app_dir=recording_app_dir(tmp_path))

@@ -21,7 +21,7 @@ def test_virtual_sites_split_each_joint(tmp_path):
 def test_simulation_matches_the_local_contract_with_fp16_messages(tmp_path):
     data = tmp_path / "data"
     assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "4", "--test", "1"]) == 0
-    config = config_from_run_config({"preset": "tiny", "scheme": "multi-domain", "num-server-rounds": 2,
+    config = config_from_run_config({"preset": "tiny", "scheme": "multi-domain", "rounds": 2,
                                      "message-dtype": "fp16", "overrides": "train.steps_per_epoch=2"})
     out = tmp_path / "run"
     results = federate_simulation({j: data / j for j in ("ankle", "knee")}, out, config, sites_per_joint=2,

@@ -20,7 +20,6 @@ from pedseg.cli import main as pedseg
 from pedseg_core.processes.flower_env import flower_env
 from pedseg_core.processes.ports import free_port
 from simulations.local import (
-    APP_DIR,
     LocalFederation,
     RunProgress,
     follow_run,
@@ -32,6 +31,7 @@ from simulations.local import (
     write_connection,
 )
 from simulations.run_pki import make_run_pki
+from tests.app_folder import APP_DIR
 from tests.process_checks import family, wait_gone
 
 STEPS = 3
@@ -138,7 +138,7 @@ def test_without_the_quorum_the_run_ends_with_a_clear_message(data, tmp_path):
             pass
     _, stderr = run.communicate(timeout=400)
     assert run.returncode == 2 and "Traceback" not in stderr
-    assert "1 of the 2 sites needed (min-nodes) were connected after 10 s (quorum-timeout); the run ends" in stderr
+    assert "1 of the 2 sites needed (min-sites) were connected after 10 s (quorum-timeout); the run ends" in stderr
     assert lines(out)[-1]["event"] == "run-ended"
 
 
@@ -208,7 +208,7 @@ def test_a_superlink_restarted_with_its_database_continues_the_run(data, tmp_pat
     pki = make_run_pki(out / "pki", sites)
     port = free_port()
     command = [*superlink_command(port, pki), "--database", str(tmp_path / "superlink.db")]
-    config = {"preset": "tiny", "scheme": "multi-domain", "num-server-rounds": 5, "min-nodes": 2,
+    config = {"preset": "tiny", "scheme": "multi-domain", "rounds": 5, "min-sites": 2,
               "overrides": f"train.steps_per_epoch={STEPS}", "out-dir": str(out)}
 
     def start_superlink() -> subprocess.Popen:

@@ -17,7 +17,8 @@ from pedseg.cli import main as pedseg
 from pedseg_core.config import build_config
 from pedseg_core.model.partition import split_for_scheme
 from pedseg_core.model.unet import build_model
-from simulations.local import APP_DIR, federate_local
+from simulations.local import federate_local
+from tests.app_folder import APP_DIR
 
 CORRUPTIONS = {"2": "nan", "3": "shape", "4": "inflate", "5": "foreign", "6": "scale", "7": "no-site"}
 REASONS = {"nan": "holds non-finite values", "shape": "expected float32", "inflate": "exceeds the 12 this site "
@@ -43,7 +44,7 @@ def corrupting_app_dir(root: Path) -> Path:
 def test_every_corrupted_update_is_rejected_and_the_run_completes(tmp_path):
     data = tmp_path / "data"
     assert pedseg(["data", "synth", str(data), "--joints", "ankle,knee", "--train", "2", "--test", "1"]) == 0
-    config = config_from_run_config({"preset": "tiny", "scheme": "multi-domain", "num-server-rounds": 7,
+    config = config_from_run_config({"preset": "tiny", "scheme": "multi-domain", "rounds": 7,
                                      "overrides": "train.steps_per_epoch=3"})
     out = tmp_path / "run"
     results = federate_local({"ankle": data / "ankle", "knee": data / "knee"}, out, config, threads=1,

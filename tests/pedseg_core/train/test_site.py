@@ -82,3 +82,17 @@ def test_a_round_on_the_gpu_returns_cpu_weights(write_dataset):
                                         other_prototypes=[torch.randn(1, cfg.contrastive.dim) for _ in range(3)])
     assert all(v.device.type == "cpu" for v in shared.values()) and stats["loss"] > 0
     assert site.evaluate(shared)["cases"] == 1
+
+
+@pytest.mark.parametrize("part", ["norm", "head"])
+def test_a_server_cannot_overwrite_the_private_layers(site, part):
+    """Arrays the server sends are loaded only where they are shared weights (or the pooled head): a private
+    norm or head key among them is refused, and the site's private layers stay as they were."""
+    private = site.private_state()
+    key = next(k for k in private if ("head" in k) == (part == "head"))
+    hostile = {**site.shared_state(), key: torch.full_like(private[key], 7.0)}
+    with pytest.raises(PedsegError, match=f"not shared weights of this model, e.g. {key}"):
+        site.train_round(hostile, 1, 2)
+    with pytest.raises(PedsegError, match="not shared weights"):
+        site.evaluate(hostile)
+    torch.testing.assert_close(site.private_state()[key], private[key])
