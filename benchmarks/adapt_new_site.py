@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from flower_common.run_config import config_from_run_config
+from pedseg_core.data.nnunet import DATASET_JSON, read_dataset, read_dataset_json, write_dataset_json
 from pedseg_core.train.adapt import adapt_site
 from simulations.simulation import federate_simulation
 
@@ -32,18 +33,18 @@ LEFT_OUT = "knee"
 def split_joint(dataset: Path, inside: Path, outside: Path) -> None:
     """The joint's training cases halved between the federation's site and the left-out hospital; both keep the
     joint's test cases."""
-    cases = sorted(p.name.removesuffix("_0000.nii.gz") for p in (dataset / "imagesTr").glob("*_0000.nii.gz"))
+    cases = read_dataset(dataset).train
     half = len(cases) // 2
     for target, part in ((inside, cases[:half]), (outside, cases[half:])):
-        if (target / "dataset.json").is_file():
+        if (target / DATASET_JSON).is_file():
             continue
         shutil.copytree(dataset, target, ignore=shutil.ignore_patterns("imagesTr", "labelsTr"))
-        for folder, suffix in (("imagesTr", "_0000.nii.gz"), ("labelsTr", ".nii.gz")):
+        for folder in ("imagesTr", "labelsTr"):
             (target / folder).mkdir()
-            for case in part:
-                shutil.copy2(dataset / folder / f"{case}{suffix}", target / folder / f"{case}{suffix}")
-        meta = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
-        (target / "dataset.json").write_text(json.dumps({**meta, "numTraining": len(part)}, indent=2), encoding="utf-8")
+        for case in part:
+            shutil.copy2(case.image, target / "imagesTr" / case.image.name)
+            shutil.copy2(case.label, target / "labelsTr" / case.label.name)
+        write_dataset_json(target, {**read_dataset_json(dataset), "numTraining": len(part)})
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="pedseg-bench-"))
     data = out / "data"
-    if not (data / "shoulder" / "dataset.json").is_file():
+    if not (data / "shoulder" / DATASET_JSON).is_file():
         subprocess.run([sys.executable, "-m", "simulations.heldout_phantoms", str(data), "--seed", "7"], check=True,
                        stdout=subprocess.DEVNULL)
     inside, outside = out / f"{LEFT_OUT}-federation", out / f"{LEFT_OUT}-left-out"

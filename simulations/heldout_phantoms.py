@@ -19,13 +19,14 @@ Writes OUT/{ankle,knee,shoulder}/ with dataset.json, imagesTr, labelsTr, imagesT
 """
 
 import argparse
-import json
 import os
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from pedseg_core.data.nnunet import FILE_ENDING, image_file, label_file, mri_dataset_json, write_dataset_json
 
 F32 = np.float32
 
@@ -455,21 +456,13 @@ def main():
             os.makedirs(os.path.join(root, sub), exist_ok=True)
         labels = {"background": 0}
         labels.update({name: label for name, label, _ in JOINTS[joint]["bones"] if label > 0})
-        dataset = {
-            "name": "SynthPed" + joint.capitalize(),
-            "channel_names": {"0": "MRI"},
-            "labels": labels,
-            "numTraining": args.train,
-            "file_ending": ".nii.gz",
-        }
-        with open(os.path.join(root, "dataset.json"), "w", encoding="utf-8") as f:
-            json.dump(dataset, f, indent=2)
+        write_dataset_json(root, mri_dataset_json("SynthPed" + joint.capitalize(), labels, args.train))
         for ci in range(args.train + args.test):
             rng = np.random.default_rng([args.seed, ji, ci])
             img, lab, A, info = make_case(joint, rng, not args.no_distractors)
             case, tr = f"{joint}_{ci:03d}", ci < args.train
-            save(img, A, os.path.join(root, "imagesTr" if tr else "imagesTs", case + "_0000.nii.gz"))
-            save(lab, A, os.path.join(root, "labelsTr" if tr else "labelsTs", case + ".nii.gz"))
+            save(img, A, os.path.join(root, "imagesTr" if tr else "imagesTs", image_file(case, FILE_ENDING)))
+            save(lab, A, os.path.join(root, "labelsTr" if tr else "labelsTs", label_file(case, FILE_ENDING)))
             print(
                 f"{case} {'Tr' if tr else 'Ts'} shape={info['shape']} sp={info['sp']:.3f} thk={info['thk']:.2f} "
                 f"scale={info['scale']:.2f}",

@@ -31,7 +31,6 @@ listed in ``ImportReport.skipped``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,9 +43,16 @@ from pydicom.errors import InvalidDicomError
 
 from pedseg_core import __version__
 from pedseg_core.data.joints import joint_labels
+from pedseg_core.data.nnunet import (
+    DATASET_JSON,
+    FILE_ENDING,
+    NIFTI_ENDINGS,
+    dataset_json_text,
+    image_file,
+    mri_dataset_json,
+)
 from pedseg_core.errors import DatasetError, PedsegError
 
-FILE_ENDING = ".nii.gz"
 SERIES_TSV = "series.tsv"
 SPACING_TOLERANCE = 0.01  # relative: slice steps within 1% of each other are even
 DUPLICATE_MM = 0.01  # slices closer than this share a position
@@ -119,7 +125,7 @@ def import_dicom(dicom_dir: Path, out: Path, joint: str, overwrite: bool = False
     if problems:
         raise DatasetError(dicom_dir, problems)
     cases = [f"{joint}_{number:03d}" for number in range(1, len(series) + 1)]
-    images = [out / "imagesTs" / f"{case}_0000{FILE_ENDING}" for case in cases]
+    images = [out / "imagesTs" / image_file(case, FILE_ENDING) for case in cases]
     _check_outputs(out, images, overwrite)
     return _write(dicom_dir, out, joint, labels, series, cases, images, skipped)
 
@@ -312,11 +318,11 @@ def _check_outputs(out: Path, images: list[Path], overwrite: bool) -> None:
     if (out / "imagesTs").is_dir():
         expected = {path.name for path in images}
         for path in sorted((out / "imagesTs").iterdir()):
-            if path.name.lower().endswith((".nii", ".nii.gz")) and not path.name.startswith(".") \
+            if path.name.lower().endswith(NIFTI_ENDINGS) and not path.name.startswith(".") \
                     and path.name not in expected:
                 raise PedsegError(f"{path}: not part of this import (it has fewer series); remove it or import into "
                                   "a new folder")
-    existing = [path for path in [out / "dataset.json", out / SERIES_TSV, *images] if path.exists()]
+    existing = [path for path in [out / DATASET_JSON, out / SERIES_TSV, *images] if path.exists()]
     if existing and not overwrite:
         raise PedsegError(f"{existing[0]}: already exists ({len(existing)} output file(s) would be overwritten; "
                           "pass overwrite / --overwrite or choose another output folder)")
@@ -345,23 +351,15 @@ def _write(dicom_dir: Path, out: Path, joint: str, labels: dict[str, int], serie
         rows = ["case_id\tsource\tseries_instance_uid"]
         rows += [f"{case.case_id}\t{case.source.relative_to(dicom_dir).as_posix()}\t{case.series_uid}"
                  for case in written]
-        metadata = {
-            "name": joint,
-            "description": f"pediatric {joint} MRI imported from DICOM ({len(written)} series; see {SERIES_TSV})",
-            "channel_names": {"0": "MRI"},
-            "labels": labels,
-            "numTraining": 0,
-            "file_ending": FILE_ENDING,
-            "numTest": len(written),
-            "joint": joint,
-            "generator": f"pedseg dicom import {__version__}",
-        }
+        metadata = mri_dataset_json(
+            joint, labels, 0, f"pediatric {joint} MRI imported from DICOM ({len(written)} series; see {SERIES_TSV})",
+            numTest=len(written), joint=joint, generator=f"pedseg dicom import {__version__}")
         tsv = _write_text(out / SERIES_TSV, "\n".join(rows) + "\n", temporary)
-        meta = _write_text(out / "dataset.json", json.dumps(metadata, indent=2) + "\n", temporary)
+        meta = _write_text(out / DATASET_JSON, dataset_json_text(metadata), temporary)
         for tmp, image in zip(temporary, images):
             os.replace(tmp, image)
         os.replace(tsv, out / SERIES_TSV)
-        os.replace(meta, out / "dataset.json")
+        os.replace(meta, out / DATASET_JSON)
         temporary.clear()
     except OSError as error:
         raise PedsegError(f"{error.filename or out}: cannot write: {error.strerror or error}") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from matplotlib.patches import Patch
 
 from pedseg_core.data.geometry import through_plane_axis, voxel_spacing
 from pedseg_core.data.nifti import read_nifti
+from pedseg_core.data.nnunet import FILE_ENDING, case_id_of_image, image_file, label_file, read_dataset_json
 from pedseg_core.errors import PedsegError
 
 LABEL_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
@@ -24,16 +24,12 @@ ROW_HEIGHT_INCHES = 4.0
 
 def _first_training_case(dataset_dir: Path) -> tuple[dict, Path, Path]:
     """(dataset.json contents, image path, label path) of the dataset's first training case."""
-    try:
-        metadata = json.loads((dataset_dir / "dataset.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise PedsegError(f"{dataset_dir}: cannot read dataset.json ({error})") from error
-    ending = metadata.get("file_ending", ".nii.gz")
-    images = sorted((dataset_dir / "imagesTr").glob(f"*_0000{ending}"))
+    metadata = read_dataset_json(dataset_dir)
+    ending = metadata.get("file_ending", FILE_ENDING)
+    images = sorted((dataset_dir / "imagesTr").glob(image_file("*", ending)))
     if not images:
         raise PedsegError(f"{dataset_dir}: no training images in imagesTr/")
-    case = images[0].name[: -len(f"_0000{ending}")]
-    label = dataset_dir / "labelsTr" / f"{case}{ending}"
+    label = dataset_dir / "labelsTr" / label_file(case_id_of_image(images[0], ending), ending)
     if not label.is_file():
         raise PedsegError(f"{dataset_dir}: training image {images[0].name} has no label {label.name}")
     return metadata, images[0], label

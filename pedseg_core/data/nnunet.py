@@ -1,17 +1,20 @@
-"""Reading nnU-Net v2 raw datasets: dataset.json, image/label pairing and NIfTI volumes. The one place that
-reads a dataset.json (`read_dataset_json`) and that names a case's files (`image_file`, `label_file`,
-`case_id_of_image`)."""
+"""Reading and writing nnU-Net v2 raw datasets: dataset.json, image/label pairing and NIfTI volumes. The one
+place that reads and writes a dataset.json (`read_dataset_json`, `mri_dataset_json`, `write_dataset_json`) and
+that names a case's files (`image_file`, `label_file`, `case_id_of_image`, `case_id_of_label`,
+`case_id_of_file`)."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pedseg_core.errors import DatasetError, PedsegError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+FILE_ENDING = NIFTI_ENDINGS[0]  # the file_ending of every dataset pedseg writes
 REQUIRED_KEYS = ("labels", "channel_names", "file_ending")
 DATASET_JSON = "dataset.json"
 CHANNEL_0 = "_0000"  # nnU-Net's suffix of a case's first (here: only) image channel
@@ -113,16 +116,31 @@ def case_id_of_image(path: Path, file_ending: str) -> str:
 def case_id_of_label(path: Path) -> str:
     """The case id of a label (or predicted label) file: "knee_003.nii.gz" -> "knee_003"."""
     name = Path(path).name
+    case_id = _without_nifti_ending(name)
+    if case_id == name or not case_id:
+        raise PedsegError(f"{path}: label name must end in {' or '.join(NIFTI_ENDINGS)}")
+    return case_id
+
+
+def case_id_of_file(path: Path) -> str:
+    """The case id of an image or a label, whichever it is, for files named by hand (`pedseg predict` inputs,
+    `pedseg evaluate` folders): "knee_003_0000.nii.gz", "knee_003.nii.gz" and "knee_003.nii" -> "knee_003"."""
+    return _without_nifti_ending(Path(path).name).removesuffix(CHANNEL_0)
+
+
+def _without_nifti_ending(name: str) -> str:
+    """The name without its NIfTI ending: "knee_003.nii.gz" -> "knee_003"; any other name as it is."""
     for ending in NIFTI_ENDINGS:
-        if name.endswith(ending) and name != ending:
+        if name.endswith(ending):
             return name[: -len(ending)]
-    raise PedsegError(f"{path}: label name must end in {' or '.join(NIFTI_ENDINGS)}")
+    return name
 
 
 def read_dataset_json(root: Path) -> dict:
-    """The dataset.json of the dataset folder `root` as a JSON object; PedsegError (one line naming the file)
-    when it is missing, unreadable or not an object."""
-    path = Path(root) / DATASET_JSON
+    """The dataset.json of the dataset folder `root` (or the JSON file `root` itself, e.g. `pedseg evaluate
+    --labels`) as a JSON object; PedsegError (one line naming the file) when it is missing, unreadable or not
+    an object."""
+    path = Path(root) if Path(root).is_file() else Path(root) / DATASET_JSON
     if not path.exists():
         raise PedsegError(f"{path}: missing (every nnU-Net dataset needs a dataset.json)")
     try:
@@ -134,6 +152,26 @@ def read_dataset_json(root: Path) -> dict:
     if not isinstance(meta, dict):
         raise PedsegError(f"{path}: must contain a JSON object, found {type(meta).__name__}")
     return meta
+
+
+def mri_dataset_json(name: str, labels: Mapping[str, int], num_training: int, description: str | None = None,
+                     **extra) -> dict:
+    """The dataset.json of a single-channel MRI dataset in pedseg's FILE_ENDING; `extra` keys come last."""
+    about = {"description": description} if description is not None else {}
+    return {"name": name, **about, "channel_names": {"0": "MRI"}, "labels": dict(labels),
+            "numTraining": num_training, "file_ending": FILE_ENDING, **extra}
+
+
+def dataset_json_text(metadata: Mapping) -> str:
+    """dataset.json contents as pedseg writes them: indented JSON and a final newline."""
+    return json.dumps(metadata, indent=2) + "\n"
+
+
+def write_dataset_json(root: Path, metadata: Mapping) -> Path:
+    """Write `metadata` as root/dataset.json (root must exist); returns its path."""
+    path = Path(root) / DATASET_JSON
+    path.write_text(dataset_json_text(metadata), encoding="utf-8")
+    return path
 
 
 def _read_metadata(root: Path, problems: list[str]) -> dict | None:

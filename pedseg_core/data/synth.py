@@ -10,7 +10,6 @@ partial-volume blur and Rician noise, and stored with the joint's anisotropic vo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from scipy import ndimage
 
 from pedseg_core import __version__
 from pedseg_core.data.joints import JOINT_BONES, joint_labels
+from pedseg_core.data.nnunet import FILE_ENDING, image_file, label_file, mri_dataset_json, write_dataset_json
 from pedseg_core.errors import PedsegError
 
 
@@ -571,22 +571,12 @@ def synthesize_joint(out_dir: Path, joint: str, n_train: int, n_test: int, seed:
     for case in range(n_train + n_test):
         image, label, affine = synthesize_case(joint, seed, case)
         split = "Tr" if case < n_train else "Ts"
-        _save(image, affine, out_dir / f"images{split}" / f"{joint}_{case:03d}_0000.nii.gz")
-        _save(label, affine, out_dir / f"labels{split}" / f"{joint}_{case:03d}.nii.gz")
+        _save(image, affine, out_dir / f"images{split}" / image_file(f"{joint}_{case:03d}", FILE_ENDING))
+        _save(label, affine, out_dir / f"labels{split}" / label_file(f"{joint}_{case:03d}", FILE_ENDING))
     protocol = PROTOCOLS[joint]
-    metadata = {
-        "name": joint,
-        "description": f"synthetic pediatric {joint} MRI ({protocol.plane}, {protocol.slice_mm} mm slices)",
-        "channel_names": {"0": "MRI"},
-        "labels": labels,
-        "numTraining": n_train,
-        "file_ending": ".nii.gz",
-        "numTest": n_test,
-        "joint": joint,
-        "generator": f"pedseg synth {__version__}",
-        "seed": seed,
-    }
-    (out_dir / "dataset.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    description = f"synthetic pediatric {joint} MRI ({protocol.plane}, {protocol.slice_mm} mm slices)"
+    write_dataset_json(out_dir, mri_dataset_json(joint, labels, n_train, description, numTest=n_test, joint=joint,
+                                                 generator=f"pedseg synth {__version__}", seed=seed))
     return out_dir
 
 

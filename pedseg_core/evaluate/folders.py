@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -10,10 +9,9 @@ import numpy as np
 
 from pedseg_core.data.geometry import voxel_spacing
 from pedseg_core.data.nifti import read_nifti
-from pedseg_core.data.nnunet import DATASET_JSON
+from pedseg_core.data.nnunet import DATASET_JSON, NIFTI_ENDINGS, case_id_of_file, read_dataset_json
 from pedseg_core.errors import PedsegError
 from pedseg_core.evaluate.metrics import case_metrics, summarize
-from pedseg_core.evaluate.predict import case_name
 from pedseg_core.progress import progress_bar
 
 
@@ -43,10 +41,12 @@ def labels_for(ref_dir: Path, labels_json: Path | None) -> dict[str, int]:
     path = labels_json or ref_dir.parent / DATASET_JSON
     if not path.is_file():
         raise PedsegError(f"{path}: no dataset.json to name the labels (pass --labels DATASET_JSON)")
+    labels = read_dataset_json(path).get("labels")
+    if not isinstance(labels, dict):
+        raise PedsegError(f"{path}: cannot read the 'labels' of dataset.json (missing or not an object)")
     try:
-        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
         return {str(k): int(v) for k, v in labels.items() if int(v) != 0}
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (ValueError, TypeError) as err:
         raise PedsegError(f"{path}: cannot read the 'labels' of dataset.json ({err})") from None
 
 
@@ -55,8 +55,8 @@ def pair_files(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
     for folder in (pred_dir, ref_dir):
         if not folder.is_dir():
             raise PedsegError(f"{folder}: no such folder")
-    preds = {case_name(p): p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii"))}
-    refs = {case_name(p): p for p in ref_dir.iterdir() if p.name.endswith((".nii.gz", ".nii"))}
+    preds = {case_id_of_file(p): p for p in pred_dir.iterdir() if p.name.endswith(NIFTI_ENDINGS)}
+    refs = {case_id_of_file(p): p for p in ref_dir.iterdir() if p.name.endswith(NIFTI_ENDINGS)}
     if not refs:
         raise PedsegError(f"{ref_dir}: no reference label files")
     missing = sorted(set(refs) - set(preds))

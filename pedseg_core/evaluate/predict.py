@@ -12,6 +12,7 @@ import torch
 from pedseg_core.config import DataConfig
 from pedseg_core.data.geometry import voxel_spacing
 from pedseg_core.data.nifti import read_nifti
+from pedseg_core.data.nnunet import FILE_ENDING, NIFTI_ENDINGS, case_id_of_file, case_id_of_label, label_file
 from pedseg_core.data.preprocess import logits_to_volume, prepare_image
 from pedseg_core.device import device_of
 from pedseg_core.errors import PedsegError
@@ -48,23 +49,13 @@ def read_image(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     return img, data
 
 
-def case_name(path: Path) -> str:
-    """imagesTs/knee_003_0000.nii.gz -> knee_003 (nnU-Net channel suffix and extension removed)."""
-    name = path.name
-    for ending in (".nii.gz", ".nii"):
-        if name.endswith(ending):
-            name = name[: -len(ending)]
-            break
-    return name.removesuffix("_0000")
-
-
 def list_images(source: Path) -> list[Path]:
     """A NIfTI file, or every .nii/.nii.gz file in a folder (sorted)."""
     if source.is_file():
         return [source]
     if not source.is_dir():
         raise PedsegError(f"{source}: no such file or folder")
-    images = sorted(p for p in source.iterdir() if p.name.endswith((".nii.gz", ".nii")))
+    images = sorted(p for p in source.iterdir() if p.name.endswith(NIFTI_ENDINGS))
     if not images:
         raise PedsegError(f"{source}: no .nii or .nii.gz images in this folder")
     return images
@@ -72,7 +63,7 @@ def list_images(source: Path) -> list[Path]:
 
 def output_paths(images: Sequence[Path], out_dir: Path, overwrite: bool) -> list[Path]:
     """`out_dir/<case>.nii.gz` per image; refuses to overwrite existing files unless asked."""
-    outputs = [out_dir / f"{case_name(p)}.nii.gz" for p in images]
+    outputs = [out_dir / label_file(case_id_of_file(p), FILE_ENDING) for p in images]
     if len(set(outputs)) != len(outputs):
         raise PedsegError(f"{out_dir}: two inputs would write the same output name")
     existing = [p for p in outputs if p.exists()]
@@ -92,7 +83,7 @@ def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], o
     outputs = output_paths(images, out_dir, overwrite)
     meshes_dir = out_dir / MESHES_FOLDER
     if mesh_bones and not overwrite:  # every mesh a case could get, checked before any prediction
-        existing = [p for out in outputs for p in mesh_paths(meshes_dir, case_name(out), mesh_bones).values()
+        existing = [p for out in outputs for p in mesh_paths(meshes_dir, case_id_of_label(out), mesh_bones).values()
                     if p.exists()]
         if existing:
             raise PedsegError(f"{existing[0]}: already exists ({len(existing)} meshes would be overwritten; "
@@ -108,6 +99,6 @@ def predict_files(model: MultiDomainUNet, domain: int, images: Sequence[Path], o
         header["scl_slope"], header["scl_inter"] = 1.0, 0.0
         nib.save(nib.Nifti1Image(labels.reshape(img.shape), img.affine, header), str(out_path))
         if mesh_bones:
-            meshes += write_meshes(labels.reshape(img.shape), img.affine, mesh_bones, meshes_dir, case_name(out_path),
-                                   overwrite)
+            meshes += write_meshes(labels.reshape(img.shape), img.affine, mesh_bones, meshes_dir,
+                                   case_id_of_label(out_path), overwrite)
     return outputs, meshes

@@ -10,7 +10,7 @@ import numpy as np
 
 from pedseg_core.config import PedsegConfig
 from pedseg_core.data.loading import read_case
-from pedseg_core.data.nnunet import Case
+from pedseg_core.data.nnunet import FILE_ENDING, Case, label_file
 from pedseg_core.evaluate.metrics import case_metrics, summarize
 from pedseg_core.evaluate.predict import predict_volume
 from pedseg_core.model.unet import MultiDomainUNet
@@ -32,7 +32,8 @@ def evaluate_site(model: MultiDomainUNet, domain: int, joint: str, cases: Sequen
         per_case[case.case_id] = case_metrics(pred, label, bones, spacing)
         if pred_dir is not None:
             pred_dir.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(pred.astype(np.uint8), affine), str(pred_dir / f"{case.case_id}.nii.gz"))
+            nib.save(nib.Nifti1Image(pred.astype(np.uint8), affine),
+                     str(pred_dir / label_file(case.case_id, FILE_ENDING)))
     summary = summarize(per_case, bones)
     return {"joint": joint, "cases": len(cases), "dice": summary["dice"], "hd95": summary["hd95"],
             "assd": summary["assd"], "mean_dice": summary["mean_dice"], "per_case": per_case}

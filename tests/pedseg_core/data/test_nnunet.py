@@ -1,4 +1,4 @@
-"""Reading nnU-Net v2 raw datasets: dataset.json parsing, case pairing and NIfTI loading."""
+"""Reading and writing nnU-Net v2 raw datasets: dataset.json, case pairing and NIfTI loading."""
 
 import json
 
@@ -8,12 +8,15 @@ import pytest
 
 from pedseg_core.data.nifti import load_volume
 from pedseg_core.data.nnunet import (
+    case_id_of_file,
     case_id_of_image,
     case_id_of_label,
     image_file,
     label_file,
+    mri_dataset_json,
     read_dataset,
     read_dataset_json,
+    write_dataset_json,
 )
 from pedseg_core.errors import DatasetError, PedsegError
 
@@ -146,6 +149,28 @@ def test_a_cases_file_names_are_named_in_one_place(tmp_path):
     assert case_id_of_label(tmp_path / "knee_003.nii.gz") == case_id_of_label("knee_003.nii") == "knee_003"
     with pytest.raises(PedsegError, match="label name must end in .nii.gz or .nii"):
         case_id_of_label("knee_003.mha")
+
+
+@pytest.mark.parametrize("name, case_id", [("knee_003_0000.nii.gz", "knee_003"), ("knee_003.nii.gz", "knee_003"),
+                                           ("knee_003_0000.nii", "knee_003"), ("scan.mha", "scan.mha")])
+def test_case_id_of_file_takes_an_image_or_a_label(tmp_path, name, case_id):
+    assert case_id_of_file(tmp_path / name) == case_id
+
+
+def test_written_dataset_json_reads_back_as_a_dataset(tmp_path):
+    metadata = mri_dataset_json("knee", {"background": 0, "femur": 1}, 1, "a knee", joint="knee")
+    assert list(metadata) == ["name", "description", "channel_names", "labels", "numTraining", "file_ending",
+                              "joint"]
+    path = write_dataset_json(tmp_path, metadata)
+    assert path == tmp_path / "dataset.json" and path.read_text(encoding="utf-8").endswith("}\n")
+    assert read_dataset_json(tmp_path) == read_dataset_json(path) == metadata
+    for folder in ("imagesTr", "labelsTr"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "imagesTr" / image_file("knee_000", metadata["file_ending"])).touch()
+    (tmp_path / "labelsTr" / label_file("knee_000", metadata["file_ending"])).touch()
+    dataset = read_dataset(tmp_path)
+    assert (dataset.name, dataset.bones, [case.case_id for case in dataset.train]) == ("knee", ["femur"],
+                                                                                        ["knee_000"])
 
 
 @pytest.mark.parametrize("content, message", [
