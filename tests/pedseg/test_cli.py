@@ -121,6 +121,7 @@ def bad_files(tmp_path_factory, run):
     save_atomically(root / "checkpoints" / "global_final.pt", {"format": SHARED_FORMAT})
     (root / "empty.yaml").write_text("", encoding="utf-8")
     (root / "truncated.yaml").write_text("train:\n  epochs: [1,\n", encoding="utf-8")
+    (root / "binary.yaml").write_bytes(b"\x80\x04\x95\xff\xfe")
     return root
 
 
@@ -181,6 +182,8 @@ def bad_files(tmp_path_factory, run):
     (["federate", "--local", "--data", "ankle=D", "--out", "X", "--policy", "none.yaml"], "none.yaml: cannot read"),
     (["federate", "--local", "--data", "ankle=D", "--out", "X", "--policy", "BAD/truncated.yaml"],
      "truncated.yaml: invalid YAML"),
+    (["train", "--data", "ankle=D", "--out", "X", "--config", "BAD/binary.yaml"],
+     "binary.yaml: not a YAML text file"),
     (["no-such-command"], "invalid choice: 'no-such-command'"),
 ])
 def test_bad_options_give_one_clear_line(args, message, data, bad_files, tmp_path, monkeypatch, capsys):
