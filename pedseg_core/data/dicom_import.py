@@ -21,7 +21,10 @@ SimpleITK writes it as the RAS affine (first two world axes negated) in the NIfT
 A series is refused, with one ``"<folder>: series <uid>: <problem>"`` line, when a file of it holds no pixel
 data, its slices differ in size, orientation or pixel spacing, its slice positions have a gap (missing
 slices), are otherwise uneven, repeat (several echoes or time points in one series) or are not stacked along
-the slice normal, or when it is a single 2D slice, a colour image, not MR, or split over several folders.
+the slice normal, or when it is a single 2D slice, a colour image, not MR, split over several folders, or
+declares more voxels (Rows x Columns x frames) than one volume may hold (``nifti.MAX_VOLUME_BYTES``, checked
+before any pixel is read). A deflated file whose dataset inflates to over ``MAX_INFLATED_BYTES`` is refused
+before pydicom inflates it (pydicom inflates a deflated file whole, even to read its header).
 One bad series refuses the whole import (DatasetError listing every problem) and nothing is written. Slices
 missing at either end of a stack cannot be detected. A single multi-frame file is read with SimpleITK's own
 geometry. DICOM files of a series without any pixel data (reports, presentation states) are skipped and
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +44,12 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from pedseg_core import __version__
 from pedseg_core.data.joints import joint_labels
+from pedseg_core.data.nifti import MAX_HEADER_BYTES, MAX_VOLUME_BYTES, volume_bytes
 from pedseg_core.data.nnunet import (
     DATASET_JSON,
     FILE_ENDING,
@@ -60,6 +67,8 @@ STACK_TOLERANCE = 0.05  # in-plane offset between slices allowed, as a fraction 
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines: equal between slices, unit length and orthogonal
 HEADER_TAGS = ["SeriesInstanceUID", "Modality", "Rows", "Columns", "SamplesPerPixel", "NumberOfFrames",
                "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "PixelData"]
+MAX_INFLATED_BYTES = MAX_VOLUME_BYTES // 2 + MAX_HEADER_BYTES  # a deflated file's dataset: int16 voxels + header
+_META_START = 132 + 12  # preamble, "DICM", then (0002,0000) FileMetaInformationGroupLength: tag, VR, length, UL
 
 
 @dataclass(frozen=True)
@@ -144,9 +153,12 @@ def _find_series(dicom_dir: Path) -> tuple[list[_Series], tuple[str, ...], list[
         n_folders += 1
         for path in files:
             try:
-                header = pydicom.dcmread(path, defer_size=1024, specific_tags=HEADER_TAGS)
+                header = _read_header(path)
             except InvalidDicomError:
                 continue  # not DICOM (no "DICM" preamble): notes, scripts, viewers
+            except _Oversized as error:
+                unreadable.append(f"{folder}: {path.name}: {error}")
+                continue
             except Exception as error:  # noqa: BLE001 - pydicom fails on broken files in many ways
                 reason = " ".join(str(error).split()) or type(error).__name__
                 unreadable.append(f"{folder}: {path.name}: cannot read the DICOM header: {reason}")
@@ -178,6 +190,57 @@ def _find_series(dicom_dir: Path) -> tuple[list[_Series], tuple[str, ...], list[
     return series, skipped, unreadable
 
 
+class _Oversized(Exception):
+    """A file that would take more memory to read than the caps allow."""
+
+
+def _read_header(path: Path) -> pydicom.Dataset:
+    """The header tags of one file; the pixel data is only located, never loaded.
+
+    pydicom inflates a deflated file's dataset whole, pixels included: its inflated size is first counted,
+    chunk by chunk, and a file inflating to over MAX_INFLATED_BYTES is refused (_Oversized)."""
+    meta = read_file_meta_info(path)  # InvalidDicomError without the "DICM" preamble
+    if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        length = meta.get("FileMetaInformationGroupLength")
+        if not isinstance(length, int):
+            raise _Oversized("deflated DICOM without FileMetaInformationGroupLength (0002,0000)")
+        if _inflated_size(path, _META_START + length) > MAX_INFLATED_BYTES:
+            raise _Oversized(f"deflated DICOM inflates to over {MAX_INFLATED_BYTES // 2**20} MiB, the cap per file "
+                             "(refused before inflating it)")
+    return pydicom.dcmread(path, defer_size=1024, specific_tags=HEADER_TAGS)
+
+
+def _inflated_size(path: Path, start: int) -> int:
+    """Bytes the raw deflate stream from `start` inflates to, counted up to just over MAX_INFLATED_BYTES."""
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    with path.open("rb") as stream:
+        stream.seek(start)
+        while total <= MAX_INFLATED_BYTES and (pending := stream.read(2**20)):
+            while pending and total <= MAX_INFLATED_BYTES:
+                try:
+                    total += len(inflater.decompress(pending, 2**22))
+                except zlib.error:
+                    return total  # broken: pydicom's own reading reports it
+                pending = inflater.unconsumed_tail
+    return total
+
+
+def _declared_size_problem(headers: list, where: str) -> str | None:
+    """The problem of a series whose Rows x Columns x frames, as pedseg would read it, exceeds
+    MAX_VOLUME_BYTES, checked before any pixel is read; also of malformed Rows, Columns or NumberOfFrames."""
+    try:
+        rows = max(int(header.get("Rows")) for header in headers)
+        columns = max(int(header.get("Columns")) for header in headers)
+        frames = sum(int(header.get("NumberOfFrames") or 1) for header in headers)
+    except (TypeError, ValueError):
+        return f"{where}: missing or malformed Rows, Columns or NumberOfFrames (0028,0010 / 0028,0011 / 0028,0008)"
+    size = volume_bytes((columns, rows, frames), 1)
+    if size <= MAX_VOLUME_BYTES:
+        return None
+    return (f"{where}: declares {columns} x {rows} x {frames} voxels, {size / 2**20:,.0f} MiB as read, over the cap "
+            f"of {MAX_VOLUME_BYTES // 2**20} MiB per volume (refused before reading its pixels)")
+
+
 def _folders(root: Path):
     """(folder, sorted regular non-hidden files) of root and every folder below it that holds files."""
     for folder, dirs, names in os.walk(root):
@@ -203,6 +266,10 @@ def _check_series(folder: Path, uid: str, slices: list, blank: list[Path]) -> _S
     if any(header.get("SamplesPerPixel", 1) != 1 for header in headers):
         series.problems.append(f"{where}: colour image ({headers[0].get('SamplesPerPixel')} samples per pixel); "
                                "pedseg needs grey-scale MRI")
+    oversized = _declared_size_problem(headers, where)
+    if oversized:
+        series.problems.append(oversized)
+        return series
     sizes = Counter((header.get("Columns"), header.get("Rows")) for header in headers)
     if len(sizes) > 1:
         counts = ", ".join(f"{size[0]}x{size[1]} in {count} file(s)" for size, count in sizes.most_common())

@@ -1,17 +1,24 @@
-"""Decompression bombs: a NIfTI's declared size is capped from its header before any voxel is inflated."""
+"""Decompression bombs: a NIfTI's or DICOM's declared size is capped from its header before anything is
+inflated."""
 
 import gzip
 import subprocess
 import sys
+import zlib
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
+from pedseg_core.data.dicom_import import MAX_INFLATED_BYTES, import_dicom
 from pedseg_core.data.nifti import MAX_HEADER_BYTES, MAX_VOLUME_BYTES, read_nifti
 from pedseg_core.errors import DatasetError
 
 BOMB_SHAPE = (1024, 1024, 256)  # float32: 1 GiB of voxels
+MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
 def _write_bomb(path, shape=BOMB_SHAPE, vox_offset=352):
@@ -81,3 +88,64 @@ def test_data_check_of_a_bomb_exits_2_under_400_mb(tmp_path, write_dataset):
     assert status == 2
     assert f"{image}: declared shape 1024 x 1024 x 256" in stderr
     assert peak_kib < 400 * 1024, f"peak {peak_kib / 1024:.0f} MiB"
+
+
+def _deflated_dicom(path, pixel_bytes):
+    """A deflated-syntax MR slice whose PixelData holds `pixel_bytes` zero bytes (streamed: ~1 KB per MB)."""
+    dataset = Dataset()
+    dataset.SOPClassUID = MR_STORAGE
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.9"
+    dataset.Modality = "MR"
+    dataset.SamplesPerPixel, dataset.Rows, dataset.Columns = 1, 512, 512
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = MR_STORAGE
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    dataset.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    start = 132 + 12 + pydicom.filereader.read_file_meta_info(path).FileMetaInformationGroupLength
+    body = zlib.decompress(raw[start:], -zlib.MAX_WBITS)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    pixel_header = b"\xe0\x7f\x10\x00OW\x00\x00" + pixel_bytes.to_bytes(4, "little")
+    with path.open("wb") as out:
+        out.write(raw[:start] + deflater.compress(body + pixel_header))
+        chunk = bytes(2**24)
+        for _ in range(pixel_bytes // 2**24):
+            out.write(deflater.compress(chunk))
+        out.write(deflater.flush())
+    return path
+
+
+def test_deflated_dicom_bomb_is_refused_before_inflating(tmp_path):
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    path = _deflated_dicom(dicom / "IM0001", 2**30)
+    assert path.stat().st_size < 2 * 2**20
+    with pytest.raises(DatasetError) as caught:
+        import_dicom(dicom, tmp_path / "out", "knee")
+    assert caught.value.problems == [f"{dicom}: IM0001: deflated DICOM inflates to over "
+                                     f"{MAX_INFLATED_BYTES // 2**20} MiB, the cap per file (refused before "
+                                     "inflating it)"]
+
+
+def test_small_deflated_dicom_is_read(tmp_path):
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    _deflated_dicom(dicom / "IM0001", 512 * 512 * 2)
+    with pytest.raises(DatasetError, match="a single 2D slice"):  # read, then refused as a series
+        import_dicom(dicom, tmp_path / "out", "knee")
+
+
+def test_dicom_series_declaring_too_many_voxels_is_refused_before_its_pixels(tmp_path):
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    for index in range(3):
+        path = _deflated_dicom(dicom / f"IM{index:04d}", 8)
+        dataset = pydicom.dcmread(path)
+        dataset.Rows = dataset.Columns = 30000
+        dataset.save_as(path)
+    with pytest.raises(DatasetError) as caught:
+        import_dicom(dicom, tmp_path / "out", "knee")
+    (line,) = caught.value.problems
+    assert line.startswith(f"{dicom}: series ") and "declares 30000 x 30000 x 3 voxels, 10,300 MiB as read" in line
