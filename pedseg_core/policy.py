@@ -13,7 +13,22 @@ per_case_metrics: false  # default: only per-bone means and the case count leave
 require_secure_aggregation: false  # true: shared weights leave only masked by SecAgg+
 approved_apps:           # the apps (sha256 of the FAB, `pedseg-client app-hash APP_DIR`) this site runs;
   - 3f2a...              # absent = any app its federation sends (pedseg-client warns)
+# bounds on every request that shapes what leaves (a run outside them is refused, naming the item):
+allowed_schemes: [multi-domain, contrastive, full]  # `shared` sends the site's norms and head: only when listed
+min_batch_size: 4        # slices per step (train.batch_size; prior.batch_size in `full`)
+min_local_steps: 2       # steps per round (train.steps_per_epoch; prior.steps_per_epoch in `full`)
+max_learning_rate: 0.01  # train.learning_rate (and prior.learning_rate in `full`)
+max_image_size: 512      # data.image_size
+max_width: 512           # every width of model.decoder_channels and prior.channels
+max_embedding_dim: 512   # contrastive.hidden and contrastive.dim
+require_augmentation: true  # refuse data.augment false or data.augment_probability 0
+min_eval_cases: 1        # no metric leaves that is a mean over fewer evaluation cases (the issue's aim: 2)
 ```
+
+Never taken from the run config, whatever it says: the evaluation split (`data.folds`, `data.fold`,
+`data.validation_fraction`: the site's own, `pedseg-client` node config `folds`/`fold`), `model.encoder_weights`
+(none), `tracking.*` (none at a site) and `train.device` (the node config's `device`, default auto); see
+`pedseg_core.train.request_bounds`.
 
 A run asks (`Requests`); the site grants what its policy allows and refuses the rest, in words the run's
 metrics.jsonl records: a run may ask for less than a policy allows, never for more.
@@ -27,7 +42,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from pedseg_core.config import load_yaml
+from pedseg_core.config import Scheme, load_yaml
 from pedseg_core.errors import PedsegError
 from pedseg_core.validation_errors import one_line
 
@@ -53,6 +68,16 @@ class SitePolicy(BaseModel):
     per_case_metrics: bool = False
     approved_apps: tuple[AppHash, ...] | None = None  # None: any app; checked outside the app (client/approved_app.py)
     require_secure_aggregation: bool = False  # send shared weights only masked by SecAgg+
+    # bounds on the run's configuration (pedseg_core.train.request_bounds); the defaults admit the presets
+    allowed_schemes: tuple[Scheme, ...] = ("multi-domain", "contrastive", "full")
+    min_batch_size: int = Field(4, ge=1)
+    min_local_steps: int = Field(2, ge=1)  # the tests' federations train 2 steps a round (presets: 10 and more)
+    max_learning_rate: float = Field(0.01, gt=0)
+    max_image_size: int = Field(512, ge=32)
+    max_width: int = Field(512, ge=1)
+    max_embedding_dim: int = Field(512, ge=1)
+    require_augmentation: bool = True
+    min_eval_cases: int = Field(1, ge=1)  # 1 while the tests' phantom sites hold one test case each
 
     def approves(self, fab_hash: str) -> bool:
         return self.approved_apps is None or fab_hash in self.approved_apps
@@ -100,7 +125,17 @@ def describe_policy(policy: SitePolicy) -> str:
     secagg = "; shared weights only under SecAgg+" if policy.require_secure_aggregation else ""
     return (f"{dp}; {prototypes}; head {'may be' if policy.share_head else 'never'} pooled; "
             f"{'per-case metrics allowed' if policy.per_case_metrics else 'no per-case metrics'}{secagg}; "
-            f"runs {apps}")
+            f"runs {apps}; {describe_bounds(policy)}")
+
+
+def describe_bounds(policy: SitePolicy) -> str:
+    """The policy's bounds on a run's configuration, each by its policy item."""
+    return (f"allowed_schemes {', '.join(policy.allowed_schemes) or 'none'}, min_batch_size {policy.min_batch_size}, "
+            f"min_local_steps {policy.min_local_steps}, max_learning_rate {policy.max_learning_rate:g}, "
+            f"max_image_size {policy.max_image_size}, max_width {policy.max_width}, "
+            f"max_embedding_dim {policy.max_embedding_dim}, "
+            f"require_augmentation {str(policy.require_augmentation).lower()}, "
+            f"min_eval_cases {policy.min_eval_cases}")
 
 
 def load_policy(path: Path | None) -> SitePolicy:
