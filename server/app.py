@@ -30,6 +30,7 @@ from server.run_state import RunState, StateWriter, load_run_state
 from server.secure_aggregation import SecureAggregationGrid
 from server.site_query import query_sites, union_labels
 from server.strategy import SharedWeightsStrategy
+from server.update_checks import training_examples
 
 app = ServerApp()
 
@@ -78,7 +79,8 @@ def federate(grid: Grid, cfg: PedsegConfig, run: RunDir, state: RunState) -> Non
         state.arrays, _ = split_for_scheme(build_model([head_classes], cfg.model, projection), cfg.scheme)
     strategy = SharedWeightsStrategy(fed, run, state, num_rounds,
                                      sites={node: (s.site, s.joint) for node, s in sites.items()},
-                                     secure=grid if isinstance(grid, SecureAggregationGrid) else None)
+                                     secure=grid if isinstance(grid, SecureAggregationGrid) else None,
+                                     expected_examples=training_examples(cfg))
 
     writer = StateWriter(run.path)
 

@@ -22,11 +22,11 @@ carries `proximal-mu`. A resumed run (`server.run_state`) continues its round nu
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable
 from logging import INFO
 
-import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -57,24 +57,20 @@ from server.round_log import RoundLog
 from server.run_state import RunState
 from server.secure_aggregation import SecureAggregationGrid
 from server.site_roster import SiteRoster
-from server.update_checks import UpdateChecks
+from server.update_checks import UpdateChecks, in_dtype
 from server.wire import Wire
-
-
-def in_dtype(value: np.ndarray, dtype: str) -> np.ndarray:
-    """`value` as `dtype` (integers rounded to the nearest, not truncated)."""
-    target = np.dtype(dtype)
-    return np.asarray(np.rint(value) if np.issubdtype(target, np.integer) else value).astype(target)
 
 
 class SharedWeightsStrategy(Strategy):
     """The federated run's strategy over the shared weights, built whole from the run's federation config, its
     run directory, the state it starts from (a new run's, or a resumed one's: round, strategy state, union
     labels, prior, Flower run id) and the sites the label query found (node id -> (site, joint)). `secure`: the
-    SecAgg+ grid the run trains through, whose replies' ARRAYS are all the sites' mean."""
+    SecAgg+ grid the run trains through, whose replies' ARRAYS are all the sites' mean. `expected_examples`: the
+    most a reply's update weighs (`server.update_checks.training_examples`)."""
 
     def __init__(self, fed: FederationConfig, run: RunDir, state: RunState, num_rounds: int,
-                 sites: dict[int, tuple[str, str]] | None = None, secure: SecureAggregationGrid | None = None) -> None:
+                 sites: dict[int, tuple[str, str]] | None = None, secure: SecureAggregationGrid | None = None,
+                 expected_examples: float = math.inf) -> None:
         self.rule = aggregation_rule(fed)
         self.aggregation = fed.aggregation
         self.proximal = {PROXIMAL_MU: fed.proximal_mu} if fed.strategy == "fedprox" else {}
@@ -82,7 +78,7 @@ class SharedWeightsStrategy(Strategy):
         self.run, self.num_rounds, self.secure = run, num_rounds, secure
         self.rounds_done = state.completed_round  # Flower numbers this run's rounds from 1: they continue after
         self.federation_run = state.federation_run  # names the sites' private stores: the run's first Flower run id
-        self.checks = UpdateChecks(fed.norm_bound)
+        self.checks = UpdateChecks(fed.norm_bound, expected_examples)
         self.roster = SiteRoster()
         self.roster.know(sites or {})
         self.rounds = RoundLog(self.roster)
@@ -104,13 +100,11 @@ class SharedWeightsStrategy(Strategy):
 
     def state_dict(self) -> dict:
         """What a resumed run needs of this strategy (torch-saveable: tensors, strings, numbers)."""
-        return {**self.pools.state_dict(), **self.evaluation.state_dict(),
-                "declared_examples": json.dumps(self.checks.declared)}
+        return {**self.pools.state_dict(), **self.evaluation.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.pools.load_state_dict(state)
         self.evaluation.load_state_dict(state)
-        self.checks.declared = json.loads(state["declared_examples"])
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -147,6 +141,8 @@ class SharedWeightsStrategy(Strategy):
         self.rounds.note_rejected(rejected)
         record = self.rounds.record
         record["update_norms"] = norms
+        if self.checks.clipped:  # site -> {"update"/"head": [its norm, the norm it was clipped to]}
+            record["clipped"] = self.checks.clipped
         if self.secure is not None:  # every reply holds the same mean: single updates are not seen
             record["update_norms"] = {}
             record["secure_aggregation"] = self.secure.report
@@ -154,8 +150,9 @@ class SharedWeightsStrategy(Strategy):
         if not valid:
             return None, None
         started = time.perf_counter()
-        weights = [float(m.content[METRICS][NUM_EXAMPLES]) for m in valid]
-        aggregated = valid[0].content[ARRAYS] if self.secure is not None else self._aggregate(server_round, valid)
+        weights = [self.checks.weight(m) for m in valid]  # min(declared, expected) examples
+        aggregated = (valid[0].content[ARRAYS] if self.secure is not None
+                      else self._aggregate(server_round, valid, weights))
         loss = self.rounds.note_training(valid, weights)
         self.evaluation.collect(server_round - 1, valid, self.rounds)
         record |= self.pools.pool(valid, weights)
@@ -166,13 +163,14 @@ class SharedWeightsStrategy(Strategy):
                                              f"federation.malicious_sites; the global weights stay as they were")
         return aggregated, MetricRecord({TRAIN_LOSS: loss, NUM_EXAMPLES: record["examples"]})
 
-    def _aggregate(self, server_round: int, valid: list[Message]) -> ArrayRecord | None:
+    def _aggregate(self, server_round: int, valid: list[Message], weights: list[float]) -> ArrayRecord | None:
         """The inner strategy's aggregate of the checked replies' shared weights, in the global dtypes; None when
         the rule declines (Bulyan with too few replies). The inner strategy sees each reply as Flower's own
-        strategies expect it: one ArrayRecord, one MetricRecord holding only `num-examples`."""
+        strategies expect it: one ArrayRecord, one MetricRecord holding only `num-examples`, its weight (so that
+        every reply has the same metric keys, whatever else a site sends: a DP site sends no losses)."""
         reduced = [Message(content=RecordDict({ARRAYS: ArrayRecord(dict(m.content[ARRAYS].items())),
-                                       METRICS: MetricRecord({NUM_EXAMPLES: m.content[METRICS][NUM_EXAMPLES]})}),
-                           metadata=m.metadata) for m in valid]
+                                               METRICS: MetricRecord({NUM_EXAMPLES: w})}),
+                           metadata=m.metadata) for m, w in zip(valid, weights)]
         arrays, _ = self.rule.aggregate_train(server_round, reduced)
         if arrays is None:
             return None

@@ -1,14 +1,21 @@
 """Every training reply is checked before it is aggregated: a table of faulty replies, each rejected for its
-reason while the good ones pass."""
+reason while the good ones pass; a table of hostile replies, each rejected for its reason while the strategy's
+round goes on; updates clipped to the norm bound and weighted by min(declared, expected) examples."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
+from pedseg_core.config import FederationConfig
+from pedseg_core.train.run_dir import RunDir
+from server.run_state import RunState
+from server.strategy import SharedWeightsStrategy
 from server.update_checks import UpdateChecks
-from tests.server.replies import GLOBAL, global_arrays, reply
+from tests.server.replies import GLOBAL, global_arrays, reply, result_json
 
 
 def screen(replies, checks=None, heads=None, prototypes=None):
@@ -37,7 +44,7 @@ FAULTS = [
     ("zero examples", dict(examples=0), "must be a positive number"),
     ("negative examples", dict(examples=-5), "must be a positive number"),
     ("NaN examples", dict(examples=float("nan")), "not finite"),
-    ("inflated update", dict(shift=50.0), "exceeds 10 x the median"),
+    ("absurd update", dict(shift=500.0), "exceeds 1000 x the median"),
 ]
 
 
@@ -59,24 +66,46 @@ def test_a_reply_without_its_records_is_rejected_not_raised():
     bad_site.content["site"] = ConfigRecord({"joint": "ankle"})  # no site name
     accepted, rejected, _ = screen([*good(), no_site, no_arrays, bad_site])
     assert len(accepted) == 2
-    assert [why for _, why in rejected] == ["no site record", "no shared arrays", "malformed reply: KeyError: 'site'"]
+    assert [why for _, why in rejected] == [
+        "no site record", "no shared arrays", "site name None: expected a string of letters, digits, '.', '_' and '-'"]
 
 
-def test_the_example_count_may_not_grow_past_the_first_declared():
+def test_an_update_weighs_at_most_the_expected_examples():
+    checks = UpdateChecks(norm_bound=10.0, expected_examples=40)
+    accepted, rejected, _ = screen([reply(1, "ankle", examples=8), reply(2, "knee", "knee", examples=1e9)], checks)
+    assert rejected == [] and [checks.weight(m) for m in accepted] == [8.0, 40.0]
+
+
+def test_an_update_over_the_norm_bound_is_clipped_an_absurd_one_rejected():
     checks = UpdateChecks(norm_bound=10.0)
-    screen(good(), checks)
-    assert checks.declared == {"ankle": 12, "knee": 12}
-    accepted, rejected, _ = screen([reply(1, "ankle", examples=8), reply(2, "knee", "knee", examples=1200)], checks)
-    assert len(accepted) == 1 and "1200 exceeds the 12 this site declared first" in rejected[0][1]
-
-
-def test_the_norm_bound_compares_with_the_other_sites_and_can_be_off():
-    two = [reply(1, "ankle", shift=0.1), reply(2, "knee", "knee", shift=5.0)]  # 50x the other: the big one goes
-    accepted, rejected, norms = screen(two)
-    assert [m.metadata.src_node_id for m in accepted] == [1] and len(rejected) == 1
+    two = [reply(1, "ankle", shift=0.1), reply(2, "knee", "knee", shift=5.0)]  # 50x the other: clipped to 10x
+    accepted, rejected, norms = screen(two, checks)
+    assert [m.metadata.src_node_id for m in accepted] == [1, 2] and rejected == []
     assert norms["knee"] == pytest.approx(5.0 * np.sqrt(16), rel=1e-6)
-    assert len(screen(two, UpdateChecks(norm_bound=0))[0]) == 2
+    clipped = {k: a.numpy() for k, a in accepted[1].content["arrays"].items()}
+    assert all(np.allclose(v, GLOBAL[k] + 1.0) for k, v in clipped.items())  # 10 x the other's 0.1 shift
+    assert checks.clipped == {"knee": {"update": [pytest.approx(20.0), pytest.approx(4.0)]}}
+    unclipped = screen([reply(1, "ankle", shift=0.1), reply(2, "knee", "knee", shift=5.0)], UpdateChecks(0))[0]
+    assert np.allclose(unclipped[1].content["arrays"]["dec.bias"].numpy(), 5.0)  # norm_bound 0: no clipping
+    accepted, rejected, _ = screen([reply(1, "ankle", shift=0.1), reply(2, "knee", "knee", shift=200.0)])
+    assert len(accepted) == 1 and "exceeds 1000 x the median 0.4 of the other sites' (absurd)" in rejected[0][1]
     assert len(screen([reply(1, "ankle", shift=100.0)])[0]) == 1  # alone in its round: nothing to compare with
+
+
+def test_heads_are_clipped_to_the_norm_bound_of_their_joints_other_heads():
+    pooled = {"ankle": {"head.weight": Array(np.zeros((3, 2), np.float32))}}
+
+    def with_head(node, value):
+        return reply(node, f"ankle-{node}", "ankle", **{"joint-arrays": ArrayRecord(
+            {"head.weight": Array(np.full((3, 2), value, np.float32))})})
+
+    checks = UpdateChecks(norm_bound=10.0)
+    accepted, rejected, _ = screen([with_head(1, 1.0), with_head(2, 1.0), with_head(3, 50.0)], checks, pooled)
+    assert len(accepted) == 3 and rejected == []
+    assert np.allclose(accepted[2].content["joint-arrays"]["head.weight"].numpy(), 10.0)
+    assert list(checks.clipped) == ["ankle-3"] and "head" in checks.clipped["ankle-3"]
+    accepted, rejected, _ = screen([with_head(1, 1.0), with_head(2, 1.0), with_head(3, 5000.0)], heads=pooled)
+    assert len(accepted) == 2 and "head norm" in rejected[0][1] and "(absurd)" in rejected[0][1]
 
 
 def test_prototypes_must_be_of_the_sites_own_joint_and_finite():
@@ -158,3 +187,97 @@ def test_prototypes_of_a_round_share_their_scales_and_size():
 def test_no_norm_bound_without_a_scale_to_compare_with():
     accepted, _, _ = screen([reply(1, "ankle", shift=0.0), reply(2, "knee", "knee", shift=0.5)])
     assert len(accepted) == 2  # the other update is zero: the bound has nothing to scale
+
+
+def head_record(value):
+    return ArrayRecord({"head.weight": Array(np.asarray(value, np.float32))})
+
+
+def metrics(**values):
+    return MetricRecord({"num-examples": 12, **values})
+
+
+def site_record(**values):
+    return ConfigRecord({"site": "shoulder", "joint": "shoulder", **values})
+
+
+# one row per hostile reply: what it sends beyond a good reply of site shoulder, and the reason it is rejected
+HOSTILE = [
+    ("list metric", {"metrics": metrics(**{"train-loss": [1.0, 2.0]})}, "metric train-loss is list, not a number"),
+    ("unexpected metric", {"metrics": metrics(weight=1e9)}, "metric 'weight' is not one a site sends"),
+    ("bytes joint", {"site": ConfigRecord({"site": "shoulder", "joint": b"ankle"})}, "joint name b'ankle'"),
+    ("list site", {"site": ConfigRecord({"site": ["ankle"], "joint": "ankle"})}, "site name ['ankle']"),
+    ("path as site", {"site": site_record(site="../ankle")}, "site name '../ankle'"),
+    ("bytes refusals", {"site": site_record(**{"refusals-json": b"[]"})}, "refusals-json is bytes, not a string"),
+    ("unparsable result", {"site": site_record(**{"result-json": "{not json"})}, "result-json is not JSON"),
+    ("non-numeric result", {"site": site_record(**{"result-json": json.dumps(
+        {"dice": {"a": "high"}, "hd95": {}, "assd": {}, "mean_dice": 0.9})})}, "each a finite number or null"),
+    ("NaN head", {"joint-arrays": head_record([[np.nan, 0.0]])}, "head: head.weight holds non-finite values"),
+    ("1e30 head", {"joint-arrays": head_record([[1e30, 1e30]])}, "head norm is not finite"),
+    ("wrong-shaped prototype", {"metrics": metrics(**{"prototype-slices": 10}),
+                                "prototypes": ArrayRecord({"shoulder|0": Array(np.ones((2, 8), np.float32))})},
+     "prototypes: shoulder|0 must be a finite vector of shape [8]"),
+    ("integer prototype", {"metrics": metrics(**{"prototype-slices": 10}),
+                           "prototypes": ArrayRecord({"shoulder|0": Array(np.ones(8, np.int64))})},
+     "prototypes: shoulder|0 must be a finite vector"),
+]
+
+
+def hostile_strategy(tmp_path):
+    state = RunState(federation_run="1", completed_round=0, arrays={}, strategy={})
+    (tmp_path / "run").mkdir()
+    strategy = SharedWeightsStrategy(FederationConfig(min_nodes=2), RunDir(tmp_path / "run"), state, num_rounds=3,
+                                     expected_examples=12)
+    strategy.global_arrays = global_arrays()
+    strategy.rounds.begin(1)
+    return strategy
+
+
+@pytest.mark.parametrize("name, records, reason", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_a_hostile_reply_is_rejected_for_its_reason_and_the_round_goes_on(tmp_path, name, records, reason):
+    strategy = hostile_strategy(tmp_path)
+    known = {"joint-arrays": head_record([[0.5, 0.5]])} if "joint-arrays" in records else {}
+    prototype = {"prototypes": ArrayRecord({"ankle|0": Array(np.ones(8, np.float32))}),
+                 "metrics": metrics(**{"prototype-slices": 10})} if "prototypes" in records else {}
+    hostile = reply(3, "shoulder", "shoulder")
+    for key, record in records.items():
+        hostile.content[key] = record
+    arrays, summary = strategy.aggregate_train(1, [reply(1, "ankle", **known, **prototype),
+                                                   reply(2, "knee", "knee"), hostile])
+    assert arrays is not None and summary["num-examples"] == 24.0  # the two good replies count
+    ((rejected),) = strategy.rounds.record["rejected"]
+    assert reason in rejected["reason"], rejected
+    json.dumps(strategy.rounds.finish())  # the round's metrics line can be written
+
+
+def test_a_hostile_evaluation_reply_is_rejected_and_the_evaluation_goes_on(tmp_path):
+    strategy = hostile_strategy(tmp_path)
+
+    def evaluation(node, site, result):
+        msg = reply(node, "x")
+        msg.content["site"] = ConfigRecord({"site": site, "joint": "ankle", "result-json": result})
+        return msg
+
+    replies = [evaluation(1, "ankle", result_json(0.8)), evaluation(2, b"knee", result_json(0.1)),
+               evaluation(3, "hip", "[" * 100_000), evaluation(4, "toe", [result_json(0.1)])]
+    assert strategy.aggregate_evaluate(3, replies)["mean-dice"] == pytest.approx(0.8)
+    reasons = [r["reason"] for r in strategy.rounds.record["rejected"]]
+    assert len(reasons) == 3 and "site name b'knee'" in reasons[0] and "not JSON" in reasons[1], reasons
+    assert "result-json is list, not a string" in reasons[2]
+    json.dumps(strategy.rounds.finish())
+
+
+def test_a_dp_reply_and_a_plain_one_train_together(tmp_path):
+    strategy = hostile_strategy(tmp_path)
+    dp = reply(2, "knee", "knee", metrics=MetricRecord({"num-examples": 12, "epsilon": 1.5, "lr": 1e-3}))
+    arrays, summary = strategy.aggregate_train(1, [reply(1, "ankle"), dp])
+    assert arrays is not None and summary["train-loss"] == 1.0 and strategy.rounds.record["rejected"] == []
+    assert strategy.rounds.record["sites"]["knee"]["epsilon"] == 1.5
+
+
+def test_a_declared_count_beyond_the_expected_does_not_steer_the_mean(tmp_path):
+    strategy = hostile_strategy(tmp_path)
+    arrays, summary = strategy.aggregate_train(1, [reply(1, "ankle", shift=0.1), reply(2, "knee", "knee", shift=0.1),
+                                                   reply(3, "hip", "hip", shift=0.4, examples=1e9)])
+    assert np.allclose(arrays["dec.bias"].numpy(), 0.2)  # equal weights: (0.1 + 0.1 + 0.4) / 3
+    assert summary["num-examples"] == 36.0

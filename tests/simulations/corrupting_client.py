@@ -26,14 +26,14 @@ def _corrupt(reply: Message, received: ArrayRecord, kind: str, private_key: str)
         arrays[first] = Array(value)
     elif kind == "shape":
         arrays[first] = Array(arrays[first].numpy().reshape(-1))
-    elif kind == "inflate":
-        reply.content["metrics"]["num-examples"] = 100 * int(reply.content["metrics"]["num-examples"])
+    elif kind == "list-metric":  # a list where the server expects a number
+        reply.content["metrics"]["num-examples"] = [float(reply.content["metrics"]["num-examples"])] * 2
     elif kind == "foreign":  # a private layer (this site's first norm tensor) slipped into the shared arrays
         arrays[private_key] = Array(np.ones(3, np.float32))
-    elif kind == "scale":  # the update blown up 1000 times
+    elif kind == "scale":  # the update blown up a million times: absurd, not merely over the norm bound
         for key in arrays.keys():
             sent, base = arrays[key].numpy(), received[key].numpy()
-            arrays[key] = Array((base + 1000.0 * (sent - base)).astype(sent.dtype))
+            arrays[key] = Array((base + 1e6 * (sent - base)).astype(sent.dtype))
     elif kind == "no-site":
         del reply.content["site"]
 

@@ -1,7 +1,7 @@
 """Faulty updates in a real loopback federation (TLS, SuperNode keys): one site's ClientApp corrupts its reply a
-different way each round (NaN, a wrong shape, an inflated example count, a private tensor among the shared
-ones, an update blown up 1000 times, no site record). Each is rejected and logged in metrics.jsonl, none enters
-the global model, the ServerApp never crashes, and the run completes with both sites."""
+different way each round (NaN, a wrong shape, a list-valued example count, a private tensor among the
+shared ones, an update blown up a million times, no site record). Each is rejected and logged in metrics.jsonl,
+none enters the global model, the ServerApp never crashes, and the run completes with both sites."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from pedseg_core.model.unet import build_model
 from simulations.local import federate_local
 from tests.app_folder import APP_DIR
 
-CORRUPTIONS = {"2": "nan", "3": "shape", "4": "inflate", "5": "foreign", "6": "scale", "7": "no-site"}
-REASONS = {"nan": "holds non-finite values", "shape": "expected float32", "inflate": "exceeds the 12 this site "
-           "declared first", "foreign": "keys that are not shared weights", "scale": "exceeds 10 x the median",
+CORRUPTIONS = {"2": "nan", "3": "shape", "4": "list-metric", "5": "foreign", "6": "scale", "7": "no-site"}
+REASONS = {"nan": "holds non-finite values", "shape": "expected float32", "list-metric": "metric num-examples is "
+           "list, not a number", "foreign": "keys that are not shared weights", "scale": "(absurd)",
            "no-site": "no site record"}
 
 
