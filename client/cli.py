@@ -28,6 +28,7 @@ from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import EXIT_USER_ERROR, PedsegError, report_error
 from pedseg_core.names import check_name
 from pedseg_core.policy import describe_policy, load_policy
+from pedseg_core.private_dirs import make_private_dir
 from pedseg_core.processes.flower_env import flower_env
 from pedseg_core.processes.guard import start_guarded, stop_guarded
 from pedseg_core.processes.ports import free_port, split_address, wait_for_port
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: --insecure: no TLS; the SuperLink is not verified and the traffic can be read",
               flush=True)
     state_dir = Path(args.state_dir or Path(args.data).resolve().parent / f".pedseg-{args.site}").resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(state_dir)  # 0700: the site account's alone
     stop: list[str] = []  # signal names; a plain list, since a handler must not take locks
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, _frame: stop.append(signal.Signals(signum).name))

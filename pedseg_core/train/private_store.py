@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from pedseg_core.private_dirs import make_private_dir
 from pedseg_core.torch_files import save_atomically
 
 RUN_FOLDER = "run-{run}"
@@ -17,14 +18,26 @@ MODEL_FILE = "model.pt"
 
 class PrivateStore:
     """`<state_dir>/run-<run>/`: `private.pt`, `optimizer.pt`, `privacy.pt`, `model.pt` and `sent/`, each file written
-    atomically (temporary file, then rename)."""
+    atomically (temporary file, then rename). The state folder and the run folder are private (0700) before
+    anything is written into them, so every file in them is too (0600)."""
 
     def __init__(self, state_dir: Path, run: str) -> None:
-        self.path = Path(state_dir) / RUN_FOLDER.format(run=run) / "private.pt"
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / RUN_FOLDER.format(run=run) / "private.pt"
         self.optimizer_path = self.path.parent / "optimizer.pt"
         self.privacy_path = self.path.parent / "privacy.pt"  # DP-SGD: the noise multiplier and the accountant
-        self.model_path = self.path.parent / MODEL_FILE  # a complete pedseg checkpoint, written by the site
         self.sent_dir = self.path.parent / "sent"
+
+    @property
+    def model_path(self) -> Path:
+        """Where the site writes its complete pedseg checkpoint (`model.pt`), its private run folder ready."""
+        return self._ready(self.path.parent / MODEL_FILE)
+
+    def _ready(self, path: Path) -> Path:
+        """`path`, once the state folder and the run folder are private (0700)."""
+        make_private_dir(self.state_dir)
+        make_private_dir(self.path.parent)
+        return path
 
     @staticmethod
     def models_in(state_dir: Path) -> list[Path]:
@@ -37,14 +50,14 @@ class PrivateStore:
         return torch.load(self.path, map_location="cpu", weights_only=True)
 
     def save(self, private: dict[str, Tensor]) -> None:
-        save_atomically(self.path, private)
+        save_atomically(self._ready(self.path), private)
 
     def load_optimizer(self) -> dict | None:
         return torch.load(self.optimizer_path, map_location="cpu", weights_only=True) \
             if self.optimizer_path.is_file() else None
 
     def save_optimizer(self, state: dict) -> None:
-        save_atomically(self.optimizer_path, state)
+        save_atomically(self._ready(self.optimizer_path), state)
 
     def load_privacy(self) -> dict | None:
         """The DP accountant this site kept in this run (None: no DP round yet)."""
@@ -52,8 +65,9 @@ class PrivateStore:
             if self.privacy_path.is_file() else None
 
     def save_privacy(self, state: dict) -> None:
-        save_atomically(self.privacy_path, state)
+        save_atomically(self._ready(self.privacy_path), state)
 
     def save_sent(self, server_round: int, sent: dict[str, dict[str, Tensor]], num_examples: int) -> None:
         """`sent/round-NNN.pt`: every array record of this round's reply (by name) and its example count."""
-        save_atomically(self.sent_dir / f"round-{server_round:03d}.pt", {**sent, "num_examples": num_examples})
+        path = self._ready(self.sent_dir / f"round-{server_round:03d}.pt")
+        save_atomically(path, {**sent, "num_examples": num_examples})
