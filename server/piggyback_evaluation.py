@@ -13,9 +13,9 @@ import json
 from flwr.app import Message
 
 from pedseg_core.evaluate.metrics import mean_or_none
-from pedseg_core.protocol import RESULT_JSON, SITE
+from pedseg_core.protocol import RESULT_JSON, SITE, SITE_NAME
 from server.round_log import RoundLog
-from server.update_checks import check_evaluation
+from server.update_checks import binding_problem, bound_first, check_evaluation
 
 
 class PiggybackEvaluation:
@@ -32,15 +32,22 @@ class PiggybackEvaluation:
 
     def collect(self, evaluated_round: int, replies: list[Message], rounds: RoundLog) -> float | None:
         """Put the site results that replies carry into the record of `evaluated_round` (the round in progress,
-        or the one waiting); returns their mean Dice. A malformed result is rejected in `rounds`."""
+        or the one waiting); returns their mean Dice. A malformed result, one of a node that answers as another
+        site or joint than it is bound to, or a second one of a site, is rejected in `rounds`."""
         results = {}
-        for msg in replies:
-            if SITE in msg.content.config_records and RESULT_JSON in msg.content[SITE]:
-                result, problem = check_evaluation(msg)
-                if problem:
-                    rounds.note_rejected([(msg, problem)])
-                else:
-                    results[rounds.site_of(msg)] = result
+        known = rounds.roster.known()
+        for msg in bound_first(replies, known):
+            if SITE not in msg.content.config_records or RESULT_JSON not in msg.content[SITE]:
+                continue
+            result, problem = check_evaluation(msg)
+            if not problem:
+                site, binding = msg.content[SITE][SITE_NAME], binding_problem(msg, known)
+                problem = (f"evaluation: {binding}" if binding else
+                           f"evaluation: a second result of this round from site {site}" if site in results else None)
+            if problem:
+                rounds.note_rejected([(msg, problem)])
+            else:
+                results[rounds.site_of(msg)] = result
         if not results:
             return None
         self.last = results

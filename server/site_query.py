@@ -15,8 +15,9 @@ from flwr.serverapp import Grid
 
 from pedseg_core.data.union_labels import union_label_space
 from pedseg_core.errors import PedsegError
-from pedseg_core.protocol import ASK, ASK_LABELS, CONFIG, JOINT, LABELS_JSON, SITE, SITE_NAME
+from pedseg_core.protocol import ASK, ASK_LABELS, CONFIG, LABELS_JSON, SITE
 from server.quorum import wait_for_quorum
+from server.update_checks import UpdateRejected, check_identity
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,21 @@ class SiteIdentity:
     site: str
     joint: str
     labels: dict[str, int]
+
+
+def site_identity(reply: Message) -> SiteIdentity:
+    """The identity a label-query reply declares: valid site and joint names, labels a JSON object of label
+    names to integers."""
+    site, joint = check_identity(reply)
+    text = reply.content[SITE].get(LABELS_JSON)
+    try:
+        labels = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        labels = None
+    if not isinstance(labels, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                               for v in labels.values()):
+        raise UpdateRejected(f"{LABELS_JSON} is not a JSON object of label names to integers")
+    return SiteIdentity(site, joint, labels)
 
 
 def query_sites(grid: Grid, min_nodes: int, quorum_timeout: float, timeout: float) -> dict[int, SiteIdentity]:
@@ -38,15 +54,10 @@ def query_sites(grid: Grid, min_nodes: int, quorum_timeout: float, timeout: floa
             log(WARNING, "node %s answered the label query with an error: %s", reply.metadata.src_node_id,
                 reply.error.reason)
             continue
-        if SITE not in reply.content.config_records:
-            continue
-        identity = reply.content[SITE]
         try:
-            labels = json.loads(str(identity[LABELS_JSON]))
-        except (KeyError, ValueError):
-            continue  # a malformed answer counts as none
-        sites[reply.metadata.src_node_id] = SiteIdentity(str(identity.get(SITE_NAME)), str(identity.get(JOINT)),
-                                                         labels)
+            sites[reply.metadata.src_node_id] = site_identity(reply)
+        except UpdateRejected as err:  # a malformed answer counts as none
+            log(WARNING, "node %s answered the label query malformed: %s", reply.metadata.src_node_id, err)
     if not sites:
         raise PedsegError("no site answered the label query")
     return sites

@@ -1,7 +1,9 @@
 """Which site and joint answer from each Flower node: learned from the label query and from checked replies.
 
-A site that rejoins gets a new node id; the roster then knows it under both, and names every node by the site
-it last answered as.
+A node is bound to the site and joint it first declared: a later reply of that node that names another is
+rejected (`server.update_checks`, in training and in evaluation alike). A site that rejoins gets a new node id;
+the roster then knows it under both. (Which node may first declare a name is not checked here: that takes a
+binding of each SuperNode's key to its site when it is registered.)
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ class SiteRoster:
             self.joint_of_node[node] = joint
 
     def learn(self, reply: Message) -> str:
-        """The site of a checked reply, which its node answers as from now on."""
-        site = str(reply.content[SITE][SITE_NAME])
-        self.know({reply.metadata.src_node_id: (site, str(reply.content[SITE][JOINT]))})
-        return site
+        """The site of a checked reply's node: the one it first declared, which binds it from now on."""
+        node = reply.metadata.src_node_id
+        if node not in self.site_of_node:
+            self.know({node: (str(reply.content[SITE][SITE_NAME]), str(reply.content[SITE][JOINT]))})
+        return self.site_of_node[node]
 
     def known(self) -> dict[int, tuple[str, str]]:
         return {node: (site, self.joint_of_node[node]) for node, site in self.site_of_node.items()}

@@ -219,6 +219,25 @@ def check_evaluation(reply: Message) -> tuple[dict, str | None]:
     return result, None
 
 
+def binding_problem(reply: Message, known: dict[int, tuple[str, str]]) -> str | None:
+    """Why a reply of a valid identity may not count as it claims: its node is bound to another site or joint."""
+    node, claimed = reply.metadata.src_node_id, check_identity(reply)
+    if node in known and known[node] != claimed:
+        return f"answers as {claimed[0]} ({claimed[1]}), but this node is {known[node][0]} ({known[node][1]})"
+    return None
+
+
+def bound_first(replies: list[Message], known: dict[int, tuple[str, str]]) -> list[Message]:
+    """`replies`, those of nodes that answer as the site they are bound to first: where two replies of a round
+    name one site, the node bound to it counts and the other is the second."""
+    def answers_as_bound(reply: Message) -> bool:
+        try:
+            return reply.metadata.src_node_id in known and binding_problem(reply, known) is None
+        except UpdateRejected:
+            return False
+    return sorted(replies, key=lambda reply: not answers_as_bound(reply))
+
+
 @dataclass
 class _Checked:
     """A reply that passed every check but the norm bounds, with what the bounds need."""
@@ -255,21 +274,19 @@ class UpdateChecks:
         """(the replies that count, clipped where over the norm bound, the rejected ones with their reasons,
         the norm of each checked update by site). `heads`: each joint's pooled head, if the server holds one
         (a copy: this round's first head of a joint without one is added as the reference of the others'
-        shapes); `prototypes` likewise; `known`: node id -> (site, joint) the server already knows: a known node
-        may not answer as another site or joint."""
+        shapes); `prototypes` likewise; `known`: node id -> (site, joint) each node is bound to: a bound node may
+        not answer as another site or joint, and where two replies name one site, the bound node's counts."""
         pooled = {joint: {k: a.numpy() for k, a in head.items()} for joint, head in heads.items()}
         heads, prototypes, known = dict(heads), dict(prototypes), known or {}
         reference = {key: global_arrays[key] for key in global_arrays.keys()}
         globals_ = {key: array.numpy() for key, array in reference.items()}
         checked: list[_Checked] = []
         rejected = []
-        for reply in replies:
+        for reply in bound_first(replies, known):
             try:
                 entry = self._check(reply, reference, globals_, heads, pooled, prototypes)
-                node = reply.metadata.src_node_id
-                if self.identified and node in known and known[node] != (entry.site, entry.joint):
-                    raise UpdateRejected(f"answers as {entry.site} ({entry.joint}), but this node is "
-                                         f"{known[node][0]} ({known[node][1]})")
+                if self.identified and (problem := binding_problem(reply, known)):
+                    raise UpdateRejected(problem)
                 if entry.site in {c.site for c in checked}:
                     raise UpdateRejected(f"a second reply of this round from site {entry.site}")
                 checked.append(entry)

@@ -5,6 +5,7 @@ round goes on; updates clipped to the norm bound and weighted by min(declared, e
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from pedseg_core.config import FederationConfig
 from pedseg_core.train.run_dir import RunDir
 from server.run_state import RunState
+from server.site_query import site_identity
 from server.strategy import SharedWeightsStrategy
-from server.update_checks import UpdateChecks
+from server.update_checks import UpdateChecks, UpdateRejected
 from tests.server.replies import GLOBAL, global_arrays, reply, result_json
 
 
@@ -281,3 +283,47 @@ def test_a_declared_count_beyond_the_expected_does_not_steer_the_mean(tmp_path):
                                                    reply(3, "hip", "hip", shift=0.4, examples=1e9)])
     assert np.allclose(arrays["dec.bias"].numpy(), 0.2)  # equal weights: (0.1 + 0.1 + 0.4) / 3
     assert summary["num-examples"] == 36.0
+
+
+def test_a_node_is_bound_to_the_site_it_first_declared(tmp_path):
+    strategy = hostile_strategy(tmp_path)  # no label query: the nodes declare themselves in their first reply
+    strategy.aggregate_train(1, [reply(1, "ankle"), reply(2, "knee", "knee")])
+    strategy.rounds.begin(2)
+    impostor = reply(9, "knee", "knee")  # a new node that answers as knee, first in the round
+    strategy.aggregate_train(2, [impostor, reply(1, "knee", "knee"), reply(2, "knee", "knee")])
+    assert set(strategy.rounds.record["sites"]) == {"knee"} and strategy.roster.name(1) == "ankle"
+    reasons = {r["site"]: r["reason"] for r in strategy.rounds.record["rejected"]}
+    assert reasons == {"ankle": "answers as knee (knee), but this node is ankle (ankle)",
+                       "knee": "a second reply of this round from site knee"}
+    assert strategy.roster.name(9) == "node 9"  # the impostor was bound to nothing
+
+
+def test_an_evaluation_counts_only_from_the_node_bound_to_its_site(tmp_path):
+    strategy = hostile_strategy(tmp_path)
+    strategy.roster.know({1: ("ankle", "ankle"), 2: ("knee", "knee")})
+
+    def evaluation(node, site, joint, dice):
+        msg = reply(node, "x")
+        msg.content["site"] = ConfigRecord({"site": site, "joint": joint, "result-json": result_json(dice)})
+        return msg
+
+    replies = [evaluation(9, "ankle", "ankle", 0.1), evaluation(1, "ankle", "ankle", 0.8),
+               evaluation(2, "ankle", "knee", 0.1), evaluation(2, "knee", "knee", 0.6)]
+    assert strategy.aggregate_evaluate(3, replies)["mean-dice"] == pytest.approx(0.7)
+    reasons = sorted(r["reason"] for r in strategy.rounds.record["rejected"])
+    assert reasons == ["evaluation: a second result of this round from site ankle",
+                       "evaluation: answers as ankle (knee), but this node is knee (knee)"]
+
+
+def test_a_malformed_label_query_answer_declares_no_site():
+    def answer(site, labels):
+        msg = reply(1, "x")
+        msg.content["site"] = ConfigRecord({"site": site, "joint": "ankle", "labels-json": labels})
+        return msg
+
+    assert site_identity(answer("a", json.dumps({"background": 0, "tibia": 1}))).labels == {"background": 0,
+                                                                                           "tibia": 1}
+    for site, labels, reason in [(b"a", "{}", "site name b'a'"), ("a", "[1, 2]", "not a JSON object"),
+                                 ("a", json.dumps({"tibia": "1"}), "to integers"), ("a", b"{}", "not a JSON")]:
+        with pytest.raises(UpdateRejected, match=re.escape(reason)):
+            site_identity(answer(site, labels))
