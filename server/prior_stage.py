@@ -20,7 +20,7 @@ from pedseg_core.model.shape_prior import ShapeAutoEncoder
 from pedseg_core.protocol import ARRAYS, METRICS, NUM_EXAMPLES, STAGE, STAGE_PRIOR, UNION_CLASSES, UNION_OFFSETS_JSON
 from pedseg_core.train.run_dir import RunDir
 from server.quorum import wait_for_quorum
-from server.update_checks import PRIOR_METRICS, UpdateChecks, in_dtype, prior_examples
+from server.update_checks import UpdateChecks, in_dtype, prior_examples
 
 
 def weighted_metrics(replies: list[Message], weights: list[float]) -> dict[str, float]:
@@ -86,7 +86,7 @@ def train_prior(grid: Grid, cfg: PedsegConfig, run: RunDir, offsets: dict[str, i
     per round in metrics.jsonl (the sites' example-weighted metrics, what was rejected or clipped). Returns the
     final auto-encoder weights."""
     fed = cfg.federation
-    checks = UpdateChecks(fed.norm_bound, prior_examples(cfg), PRIOR_METRICS, identified=False)
+    checks = UpdateChecks(fed.norm_bound, prior_examples(cfg), identified=False)
     strategy = PriorFedAvg(fed, checks)
     initial = ArrayRecord(ShapeAutoEncoder(num_classes, cfg.prior.channels).state_dict())
     config = ConfigRecord({STAGE: STAGE_PRIOR, UNION_OFFSETS_JSON: json.dumps(offsets), UNION_CLASSES: num_classes})

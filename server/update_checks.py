@@ -3,7 +3,8 @@ the run: every value's type is checked before it is used.
 
 A training reply must carry its site's identity (site and joint names that are strings under
 `pedseg_core.names`' rule); exactly the keys of the global shared weights, each of the global shape and dtype,
-with finite values; metrics of the keys a site sends, each a finite number, with a positive `num-examples`;
+with finite values; metrics under plain names (at most MAX_METRICS), each a finite number, with a positive
+`num-examples`;
 prototypes only of its own joint, one finite vector per scale; a head (when sent) of the keys, shapes and dtypes
 of its joint's pooled head. A stage-1 (prior) reply has no site record and is named by its node.
 
@@ -30,7 +31,6 @@ from pedseg_core.config import PedsegConfig
 from pedseg_core.names import NAME
 from pedseg_core.protocol import (
     ARRAYS,
-    EPSILON,
     HEAD,
     JOINT,
     METRICS,
@@ -42,13 +42,10 @@ from pedseg_core.protocol import (
     RESULT_JSON,
     SITE,
     SITE_NAME,
-    TRAIN_LOSS,
 )
 
-TRAINING_METRICS = frozenset({NUM_EXAMPLES, TRAIN_LOSS, EPSILON, PROTOTYPE_SLICES, "lr", "train-time-s",
-                              "load-time-s"})  # and any "<term>-loss" (`pedseg_core.train.site_algorithm`)
-PRIOR_METRICS = frozenset({NUM_EXAMPLES, EPSILON, "prior-recon-first", "prior-recon-last"})
-LOSS_METRIC = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*-loss")
+METRIC_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")  # num-examples, train-loss, epsilon, client-time-s, ...
+MAX_METRICS = 32  # a site sends about ten; the server reads only num-examples, train-loss and prototype-slices
 ABSURD = 1000.0  # an update this many times the median of the others' is rejected, not clipped
 EVALUATION_METRICS = ("dice", "hd95", "assd")
 
@@ -152,15 +149,17 @@ def _clipped(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray], sc
         value.astype(np.float64) - reference[key].astype(np.float64)), value.dtype)) for key, value in arrays.items()})
 
 
-def check_metrics(reply: Message, keys: frozenset[str]) -> float:
-    """The reply's `num-examples`, if every metric is one of `keys` (or a "<term>-loss") and a finite number,
-    and the count is positive."""
+def check_metrics(reply: Message) -> float:
+    """The reply's `num-examples`, if every metric has a plain name (at most MAX_METRICS of them) and is a finite
+    number, and the count is positive."""
     if METRICS not in reply.content.metric_records:
         raise UpdateRejected("no metrics record")
     metrics = reply.content[METRICS]
+    if len(metrics) > MAX_METRICS:
+        raise UpdateRejected(f"{len(metrics)} metrics, more than the {MAX_METRICS} a site may send")
     for key, value in metrics.items():
-        if key not in keys and not LOSS_METRIC.fullmatch(key):
-            raise UpdateRejected(f"metric {_shown(key)} is not one a site sends")
+        if len(key) > 40 or not METRIC_NAME.fullmatch(key):
+            raise UpdateRejected(f"metric {_shown(key)} is not a metric name (a-z, 0-9 and '-')")
         if not isinstance(value, (int, float)):  # a MetricRecord also holds lists
             raise UpdateRejected(f"metric {key} is {type(value).__name__}, not a number")
         if not math.isfinite(value):
@@ -254,13 +253,12 @@ class _Checked:
 
 @dataclass
 class UpdateChecks:
-    """The checks of a run: `norm_bound` (0: no clipping), the examples a reply may count at most, the metric keys
-    a reply may carry, and whether replies name their site (a stage-1 reply is named by its node).
+    """The checks of a run: `norm_bound` (0: no clipping), the examples a reply may count at most, and whether
+    replies name their site (a stage-1 reply is named by its node).
     `clipped`: the sites whose update or head the last `screen` clipped, with the norms."""
 
     norm_bound: float
     expected_examples: float = math.inf
-    metric_keys: frozenset[str] = TRAINING_METRICS
     identified: bool = True
     clipped: dict[str, dict] = field(default_factory=dict)
 
@@ -343,7 +341,7 @@ class UpdateChecks:
             site, joint = check_identity(reply)
         else:
             site, joint = f"node {reply.metadata.src_node_id}", ""
-        check_metrics(reply, self.metric_keys)
+        check_metrics(reply)
         if self.identified and RESULT_JSON in reply.content[SITE]:  # the evaluation riding on the training
             _, problem = check_evaluation(reply)
             if problem:

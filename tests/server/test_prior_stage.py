@@ -9,7 +9,7 @@ from flwr.app import Array, MetricRecord
 
 from pedseg_core.config import FederationConfig
 from server.prior_stage import PriorFedAvg
-from server.update_checks import PRIOR_METRICS, UpdateChecks
+from server.update_checks import UpdateChecks
 from tests.server.replies import GLOBAL, global_arrays, reply
 
 
@@ -24,7 +24,7 @@ def prior_reply(node, shift=0.1, **metrics):
 @pytest.fixture
 def prior():
     strategy = PriorFedAvg(FederationConfig(min_nodes=2),
-                           UpdateChecks(10.0, expected_examples=12, metric_keys=PRIOR_METRICS, identified=False))
+                           UpdateChecks(10.0, expected_examples=12, identified=False))
     strategy.global_arrays = global_arrays()
     return strategy
 

@@ -206,7 +206,8 @@ def site_record(**values):
 # one row per hostile reply: what it sends beyond a good reply of site shoulder, and the reason it is rejected
 HOSTILE = [
     ("list metric", {"metrics": metrics(**{"train-loss": [1.0, 2.0]})}, "metric train-loss is list, not a number"),
-    ("unexpected metric", {"metrics": metrics(weight=1e9)}, "metric 'weight' is not one a site sends"),
+    ("odd metric name", {"metrics": metrics(**{"../x": 1.0})}, "metric '../x' is not a metric name"),
+    ("many metrics", {"metrics": metrics(**{f"m{i}": 1.0 for i in range(40)})}, "41 metrics, more than the 32"),
     ("bytes joint", {"site": ConfigRecord({"site": "shoulder", "joint": b"ankle"})}, "joint name b'ankle'"),
     ("list site", {"site": ConfigRecord({"site": ["ankle"], "joint": "ankle"})}, "site name ['ankle']"),
     ("path as site", {"site": site_record(site="../ankle")}, "site name '../ankle'"),
