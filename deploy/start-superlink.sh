@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start the federation's SuperLink (the server side; the ServerApp runs inside it for each run).
 #   deploy/start-superlink.sh CERT_DIR [PORT]     # TLS + SuperNode authentication + operator-only control plane
-#   deploy/start-superlink.sh --insecure [PORT]   # loopback trials only: no TLS, no authentication
+#   deploy/start-superlink.sh --insecure [PORT]   # loopback trials only: no TLS, no authentication, and so
+#                                                 # bound to 127.0.0.1 whatever PEDSEG_SUPERLINK_HOST says
 # With CERT_DIR (ca.crt, server.crt, server.key from make-certificates.sh) two processes run until stopped:
 #   flower-superlink      on 127.0.0.1:CONTROL_PORT only (default PORT+1): the operator's `flwr` commands
 #                         (register keys, run, ls, stop, log) go there, from this host or through an SSH tunnel;
@@ -21,7 +22,13 @@ export PATH=$bin:$PATH
 state=(--disable-runtime-dependency-installation --database "$home/superlink.db" --log-file "$home/superlink.log")
 if [ "${1:-}" = "--insecure" ]; then
   [ $# -le 2 ] || { echo "$usage" >&2; exit 2; }
-  exec flower-superlink --insecure --host "${PEDSEG_SUPERLINK_HOST:-127.0.0.1}" --port "${2:-9092}" "${state[@]}"
+  if [ "${PEDSEG_SUPERLINK_HOST:-127.0.0.1}" != 127.0.0.1 ]; then
+    echo "start-superlink.sh: --insecure listens on 127.0.0.1 only (PEDSEG_SUPERLINK_HOST=$PEDSEG_SUPERLINK_HOST):" \
+      "without TLS and SuperNode authentication anyone who reaches the port controls the federation;" \
+      "give CERT_DIR instead" >&2
+    exit 2
+  fi
+  exec flower-superlink --insecure --host 127.0.0.1 --port "${2:-9092}" "${state[@]}"
 fi
 certs=${1:?$usage}; port=${2:-9092}
 [ $# -le 2 ] || { echo "$usage" >&2; exit 2; }
