@@ -1,9 +1,10 @@
 """`pedseg-client`: one hospital site. Validates the site's data, then runs a Flower SuperNode for it, whose
 messages one warm worker process runs (client/site_worker.py) after checking that the app is one the site
-approved (client/approved_app.py).
+approved (client/approved_app.py): by default only its own installed pedseg's.
 
     pedseg-client [run] --site NAME --joint J --data DIR --superlink HOST:PORT
                   (--root-certificates CA.pem [--auth-key KEY] | --insecure) [--state-dir DIR] [--policy POLICY.yaml]
+                  [--approve-app SHA256 ... | --allow-any-app]
     pedseg-client app-hash [APP_DIR]     the sha256 of the app (FAB) Flower builds from APP_DIR, for approved_apps
 
 `run` is the default: `pedseg-client --site ...` runs the site.
@@ -21,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.approved_app import app_hash, launcher_env, own_app
+from client.approved_app import app_hash, default_approvals, launcher_env, own_app
 from client.supernode_log import SupernodeLog
 from client.worker_supervisor import install_launcher
 from pedseg_core.data.validate import check_dataset
@@ -67,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="torch threads for training (default: 0, torch's own choice: one per core)")
     site.add_argument("--policy", metavar="POLICY.yaml",
                       help="this site's privacy policy: what may leave it (default: the safe one; see docs/privacy.md)")
+    apps = site.add_mutually_exclusive_group()
+    apps.add_argument("--approve-app", action="append", default=[], metavar="SHA256",
+                      help="also run this app (`pedseg-client app-hash APP_DIR`), where the policy lists no "
+                           "approved_apps; repeatable (default: only this pedseg's own app)")
+    apps.add_argument("--allow-any-app", action="store_true",
+                      help="run any app the federation sends (no approved_apps in the policy): the operator's code "
+                           "then decides what leaves this site (warned at start)")
     site.add_argument("--keep-sent", action="store_true",
                       help="keep an audit copy of the arrays sent each round in STATE_DIR/run-<id>/sent/")
     site.add_argument("--connect-timeout", type=float, default=120.0,
@@ -126,12 +134,17 @@ def run(args: argparse.Namespace) -> int:
     report = check_dataset(Path(args.data))
     if not report.ok:
         raise PedsegError("\n".join(f"site {args.site}: {p}" for p in report.problems))
-    policy = load_policy(Path(args.policy) if args.policy else None)
+    policy_path = Path(args.policy).resolve() if args.policy else None
+    policy = load_policy(policy_path)
+    approved = default_approvals(policy, policy_path, args.approve_app, args.allow_any_app)
     print(f"{PROG}: site {args.site} ({args.joint}): {report.n_train} training cases, data OK", flush=True)
-    print(f"{PROG}: policy: {describe_policy(policy)}", flush=True)
-    if policy.approved_apps is None:
-        print(f"{PROG}: warning: the policy lists no approved_apps: this site runs any app its federation sends "
-              f"(`{PROG} app-hash APP_DIR` gives the hash to approve)", flush=True)
+    print(f"{PROG}: policy: {policy_path or 'the default policy'}: {describe_policy(policy)}", flush=True)
+    if approved is None:
+        print(f"{PROG}: warning: --allow-any-app: this site runs any app its federation sends, so the operator's "
+              "code decides what leaves it", file=sys.stderr, flush=True)
+    elif policy.approved_apps is None:
+        print(f"{PROG}: apps: runs only {' and '.join(sorted(approved))} (its own pedseg's app"
+              f"{' and --approve-app' if args.approve_app else ''})", flush=True)
     if args.insecure:
         print(f"{PROG}: warning: --insecure: no TLS; the SuperLink is not verified and the traffic can be read",
               flush=True)
@@ -151,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     command = supernode_command(args, state_dir)
     print(f"{PROG}: $ {shlex.join(command)}", flush=True)
     env = launcher_env(flower_env(state_dir / "flwr-home"), install_launcher(state_dir / "bin"), args.site,
-                       Path(args.policy).resolve() if args.policy else None, state_dir)
+                       policy_path, state_dir, approved)
     supernode = start_guarded(
         command,
         env=env,

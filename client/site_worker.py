@@ -3,7 +3,8 @@
 Started (and restarted) by `client.worker_supervisor`, the `flower-superexec` of a pedseg site's SuperNode. It
 claims the SuperNode's ClientApp tasks every 50 ms over the Runtime API that SuperExec uses and runs each
 in-process with Flower's own task calls: pull the message, context and app (FAB), check the FAB against the
-site's `approved_apps` before it is installed (`client.approved_app`), install and import it once, call the
+apps the site approved before it is installed (`client.approved_app`), install it into a fresh folder named by
+its full sha256 (FLWR_HOME/approved-apps/SHA256) and import it from there once, call the
 ClientApp, push the reply and the context. The app's module-level cache (`client.app.ALGORITHMS`) then keeps the
 site's algorithm, data and optimizer between messages, and nothing is imported twice. A task of another app (a new
 FAB hash) goes to a fresh worker (this process replaces itself), so an app's code never runs beside another's.
@@ -43,13 +44,15 @@ from flwr.supercore.heartbeat import HeartbeatSender
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.run import Run
 from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.utils import get_flwr_home
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-from client.approved_app import approval_check
+from client.approved_app import APPROVED_APPS_ENV, approval_check, decode_approvals
 from client.worker_supervisor import parse_args, worker_args
 from flower_common.flower_patches import SITE_WORKER, apply_flower_patches, task_retry_invoker
 
 POLL_SECONDS = 0.05
+APPROVED_APPS_DIR = "approved-apps"  # under FLWR_HOME: one folder per approved app, named by its sha256
 
 
 class SiteWorker:
@@ -59,7 +62,9 @@ class SiteWorker:
         self.address, self.certificates, self.replacement_argv = runtime_api_address, certificates, replacement_argv
         policy, state_dir = os.environ.get("PEDSEG_POLICY") or None, os.environ.get("PEDSEG_STATE_DIR") or None
         self.install = approval_check(os.environ.get("PEDSEG_SITE", "?"), Path(policy) if policy else None,
-                                      Path(state_dir) if state_dir else None, install_from_fab)
+                                      Path(state_dir) if state_dir else None,
+                                      decode_approvals(os.environ.get(APPROVED_APPS_ENV, "")),
+                                      get_flwr_home() / APPROVED_APPS_DIR, install_from_fab)
         self.app: ClientApp | None = None
         self.app_hash: str | None = None  # sha256 of the FAB whose code this process imported
 
@@ -117,8 +122,8 @@ class SiteWorker:
         """The ClientApp of `fab`: approved, installed and imported by the first message, reused after."""
         digest = hashlib.sha256(fab.content).hexdigest()
         if self.app is None:
-            self.install(fab.content, skip_prompt=True)
-            self.app = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(
+            installed = self.install(fab.content)
+            self.app = get_load_client_app_fn(default_app_ref="", app_path=str(installed), multi_app=True)(
                 run.fab_id, run.fab_version, fab.hash_str)
             self.app_hash = digest
         elif digest != self.app_hash:

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
-from client.approved_app import own_app
+from client.approved_app import app_hash, own_app
+from flower_common.flower_patches import stock_flower_reason
 from flower_common.run_config import run_config_with_document
 from pedseg_core.config import PRIOR_SCHEMES, PedsegConfig
 from pedseg_core.data.validate import check_dataset
@@ -328,26 +329,41 @@ def run_local(launch: LocalLaunch, out: Path, pki: RunPKI | None, sites: list[st
         port = start_superlink(fed, pki)
         if pki is not None:
             register_sites(fed, pki, list(launch.data))
-        for site, path in launch.data.items():
-            security = ["--insecure"] if pki is None else ["--root-certificates", str(pki.ca),
-                                                           "--auth-key", str(pki.site_key(site))]
-            fed.start(f"site-{site}", [
-                sys.executable, "-m", "client.cli", "--site", site, "--joint", launch.joints[site],
-                "--data", path, "--superlink", f"127.0.0.1:{port}", *security,
-                "--state-dir", str(site_state_dir(out, site)), "--connect-timeout", "30",
-                "--threads", str(launch.threads or max(1, (os.cpu_count() or 1) // len(launch.data))),
-                *(["--keep-sent"] if launch.keep_sent else []), *(["--policy", launch.policy] if launch.policy else []),
-            ], flower_env(site_state_dir(out, site) / "flwr-home"))
-        config = run_config_with_document(cfg, {**launch.app_keys, **run_dir_config})
         with app_folder(launch.app_dir) as app_dir:
+            approval = app_approval(launch, app_dir)
+            for site, path in launch.data.items():
+                security = ["--insecure"] if pki is None else ["--root-certificates", str(pki.ca),
+                                                               "--auth-key", str(pki.site_key(site))]
+                fed.start(f"site-{site}", [
+                    sys.executable, "-m", "client.cli", "--site", site, "--joint", launch.joints[site],
+                    "--data", path, "--superlink", f"127.0.0.1:{port}", *security,
+                    "--state-dir", str(site_state_dir(out, site)), "--connect-timeout", "30",
+                    "--threads", str(launch.threads or max(1, (os.cpu_count() or 1) // len(launch.data))),
+                    *(["--keep-sent"] if launch.keep_sent else []),
+                    *(["--policy", launch.policy] if launch.policy else []), *approval,
+                ], flower_env(site_state_dir(out, site) / "flwr-home"))
+            config = run_config_with_document(cfg, {**launch.app_keys, **run_dir_config})
             return submit_and_follow(fed, app_dir, config, sites, progress)
     finally:
         fed.stop_all()
 
 
+def app_approval(launch: LocalLaunch, app_dir: Path) -> list[str]:
+    """The sites' options that approve the app this launcher submits from `app_dir` (`--approve-app` its hash),
+    unless their policy lists approved_apps (then that list decides); where Flower runs stock, which cannot keep a
+    site to its apps, `--allow-any-app` (said on stderr)."""
+    if load_policy(Path(launch.policy) if launch.policy else None).approved_apps is not None:
+        return []
+    if (stock := stock_flower_reason()) is not None:
+        print(f"pedseg federate: stock Flower ({stock}) cannot keep the sites to the app it submits: they run with "
+              "--allow-any-app", file=sys.stderr)
+        return ["--allow-any-app"]
+    return ["--approve-app", app_hash(app_dir)]
+
+
 def app_folder(app_dir: str) -> AbstractContextManager[Path]:
-    """The folder `flwr run` builds the app from: `app_dir`, or "" for pedseg's own (a wheel install has none on
-    disk: `own_app` makes one for the run)."""
+    """The folder `flwr run` builds the app from: `app_dir`, or "" for pedseg's own (`own_app`: a snapshot made for
+    the run, so the app sent is the one its sites were told to approve)."""
     return nullcontext(Path(app_dir)) if app_dir else own_app()
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from client.approved_app import own_app
+from client.approved_app import own_app, own_app_hash
 from client.cli import main, node_config
 from pedseg_core.processes.ports import free_port
 
@@ -81,6 +81,29 @@ def test_unreachable_superlink_gives_a_clear_error_after_retries(dataset, tmp_pa
     assert f"cannot reach the SuperLink at 127.0.0.1:{port} (retried for 3 s)" in proc.stderr
     assert f"waiting for the SuperLink at 127.0.0.1:{port} to accept connections (up to 3 s" in proc.stdout
     assert "Traceback" not in proc.stderr and time.monotonic() - start >= 2.5
+
+
+def test_a_site_runs_its_own_app_unless_told_otherwise_and_says_so_at_start(dataset, tmp_path, capsys):
+    """No approved_apps: the start line names the one app it runs (its own pedseg's); --allow-any-app is warned
+    on stderr (the site's log); a malformed --approve-app is refused in one line."""
+    site = ["--site", "h1", "--joint", "knee", "--data", str(dataset), "--superlink", "127.0.0.1:1", "--insecure",
+            "--state-dir", str(tmp_path / "state"), "--connect-timeout", "0.1"]
+    assert main(site) == 2
+    out, err = capsys.readouterr()
+    assert f"pedseg-client: apps: runs only {own_app_hash()} (its own pedseg's app)" in out
+    assert "--allow-any-app" not in err
+    other = "c" * 64
+    assert main([*site, "--approve-app", other]) == 2
+    assert other in capsys.readouterr().out
+    assert main([*site, "--allow-any-app"]) == 2
+    out, err = capsys.readouterr()
+    assert "pedseg-client: warning: --allow-any-app: this site runs any app its federation sends" in err
+    assert "apps: runs only" not in out
+    assert main([*site, "--approve-app", "c0ffee"]) == 2
+    assert "--approve-app c0ffee: not a sha256" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main([*site, "--approve-app", other, "--allow-any-app"])
+    assert done.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_app_hash_is_the_hash_of_the_fab_flower_sends(capsys, tmp_path):

@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 import shutil
 
-from client.approved_app import app_hash
+from client.approved_app import APP_PACKAGES, app_hash
 from flower_common.run_config import config_from_run_config
 from pedseg.cli import main as pedseg
 from pedseg_core.audit import read_audit
 from simulations.local import federate_local
 from tests.app_folder import APP_DIR
-
-APP_PARTS = ("pedseg_core", "client", "server", "simulations")
 
 
 def modified_app(root):
@@ -23,7 +21,7 @@ def modified_app(root):
     app = root / "modified-app"
     app.mkdir()
     shutil.copy(APP_DIR / "pyproject.toml", app / "pyproject.toml")
-    for part in APP_PARTS:
+    for part in APP_PACKAGES:
         shutil.copytree(APP_DIR / part, app / part, ignore=shutil.ignore_patterns("__pycache__"))
     with (app / "client" / "app.py").open("a", encoding="utf-8") as f:
         f.write("\nSENT_ELSEWHERE = True  # a change the sites never reviewed\n")

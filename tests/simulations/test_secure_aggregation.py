@@ -6,6 +6,7 @@ weights or its update unmasked, and the global weights equal plain FedAvg of wha
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def recording_app_dir(root: Path) -> Path:
     app.mkdir()
     pyproject = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
     assert 'serverapp = "server.app:app"' in pyproject
+    pyproject = re.sub(r"\nfab-include = \[[^\]]*\]", "", pyproject)  # its files are not pedseg's packages
     (app / "pyproject.toml").write_text(pyproject.replace('serverapp = "server.app:app"',
                                                           'serverapp = "recording_server:app"'), encoding="utf-8")
     shutil.copy(Path(__file__).with_name("recording_server.py"), app / "recording_server.py")

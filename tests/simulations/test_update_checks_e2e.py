@@ -6,6 +6,7 @@ none enters the global model, the ServerApp never crashes, and the run completes
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def corrupting_app_dir(root: Path) -> Path:
     pyproject = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
     assert 'clientapp = "client.app:app"' in pyproject and "[tool.flwr.app.config]\n" in pyproject
     pyproject = pyproject.replace('clientapp = "client.app:app"', 'clientapp = "corrupting_client:app"')
+    pyproject = re.sub(r"\nfab-include = \[[^\]]*\]", "", pyproject)  # its files are not pedseg's packages
     pyproject = pyproject.replace("[tool.flwr.app.config]\n",
                                   '[tool.flwr.app.config]\ncorrupt-site = ""\ncorruptions-json = ""\n')
     (app / "pyproject.toml").write_text(pyproject, encoding="utf-8")
