@@ -63,8 +63,9 @@ class PriorFedAvg(FedAvg):
         for msg, reason in rejected:
             log(WARNING, "stage 1: rejected the update of node %s: %s", msg.metadata.src_node_id, reason)
             notes["rejected"].append({"site": f"node {msg.metadata.src_node_id}", "reason": reason})
-        if self.checks.clipped:
-            notes["clipped"] = self.checks.clipped
+        for node, norms in self.checks.clipped.items():
+            log(WARNING, "stage 1: clipped the update of %s to the norm bound: %s", node, norms)
+            notes.setdefault("clipped", {})[node] = norms
         self.notes[server_round] = notes
         if not valid:
             return None, None

@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Iterable
-from logging import INFO
+from logging import INFO, WARNING
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
@@ -43,6 +43,8 @@ from pedseg_core.protocol import (
     PRIOR,
     PROXIMAL_MU,
     SHARE_HEAD,
+    SITE,
+    SITE_NAME,
     TRAIN_LOSS,
     UNION_CLASSES,
     UNION_OFFSETS_JSON,
@@ -141,8 +143,9 @@ class SharedWeightsStrategy(Strategy):
         self.rounds.note_rejected(rejected)
         record = self.rounds.record
         record["update_norms"] = norms
-        if self.checks.clipped:  # site -> {"update"/"head": [its norm, the norm it was clipped to]}
-            record["clipped"] = self.checks.clipped
+        for site, norms in self.checks.clipped.items():  # {"update"/"head": [its norm, the norm it was clipped to]}
+            log(WARNING, "clipped the update of %s to the norm bound: %s", site, norms)
+            record.setdefault("clipped", {})[site] = norms
         if self.secure is not None:  # every reply holds the same mean: single updates are not seen
             record["update_norms"] = {}
             record["secure_aggregation"] = self.secure.report
@@ -151,6 +154,10 @@ class SharedWeightsStrategy(Strategy):
             return None, None
         started = time.perf_counter()
         weights = [self.checks.weight(m) for m in valid]  # min(declared, expected) examples
+        capped = {str(m.content[SITE][SITE_NAME]): w for m, w in zip(valid, weights)
+                  if w < float(m.content[METRICS][NUM_EXAMPLES])}
+        if capped:  # site -> the examples it counts for, fewer than it declared
+            record["capped_examples"] = capped
         aggregated = (valid[0].content[ARRAYS] if self.secure is not None
                       else self._aggregate(server_round, valid, weights))
         loss = self.rounds.note_training(valid, weights)

@@ -284,6 +284,7 @@ def test_a_declared_count_beyond_the_expected_does_not_steer_the_mean(tmp_path):
                                                    reply(3, "hip", "hip", shift=0.4, examples=1e9)])
     assert np.allclose(arrays["dec.bias"].numpy(), 0.2)  # equal weights: (0.1 + 0.1 + 0.4) / 3
     assert summary["num-examples"] == 36.0
+    assert strategy.rounds.record["capped_examples"] == {"hip": 12}
 
 
 def test_a_node_is_bound_to_the_site_it_first_declared(tmp_path):
@@ -328,3 +329,11 @@ def test_a_malformed_label_query_answer_declares_no_site():
                                  ("a", json.dumps({"tibia": "1"}), "to integers"), ("a", b"{}", "not a JSON")]:
         with pytest.raises(UpdateRejected, match=re.escape(reason)):
             site_identity(answer(site, labels))
+
+
+def test_a_clipped_update_is_aggregated_clipped_and_named_in_the_rounds_line(tmp_path):
+    strategy = hostile_strategy(tmp_path)
+    arrays, _ = strategy.aggregate_train(1, [reply(1, "ankle", shift=0.1), reply(2, "knee", "knee", shift=0.1),
+                                             reply(3, "hip", "hip", shift=5.0)])
+    assert np.allclose(arrays["dec.bias"].numpy(), (0.1 + 0.1 + 1.0) / 3)  # 5.0 clipped to 10 x 0.1
+    assert list(strategy.rounds.record["clipped"]) == ["hip"] and strategy.rounds.record["rejected"] == []
