@@ -122,11 +122,16 @@ def site_key(root: Path, site: str) -> Path:
     return root / "keys" / f"{site}.key"
 
 
-def site_env_file(root: Path, site: str, joint: str, data: Path, superlink: str, ca: Path, key: Path) -> Path:
-    """deploy/site.env.example filled in, as the guide asks of each hospital."""
+def site_env_file(root: Path, site: str, joint: str, data: Path, superlink: str, ca: Path, key: Path,
+                  policy: Path | None = None) -> Path:
+    """deploy/site.env.example filled in, as the guide asks of each hospital; `policy` (default: one written
+    here, with the default policy's values) is the site's privacy policy."""
+    if policy is None:
+        policy = root / f"{site}-policy.yaml"
+        policy.write_text("per_case_metrics: false\n", encoding="utf-8")
     values = {"PEDSEG_SITE": site, "PEDSEG_JOINT": joint, "PEDSEG_DATA": str(data), "PEDSEG_SUPERLINK": superlink,
               "PEDSEG_CA": str(ca), "PEDSEG_AUTH_KEY": str(key), "PEDSEG_STATE": str(root / "state" / site),
-              "PEDSEG_THREADS": "1"}
+              "PEDSEG_POLICY": str(policy), "PEDSEG_THREADS": "1"}
     lines = []
     for line in (DEPLOY / "site.env.example").read_text(encoding="utf-8").splitlines():
         name = line.split("=", 1)[0]
