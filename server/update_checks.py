@@ -12,9 +12,11 @@ Then the sizes: the L2 norm of a reply's update (its shared weights minus the gl
 joint's pooled head, or its own norm before one exists) against the median norm of the round's OTHER checked
 replies (of the same joint, for heads): over `norm_bound` x that median, the update is clipped to it (and the
 round's line says so); non-finite or over ABSURD x the median, the reply is rejected. A round with a single
-reply has nothing to compare with. Each update then weighs `min(declared num-examples, expected)`, where the
-server knows what a round's local training can see (`training_examples`, `prior_examples`): a site cannot
-outweigh the others by declaring more. The reasons go to the round's metrics.jsonl line.
+reply has nothing to compare with, except a lone head of a joint with a pooled head: it is bounded by the
+pooled head's own norm (no single site may replace its joint's head with an arbitrary one). Each update then
+weighs `min(declared num-examples, expected)`, where the server knows what a round's local training can see
+(`training_examples`, `prior_examples`): a site cannot outweigh the others by declaring more. The reasons go
+to the round's metrics.jsonl line.
 """
 
 from __future__ import annotations
@@ -249,6 +251,7 @@ class _Checked:
     head: dict[str, np.ndarray] | None = None
     head_reference: dict[str, np.ndarray] | None = None
     head_norm: float = 0.0
+    pooled_norm: float | None = None  # of its joint's pooled head, when the server holds one
 
 
 @dataclass
@@ -310,8 +313,12 @@ class UpdateChecks:
         scale = self._scale(entry.norm, others, "update")
         head_scale = 1.0
         if entry.head is not None:
-            head_scale = self._scale(entry.head_norm, [c.head_norm for c in checked if c.head is not None
-                                                       and c.joint == entry.joint and c.site != entry.site], "head")
+            heads = [c.head_norm for c in checked if c.head is not None and c.joint == entry.joint
+                     and c.site != entry.site]
+            if heads or entry.pooled_norm is None:
+                head_scale = self._scale(entry.head_norm, heads, "head")
+            else:  # the joint's only head this round
+                head_scale = self._scale(entry.head_norm, [entry.pooled_norm], "head", "its joint's pooled head's norm")
         if scale < 1.0:
             entry.reply.content[ARRAYS] = _clipped(entry.arrays, globals_, scale)
             self.clipped.setdefault(entry.site, {})["update"] = [round(entry.norm, 6), round(entry.norm * scale, 6)]
@@ -320,16 +327,17 @@ class UpdateChecks:
             self.clipped.setdefault(entry.site, {})["head"] = [round(entry.head_norm, 6),
                                                                round(entry.head_norm * head_scale, 6)]
 
-    def _scale(self, norm: float, others: list[float], what: str) -> float:
-        """1, or the factor that brings `norm` down to `norm_bound` x the median of `others`."""
+    def _scale(self, norm: float, others: list[float], what: str, against: str = "the other sites'") -> float:
+        """1, or the factor that brings `norm` down to `norm_bound` x the median of `others` (`against`: what
+        they are, for the reason)."""
         if not math.isfinite(norm):
             raise UpdateRejected(f"{what} norm is not finite")
         median = float(np.median(others)) if others else 0.0
         if median <= 0:  # nothing to compare with, or no scale to use
             return 1.0
         if norm > ABSURD * median:
-            raise UpdateRejected(f"{what} norm {norm:.3g} exceeds {ABSURD:g} x the median {median:.3g} of the "
-                                 f"other sites' (absurd)")
+            raise UpdateRejected(f"{what} norm {norm:.3g} exceeds {ABSURD:g} x the median {median:.3g} of "
+                                 f"{against} (absurd)")
         limit = self.norm_bound * median
         return limit / norm if self.norm_bound and norm > limit else 1.0
 
@@ -357,6 +365,9 @@ class UpdateChecks:
         if HEAD in reply.content.array_records:  # like the joint's pooled head, or the first head of this round
             head = reply.content[HEAD]
             entry.head = check_arrays(head, heads.setdefault(joint, {k: head[k] for k in head.keys()}), "head")
-            entry.head_reference = pooled.get(joint) or {k: np.zeros_like(v) for k, v in entry.head.items()}
+            zeros = {k: np.zeros_like(v) for k, v in entry.head.items()}
+            entry.head_reference = pooled.get(joint) or zeros
             entry.head_norm = _norm(entry.head, entry.head_reference)
+            if joint in pooled:
+                entry.pooled_norm = _norm(pooled[joint], zeros)
         return entry

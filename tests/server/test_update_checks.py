@@ -337,3 +337,21 @@ def test_a_clipped_update_is_aggregated_clipped_and_named_in_the_rounds_line(tmp
                                              reply(3, "hip", "hip", shift=5.0)])
     assert np.allclose(arrays["dec.bias"].numpy(), (0.1 + 0.1 + 1.0) / 3)  # 5.0 clipped to 10 x 0.1
     assert list(strategy.rounds.record["clipped"]) == ["hip"] and strategy.rounds.record["rejected"] == []
+
+
+def test_a_lone_head_is_bounded_by_its_joints_pooled_head():
+    pooled = {"knee": {"head.weight": Array(np.ones((3, 2), np.float32))}}
+
+    def with_head(value):
+        return reply(2, "knee-b", "knee", **{"joint-arrays": ArrayRecord(
+            {"head.weight": Array(np.full((3, 2), value, np.float32))})})
+
+    checks = UpdateChecks(norm_bound=10.0)
+    accepted, rejected, _ = screen([reply(1, "ankle"), with_head(1e6)], checks, pooled)
+    assert len(accepted) == 1 and "of its joint's pooled head's norm (absurd)" in rejected[0][1]
+    accepted, rejected, _ = screen([reply(1, "ankle"), with_head(101.0)], checks, pooled)  # 100 x away: clipped
+    assert rejected == [] and list(checks.clipped["knee-b"]) == ["head"]
+    head = accepted[1].content["joint-arrays"]["head.weight"].numpy()
+    assert np.allclose(np.linalg.norm(head - 1.0), 10.0 * np.sqrt(6), rtol=1e-5)  # 10 x the pooled head's norm
+    accepted, rejected, _ = screen([reply(1, "ankle"), with_head(1.5)], checks, pooled)
+    assert len(accepted) == 2 and checks.clipped == {}
