@@ -201,7 +201,7 @@ class FederationConfig(Section):
     per_case_metrics: bool = False  # ask the sites for per-case metrics (each site's policy decides; default: no)
     norm_bound: Annotated[float, rule(lambda v: v == 0 or v >= 1, "0 (no bound) or at least 1")] = 10.0
     # a training update (its shared weights minus the global ones) whose L2 norm exceeds this many times the
-    # median of the other replies' norms in the round is rejected; 0 = no bound
+    # median of the other replies' norms in the round is clipped to it (over 1000 times: rejected); 0 = no bound
     aggregation: Aggregation = "mean"  # shared weights: example-weighted mean, or robust: coordinate-wise (median,
     # trimmed-mean) or the updates closest to the others (krum, multikrum; bulyan: both)
     trim_fraction: Annotated[float, rule(lambda v: 0 <= v < 0.5, "in [0, 0.5)")] = 0.2
