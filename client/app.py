@@ -42,6 +42,7 @@ from pedseg_core.protocol import (
     PRIOR,
     PROTOTYPES,
     PROXIMAL_MU,
+    REFUSALS_JSON,
     RESULT_JSON,
     SERVER_ROUND,
     SHARE_HEAD,
@@ -54,7 +55,14 @@ from pedseg_core.protocol import (
 )
 from pedseg_core.train.site_algorithm import SiteAlgorithm
 from pedseg_core.train.site_algorithm_cache import SiteAlgorithmCache
-from pedseg_core.train.site_requests import EvaluateRequest, PriorRequest, StateDict, TrainRequest, UnionLabels
+from pedseg_core.train.site_requests import (
+    EvaluateRequest,
+    EvaluateResult,
+    PriorRequest,
+    StateDict,
+    TrainRequest,
+    UnionLabels,
+)
 
 PRIVATE_KEY = "pedseg-private"
 SEQUENCE_KEY = "pedseg-sequence"  # how many messages this node has handled: a cached algorithm must have seen them all
@@ -119,7 +127,7 @@ def train(msg: Message, context: Context) -> Message:
     context.state[PRIVATE_KEY] = ArrayRecord(algorithm.private_state())
     identity = _identity(context)
     if result.evaluation is not None:
-        identity[RESULT_JSON] = json.dumps(result.evaluation.entry)
+        _add_evaluation(identity, result.evaluation)
     metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, **result.metrics})
     reply = RecordDict({ARRAYS: ArrayRecord(result.shared), METRICS: metrics, SITE: identity})
     for name, arrays in ((PROTOTYPES, result.prototypes), (HEAD, result.head)):
@@ -134,6 +142,17 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     result = site_algorithm(context, config).evaluate(EvaluateRequest(_arrays(msg, ARRAYS), int(config[SERVER_ROUND])))
     identity = _identity(context)
-    identity[RESULT_JSON] = json.dumps(result.entry)
+    _add_evaluation(identity, result)
+    if result.entry is None:  # no metric leaves: the site record says why
+        return Message(RecordDict({SITE: identity}), reply_to=msg)
     metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, MEAN_DICE: result.mean_dice})
     return Message(RecordDict({METRICS: metrics, SITE: identity}), reply_to=msg)
+
+
+def _add_evaluation(identity: ConfigRecord, result: EvaluateResult) -> None:
+    """The site's evaluation result into its site record, or, when its policy withholds it, why (REFUSALS_JSON,
+    as the policy mod's refusals)."""
+    if result.entry is not None:
+        identity[RESULT_JSON] = json.dumps(result.entry)
+    else:
+        identity[REFUSALS_JSON] = json.dumps([result.withheld])

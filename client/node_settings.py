@@ -1,6 +1,8 @@
 """A site's own settings as its ClientApp sees them: the SuperNode's node config (set by `pedseg-client`), or in
 a Flower simulation, where a virtual node only knows its partition id, its entry in the run config's
-`sites-json` table. Keys: site, joint, data-dir, state-dir, threads, keep-sent, policy (a YAML file), part, parts.
+`sites-json` table. Keys: site, joint, data-dir, state-dir, threads, keep-sent, policy (a YAML file), part, parts,
+and the site's own values that no run config sets (`pedseg_core.train.request_bounds.SiteOwnValues`): folds, fold
+(its evaluation split, default: one hold-out or its labelsTs) and device (default auto).
 And the run's typed configuration, parsed once per run in a process."""
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from flwr.app import Context
+from pydantic import ValidationError
 
 from flower_common.run_config import config_from_run_config
-from pedseg_core.config import PedsegConfig
+from pedseg_core.config import DataConfig, PedsegConfig, TrainConfig
+from pedseg_core.errors import PedsegError
 from pedseg_core.policy import SitePolicy, load_policy
+from pedseg_core.train.request_bounds import SiteOwnValues
 from pedseg_core.train.site_requests import SiteSettings
+from pedseg_core.validation_errors import one_line
 
 
 def node_settings(context: Context) -> dict:
@@ -37,7 +43,19 @@ def site_settings(node: dict) -> SiteSettings:
     """The node's settings as the site algorithm takes them, its policy included."""
     return SiteSettings(str(node["site"]), str(node["joint"]), Path(str(node["data-dir"])), state_dir(node),
                         (int(node.get("part", 0)), int(node.get("parts", 1))), site_policy(node),
-                        bool(node.get("keep-sent", False)))
+                        bool(node.get("keep-sent", False)), own_values(node))
+
+
+def own_values(node: dict) -> SiteOwnValues:
+    """The site's evaluation split and device from its node config (folds, fold, device), checked as the
+    configuration checks them; PedsegError naming the node config."""
+    default = SiteOwnValues()
+    try:
+        data = DataConfig(folds=node.get("folds", default.folds), fold=node.get("fold", default.fold))
+        device = TrainConfig(device=node.get("device", default.device)).device
+    except ValidationError as err:
+        raise PedsegError(f"node config: {one_line(err, DataConfig)}") from None
+    return SiteOwnValues(folds=data.folds, fold=data.fold, device=device)
 
 
 def site_config(context: Context) -> PedsegConfig:

@@ -57,6 +57,7 @@ def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         result = json.loads(str(content[SITE][RESULT_JSON]))
         result.pop("per_case", None)
         content[SITE][RESULT_JSON] = json.dumps(result)
-    if refusals and SITE in content.config_records:
-        content[SITE][REFUSALS_JSON] = json.dumps(refusals)
+    if refusals and SITE in content.config_records:  # after the algorithm's own (a withheld evaluation)
+        earlier = json.loads(str(content[SITE][REFUSALS_JSON])) if REFUSALS_JSON in content[SITE] else []
+        content[SITE][REFUSALS_JSON] = json.dumps([*earlier, *refusals])
     return reply

@@ -1,6 +1,7 @@
 """Reading a site's audit log (`STATE_DIR/audit.jsonl`, written by the site's ClientApp for every message
 that left it): a summary per run and round, with what deserves a data-protection officer's look flagged: an
-image-sized array the site did not receive, and per-case metrics."""
+image-sized array the site did not receive, per-case metrics, and a request the site's policy refused (its error
+reply names the policy item: `pedseg_core.train.request_bounds`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pedseg_core.errors import PedsegError
+from pedseg_core.train.request_bounds import REFUSAL
 
 AUDIT_FILE = "audit.jsonl"
 
@@ -56,6 +58,9 @@ def summarize_audit(lines: list[dict]) -> tuple[list[str], int]:
             where = f"  round {m['round'] if m.get('round') is not None else '-':>3} {m['type']:<8}"
             if "error" in m:
                 out.append(f"{where} error reply: {m['error']}")
+                if REFUSAL in str(m["error"]):
+                    flagged += 1
+                    out.append(f"{where} FLAG: a request outside the site's policy (refused)")
                 continue
             records = sorted({a["record"] for a in m["arrays"]})
             metrics = sorted({k for record in m["metrics"].values() for k in record})

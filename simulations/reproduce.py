@@ -4,9 +4,13 @@ Cells: the six centralized schemes; the federated `multi-domain`, `contrastive` 
 and FedProx (Flower's simulation engine, one virtual SuperNode per joint); the federated `shared` scheme with
 plain FedAvg (the peer baseline: what a stock Flower or NVIDIA FLARE MONAI example does). Every cell of a fold
 trains with the same preset and the same train/test split (`data.folds`/`data.fold`; with one fold, the
-datasets' labelsTs). Layout of OUT:
+datasets' labelsTs). A federated cell's sites keep their own evaluation split, which no run config sets
+(`pedseg_core.train.request_bounds`): a reproduction with federated cells runs one fold and the default split.
+Its virtual sites run the reproduction's own policy (the data is the researcher's): per-case metrics, every
+federated scheme and the researcher's training settings allowed. Layout of OUT:
 
     reproduce.json            the settings (a re-run with other settings is refused)
+    site-policy.yaml          the federated cells' site policy
     runs/fold-F/<cell>/       each cell's run directory (config.yaml, metrics.jsonl, checkpoints/, results.json)
     cells.jsonl               one line per finished cell: seconds and mean Dice
     results.md / .csv / .json, cases.csv, dice_per_round.png, dice_boxplots.png
@@ -25,9 +29,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pedseg_core.config import DEFAULT_PRESET, SCHEMES, PedsegConfig, build_config, laid_over, parse_overrides
+import yaml
+
+from pedseg_core.config import (
+    DEFAULT_PRESET,
+    FEDERATED_SCHEMES,
+    SCHEMES,
+    DataConfig,
+    PedsegConfig,
+    build_config,
+    laid_over,
+    parse_overrides,
+)
 from pedseg_core.data.validate import check_dataset
 from pedseg_core.errors import DatasetError, PedsegError
+from pedseg_core.policy import SitePolicy
 from pedseg_core.train.centralized import train_centralized
 from pedseg_core.train.run_dir import write_json
 from simulations import plots, report
@@ -91,10 +107,28 @@ def fold_config(preset: str, config_file: Path | None, overrides: dict, folds: i
     return build_config(preset, config_file, overrides=values)
 
 
-def _run_cell(cell: Cell, data: dict[str, Path], run_dir: Path, cfg: PedsegConfig) -> dict:
+# The researcher's own data: per-case metrics (the paired tests), every federated scheme, any training settings
+RESEARCH_POLICY = SitePolicy(per_case_metrics=True, allowed_schemes=FEDERATED_SCHEMES, min_batch_size=1,
+                             min_local_steps=1, max_learning_rate=1.0, require_augmentation=False)
+
+
+def require_sites_split(configs: list[PedsegConfig], plan: list[Cell]) -> None:
+    """A reproduction with federated cells evaluates every cell on the split its sites keep (one fold, the
+    default hold-out or labelsTs): a run config cannot give sites another one, so other splits are refused."""
+    own = DataConfig()
+    if any(c.strategy for c in plan) and any((c.data.folds, c.data.validation_fraction)
+                                             != (own.folds, own.validation_fraction) for c in configs):
+        raise PedsegError("--folds and data.validation_fraction: federated cells evaluate on each site's own split, "
+                          "which a federation's run config never sets; run them with --folds 1 and the default "
+                          "split, or choose centralized cells only with --cells")
+
+
+def _run_cell(cell: Cell, data: dict[str, Path], run_dir: Path, cfg: PedsegConfig, policy: Path) -> dict:
     if cell.strategy is None:
         return train_centralized(data, cfg, run_dir)
-    return federate_simulation(data, run_dir, cfg)
+    cfg = cfg.model_copy(deep=True)
+    cfg.federation.per_case_metrics = True
+    return federate_simulation(data, run_dir, cfg, policy=policy)
 
 
 def reproduce(data: dict[str, Path], out: Path, preset: str = DEFAULT_PRESET, folds: int = 1,
@@ -108,6 +142,7 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = DEFAULT_PRESET, fo
     plan = select_cells(cells)
     asked = parse_overrides(list(overrides))
     configs = [fold_config(preset, config_file, asked, folds, fold) for fold in range(folds)]  # checked first
+    require_sites_split(configs, plan)
     # The resolved configuration (what the preset and options mean in this version of pedseg) is part of the
     # settings: a folder trained with another version's preset is refused, not resumed into a mixed table.
     resolved = {k: v for k, v in configs[0].to_dict().items() if k not in ("scheme", "tracking")}
@@ -118,6 +153,8 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = DEFAULT_PRESET, fo
     if config_file is not None:
         settings["config_file"] = str(Path(config_file).resolve())
     _settings_guard(out, settings)
+    policy = out / "site-policy.yaml"
+    policy.write_text(yaml.safe_dump(RESEARCH_POLICY.model_dump(mode="json")), encoding="utf-8")
 
     total, started = folds * len(plan), time.perf_counter()
     order = sorted(plan, key=lambda c: c.name not in FIRST)  # stable: otherwise the table's order
@@ -133,7 +170,8 @@ def reproduce(data: dict[str, Path], out: Path, preset: str = DEFAULT_PRESET, fo
                 shutil.rmtree(run_dir)
             print(f"\n{label} (elapsed {_minutes(time.perf_counter() - started)})", flush=True)
             cell_start = time.perf_counter()
-            results = _run_cell(cell, data, run_dir, fold_config(preset, config_file, asked, folds, fold, cell))
+            results = _run_cell(cell, data, run_dir, fold_config(preset, config_file, asked, folds, fold, cell),
+                                policy)
             seconds = time.perf_counter() - cell_start
             with (out / "cells.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"fold": fold, "cell": cell.name, "seconds": round(seconds, 1),

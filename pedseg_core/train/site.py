@@ -8,6 +8,7 @@ statistics, the head) never leave it.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -43,10 +44,13 @@ class SiteTrainer:
     """A site's model (one domain: its norms and head) over its validated nnU-Net dataset."""
 
     def __init__(self, site: str, joint: str, data_dir: Path, cfg: PedsegConfig, part: tuple[int, int] = (0, 1),
-                 union: tuple[int, int] | None = None) -> None:
+                 union: tuple[int, int] | None = None, secret: int | None = None) -> None:
         """`part` = (i, k): this site holds every k-th training case starting at i (a dataset split into k
         simulated sites of one joint); all of them evaluate on the joint's evaluation cases. `union` = (number
-        of union classes, this joint's offset): the `shared` scheme's one head over the bones of all joints."""
+        of union classes, this joint's offset): the `shared` scheme's one head over the bones of all joints.
+        `secret`: the site's own entropy, from which a federated site draws its training batches, augmentation
+        and prototype subsets (a server knows the round and `train.seed`); None: drawn from `train.seed` and
+        the round, reproducibly (`pedseg adapt`, tests)."""
         if cfg.scheme == "shared" and union is None:
             raise PedsegError("the shared scheme needs the union label space (sent by the server)")
         self.cfg = cfg
@@ -65,6 +69,15 @@ class SiteTrainer:
         self.model = build_model([classes], cfg.model, projection=projection).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg.train.learning_rate, cfg.train.weight_decay)
         self.private: PrivateTraining | None = None  # DP-SGD, when the site's policy asks for it
+        self.secret = secret
+
+    def round_seed(self, purpose: str, server_round: int, seed: int) -> int:
+        """The seed of one random draw (`purpose`) in `server_round`: `seed` (from `train.seed` and the round)
+        without a secret, else one that only the site's secret determines."""
+        if self.secret is None:
+            return seed
+        digest = hashlib.sha256(f"{self.secret}:{purpose}:{server_round}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") >> 1  # a non-negative int64
 
     def use_privacy(self, budget: DPBudget, num_rounds: int, state: dict | None = None) -> None:
         """Train with DP-SGD in this run (see `pedseg_core.train.private_training`): `budget` over the run's
@@ -144,8 +157,10 @@ class SiteTrainer:
         start = time.perf_counter()
         slices = self.training_slices()
         loaded = time.perf_counter()
-        generator = torch.Generator().manual_seed(tc.seed * 100_003 + server_round)
-        augment = SliceAugmentation(self.cfg.data, tc.seed + server_round) if self.cfg.data.augment else None
+        generator = torch.Generator().manual_seed(self.round_seed("batches", server_round,
+                                                                  tc.seed * 100_003 + server_round))
+        augment = (SliceAugmentation(self.cfg.data, self.round_seed("augment", server_round, tc.seed + server_round)
+                                     % 2**32) if self.cfg.data.augment else None)
         if self.private is not None:  # Poisson batches of cases, from the OS's entropy
             batches = self.private.batches(slices, augment)
         else:
@@ -181,7 +196,8 @@ class SiteTrainer:
         if budget is None:
             labels = self.training_slices().labels
             stats = train_shape_autoencoder(autoencoder, [labels], [offset], self.cfg.prior,
-                                            self.cfg.train.seed + server_round, steps=steps)
+                                            self.round_seed("prior", server_round, self.cfg.train.seed + server_round)
+                                            % 2**32, steps=steps)
             autoencoder.cpu()
             return len(labels), stats, None
         optimizer = torch.optim.Adam(autoencoder.parameters(), lr=self.cfg.prior.learning_rate)
@@ -197,13 +213,14 @@ class SiteTrainer:
     @torch.no_grad()
     def prototypes(self, server_round: int = 0) -> tuple[list[Tensor], int] | None:
         """Per contrastive scale, the mean projected embedding [D] over this site's training slices (all of
-        them, or a random `contrastive.max_prototype_slices` of them drawn anew each round; no augmentation),
-        and the slice count; None without projection heads or with fewer slices than
-        `contrastive.min_prototype_slices` (a mean over few slices could describe single images)."""
+        them, or a random `contrastive.max_prototype_slices` of them drawn anew each round, from the site's secret
+        when it has one; no augmentation), and the slice count; None without projection heads or with fewer
+        slices than `contrastive.min_prototype_slices` (a mean over few slices could describe single images)."""
         slices = self.training_slices().images
         if not self.model.scales or len(slices) < self.cfg.contrastive.min_prototype_slices:
             return None
-        slices = seeded_subset(slices, self.cfg.contrastive.max_prototype_slices, self.cfg.train.seed + server_round)
+        slices = seeded_subset(slices, self.cfg.contrastive.max_prototype_slices,
+                               self.round_seed("prototypes", server_round, self.cfg.train.seed + server_round))
         self.model.eval()
         batch = self.cfg.eval.batch_size
         parts = [self.model.forward_with_embeddings(slices[i:i + batch].to(self.device), 0)[1]

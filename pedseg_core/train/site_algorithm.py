@@ -9,6 +9,9 @@ ClientApp (client/app.py) only translates messages to these calls; a hospital ca
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 from torch import Tensor
 
@@ -19,6 +22,7 @@ from pedseg_core.policy import Requests
 from pedseg_core.protocol import ARRAYS, EPSILON, HEAD, PROTOTYPE_SEP, PROTOTYPE_SLICES, PROTOTYPES, TRAIN_LOSS
 from pedseg_core.train.private_store import PrivateStore
 from pedseg_core.train.private_training import spent_epsilon
+from pedseg_core.train.request_bounds import bounded_config
 from pedseg_core.train.site import SiteTrainer
 from pedseg_core.train.site_requests import (
     EvaluateRequest,
@@ -40,9 +44,13 @@ class SiteAlgorithm:
                  private: StateDict | None = None) -> None:
         """Validates the site's data. `run`: the federation run it takes part in (a folder name: digits; a
         resumed run's is that of the run it continues); `union`: the `shared` scheme's label space; `private`:
-        the private layers the node holds in memory, preferred over those on its disk."""
+        the private layers the node holds in memory, preferred over those on its disk. A run whose
+        configuration breaks the site's policy is refused (`pedseg_core.train.request_bounds`); training
+        batches, augmentation and prototype subsets are drawn from a secret of this algorithm's own."""
         self.settings = settings
-        self.trainer = SiteTrainer(settings.site, settings.joint, settings.data_dir, cfg, settings.part, union)
+        cfg = bounded_config(cfg, settings.policy, settings.own, settings.site)
+        self.trainer = SiteTrainer(settings.site, settings.joint, settings.data_dir, cfg, settings.part, union,
+                                   secret=int.from_bytes(os.urandom(8), "big"))
         self.store = PrivateStore(settings.state_dir, run)
         if private is None:
             private = self.store.load()
@@ -50,6 +58,12 @@ class SiteAlgorithm:
             self.trainer.load_private(private)
         if (optimizer := self.store.load_optimizer()) is not None:
             self.trainer.load_optimizer_state(optimizer)
+
+    def use_settings(self, settings: SiteSettings) -> None:
+        """The site's settings as its files say now (its policy read anew): the run is checked against them
+        again, and refused if it now breaks them."""
+        bounded_config(self.trainer.cfg, settings.policy, settings.own, settings.site)
+        self.settings = settings
 
     def private_state(self) -> StateDict:
         """The private layers (domain norms, head) as they are now: for the node's own memory, never sent."""
@@ -151,12 +165,20 @@ class SiteAlgorithm:
         """The personalized model on `request.shared` (the global weights of `request.server_round`) over the
         site's evaluation cases; the model it scored stays at the site as `model.pt`, for `pedseg predict` (the
         `shared` scheme has none: its head is the union of all bones). Per-case metrics only where the run asks and
-        the policy allows; a DP site adds the epsilon it has spent."""
+        the policy allows; a DP site adds the epsilon it has spent. Over fewer evaluation cases than the policy's
+        `min_eval_cases`, no metric leaves (the result says why; the site's log has the count)."""
         entry = self.trainer.evaluate(request.shared)
-        if not self._granted().per_case_metrics:
-            entry.pop("per_case", None)
         if not self.trainer.union:
             self.trainer.save_model(self.store.model_path, request.server_round)
+        least = self.settings.policy.min_eval_cases
+        if entry["cases"] < least:
+            print(f"pedseg site {self.settings.site}: no metric of round {request.server_round} leaves: "
+                  f"{entry['cases']} evaluation case(s), the policy's min_eval_cases is {least}",
+                  file=sys.stderr, flush=True)
+            return EvaluateResult(None, f"evaluation: no metric sent: the site's policy item min_eval_cases "
+                                        f"({least}) admits no metric over fewer cases")
+        if not self._granted().per_case_metrics:
+            entry.pop("per_case", None)
         if (privacy := self.store.load_privacy()) is not None:
             entry["epsilon"] = spent_epsilon(privacy)
         return EvaluateResult(entry)

@@ -27,7 +27,7 @@ class SiteAlgorithmCache:
         key = (run, settings.site, union if cfg.scheme == "shared" else None)
         if key in self._entries and self._entries[key][1] == handled:
             algorithm = self._entries[key][0]
-            algorithm.settings = settings  # the site's policy as its file says now, as a new algorithm would read it
+            algorithm.use_settings(settings)  # the site's policy as its file says now, as a new algorithm reads it
             self._entries.move_to_end(key)
         else:
             algorithm = SiteAlgorithm(settings, cfg, run, key[2], private)

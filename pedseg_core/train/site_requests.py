@@ -18,6 +18,7 @@ from torch import Tensor
 
 from pedseg_core.errors import PedsegError
 from pedseg_core.policy import SitePolicy
+from pedseg_core.train.request_bounds import SiteOwnValues
 
 StateDict = dict[str, Tensor]
 
@@ -48,6 +49,7 @@ class SiteSettings:
     part: tuple[int, int] = (0, 1)  # (i, k): every k-th training case from i (simulated sites of one joint)
     policy: SitePolicy = field(default_factory=SitePolicy)  # what may leave it; its DP-SGD budget
     keep_sent: bool = False  # keep a copy of every training reply in <state_dir>/run-<run>/sent/
+    own: SiteOwnValues = field(default_factory=SiteOwnValues)  # its evaluation split, device: never the run's
 
 
 @dataclass
@@ -58,9 +60,11 @@ class EvaluateRequest:
 
 @dataclass
 class EvaluateResult:
-    """The site's `results.json` entry: per-bone dice/hd95/assd, mean_dice, cases, [per_case], [epsilon]."""
+    """The site's `results.json` entry: per-bone dice/hd95/assd, mean_dice, cases, [per_case], [epsilon]; or
+    None and why no metric leaves (`withheld`: the policy's min_eval_cases, in words that name no count)."""
 
-    entry: dict
+    entry: dict | None
+    withheld: str | None = None
 
     @property
     def num_examples(self) -> int:

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, MetricRecord, RecordDict
 
+from client import app as clientapp
 from client.audit_mod import audit_mod
 from client.message_dtype_mod import message_dtype_mod
 from client.policy_mod import policy_mod
 from pedseg.cli import main as pedseg
+from pedseg_core.errors import PedsegError
+from pedseg_core.train.site_algorithm_cache import SiteAlgorithmCache
 
 RESULT = {"dice": {"tibia": 0.9}, "hd95": {"tibia": 2.0}, "assd": {"tibia": 0.5}, "mean_dice": 0.9, "cases": 2,
           "per_case": {"case_007": {"dice": {"tibia": 0.9}}}}
@@ -134,3 +138,31 @@ def test_fp16_messages_give_the_handler_fp32_and_send_its_update_in_fp16(tmp_pat
     assert reply.content["site"]["arrays-encoding"] == "fp16-update"
     plain = message_dtype_mod(train_message(), context(tmp_path), handler)  # the run did not ask: fp32 as before
     assert plain.content["arrays"]["w"].numpy().dtype == np.float32 and "arrays-encoding" not in plain.content["site"]
+
+
+def test_the_policy_mod_keeps_the_sites_own_refusals_before_its_own(tmp_path):
+    """A site whose evaluation its policy withheld says so in its site record; the mod adds its refusals after."""
+    def withholding(msg: Message, ctx: Context) -> Message:
+        reply = site_handler(msg, ctx)
+        del reply.content["site"]["result-json"]
+        reply.content["site"]["refusals-json"] = json.dumps(["evaluation: no metric sent"])
+        return reply
+
+    reply = policy_mod(train_message(), context(tmp_path, **{"per-case-metrics": True}), withholding)
+    refusals = json.loads(reply.content["site"]["refusals-json"])
+    assert refusals[0] == "evaluation: no metric sent" and refusals[1].startswith("per-case metrics: refused")
+
+
+def test_a_run_outside_the_sites_policy_is_refused_audited_and_flagged(tmp_path, capsys, monkeypatch):
+    """The operator's run config asks for batches of one slice: the real handler refuses before reading any data;
+    the error reply names the policy item and nothing of the site; `pedseg audit` flags it."""
+    monkeypatch.setattr(clientapp, "ALGORITHMS", SiteAlgorithmCache())
+    ctx = context(tmp_path, overrides="train.batch_size=1")
+    with pytest.raises(PedsegError) as err:
+        audit_mod(train_message(), ctx, lambda m, c: policy_mod(m, c, clientapp.train))
+    assert "min_batch_size (4)" in str(err.value) and str(tmp_path) not in str(err.value)
+    (line,) = [json.loads(x) for x in (tmp_path / "state" / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert line["error"].startswith("PedsegError: refused by the site's policy: min_batch_size")
+    assert "train.batch_size = 1" in capsys.readouterr().err  # the site's log
+    assert pedseg(["audit", str(tmp_path / "state")]) == 1
+    assert "FLAG: a request outside the site's policy (refused)" in capsys.readouterr().out

@@ -11,7 +11,7 @@ from pedseg_core.config import PRESETS
 from pedseg_core.errors import PedsegError
 from pedseg_core.model.checkpoint import load_checkpoint
 from pedseg_core.model.partition import split_for_scheme
-from simulations.reproduce import CELLS, reproduce, select_cells
+from simulations.reproduce import CELLS, fold_config, reproduce, require_sites_split, select_cells
 
 # one federated cell (each costs a Flower simulation's ~30 s start); `make reproduce` runs all 13
 CELL_NAMES = ["centralized-individual", "centralized-full", "federated-shared-fedavg"]
@@ -104,3 +104,15 @@ def test_a_folder_trained_with_another_meaning_of_the_preset_is_refused(reproduc
     monkeypatch.setitem(PRESETS["tiny"]["train"], "learning_rate", 0.1)
     with pytest.raises(PedsegError, match=r"other settings \(config differ\)"):
         reproduce(data, out, "tiny", 1, SETTINGS, CELL_NAMES)
+
+
+def test_federated_cells_refuse_an_evaluation_split_their_sites_do_not_keep():
+    """A run config never sets a site's evaluation split, so federated cells run one fold and the default split."""
+    folds = [fold_config("tiny", None, {}, 2, fold) for fold in range(2)]
+    with pytest.raises(PedsegError, match="--folds and data.validation_fraction: federated cells"):
+        require_sites_split(folds, select_cells(["centralized-full", "federated-full-fedavg"]))
+    require_sites_split(folds, select_cells(["centralized-full"]))
+    require_sites_split([fold_config("tiny", None, {}, 1, 0)], select_cells(["federated-full-fedavg"]))
+    other = fold_config("tiny", None, {"data": {"validation_fraction": 0.5}}, 1, 0)
+    with pytest.raises(PedsegError, match="federated cells"):
+        require_sites_split([other], select_cells(["federated-shared-fedavg"]))

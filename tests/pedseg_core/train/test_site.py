@@ -40,6 +40,20 @@ def test_prototypes_of_many_slices_are_means_over_a_subset_drawn_per_round(site)
     assert not torch.allclose(site.prototypes(server_round=2)[0][0], first)
 
 
+def test_a_site_with_a_secret_draws_its_prototype_subset_from_it_not_from_the_servers_seed_and_round(site):
+    """A server that knows the subset's seed could ask twice and difference two means into one slice's embedding."""
+    site.cfg.contrastive.max_prototype_slices = 12
+    images = site.training_slices().images
+    server_known = site.prototypes(server_round=1)[0][0]
+    site.secret = 12345
+    (own, *_), _ = site.prototypes(server_round=1)
+    assert not torch.allclose(own, server_known)
+    subset = seeded_subset(images, 12, site.round_seed("prototypes", 1, site.cfg.train.seed + 1))
+    site.model.eval()
+    with torch.no_grad():
+        _, (embedding, *_) = site.model.forward_with_embeddings(subset, 0)
+    torch.testing.assert_close(own, embedding.mean(0), rtol=1e-4, atol=1e-5)
+
 def test_no_prototype_below_the_minimum_number_of_slices(site):
     site.cfg.contrastive.min_prototype_slices = 19
     site.train_round(site.shared_state(), 1, 2)

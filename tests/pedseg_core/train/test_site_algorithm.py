@@ -9,6 +9,7 @@ from pedseg_core.config import build_config
 from pedseg_core.model.shape_prior import ShapeAutoEncoder
 from pedseg_core.policy import DPBudget, SitePolicy
 from pedseg_core.train.private_store import PrivateStore
+from pedseg_core.train.request_bounds import SiteOwnValues
 from pedseg_core.train.site_algorithm import SiteAlgorithm
 from pedseg_core.train.site_requests import (
     EvaluateRequest,
@@ -20,7 +21,7 @@ from pedseg_core.train.site_requests import (
 
 ROUNDS = 2
 LABELS = {"background": 0, "a": 1, "b": 2}  # each joint's two bones; the union holds four
-SHARING = SitePolicy(min_prototype_slices=4)  # a tiny site's prototypes may leave
+SHARING = SitePolicy(min_prototype_slices=4, min_batch_size=2)  # a tiny site's prototypes may leave, batches of 2
 
 
 def sites(write_dataset, tmp_path, scheme: str = "full", policy: SitePolicy = SHARING) -> list[SiteAlgorithm]:
@@ -82,7 +83,7 @@ def test_the_head_leaves_only_when_asked(write_dataset, tmp_path):
 def test_the_sites_policy_keeps_what_it_refuses_at_the_site_without_any_mod(write_dataset, tmp_path):
     """Prototypes over fewer slices than the policy's minimum, a head it does not pool, per-case metrics: none
     leaves, and none is in the copy of what was sent."""
-    policy = SitePolicy(min_prototype_slices=13, share_head=False)  # a site of 2 cases holds 12 slices
+    policy = SitePolicy(min_prototype_slices=13, share_head=False, min_batch_size=2)  # 2 cases hold 12 slices
     (site, _) = sites(write_dataset, tmp_path, scheme="contrastive", policy=policy)
     site.trainer.cfg.federation.per_case_metrics = True  # asked by the run, not allowed by the policy
     result = site.train(TrainRequest(site.trainer.shared_state(), 2, ROUNDS, share_head=True, evaluate_first=True))
@@ -93,9 +94,36 @@ def test_the_sites_policy_keeps_what_it_refuses_at_the_site_without_any_mod(writ
 
 
 def test_a_dp_site_sends_neither_losses_nor_prototypes(write_dataset, tmp_path):
-    policy = SitePolicy(dp=DPBudget(epsilon=8.0), min_prototype_slices=4)
+    policy = SitePolicy(dp=DPBudget(epsilon=8.0), min_prototype_slices=4, min_batch_size=2)
     (site, _) = sites(write_dataset, tmp_path, scheme="contrastive", policy=policy)
     result = site.train(TrainRequest(site.trainer.shared_state(), 1, ROUNDS))
     assert result.prototypes is None and 0 < result.metrics["epsilon"] <= 8.0
     assert not [k for k in result.metrics if k.endswith("loss")]
     assert site.store.privacy_path.is_file()
+
+
+def test_no_metric_leaves_over_fewer_evaluation_cases_than_the_policy_admits(write_dataset, tmp_path, capsys):
+    policy = SitePolicy(min_prototype_slices=4, min_batch_size=2, min_eval_cases=2)  # each site has 1 test case
+    (site, _) = sites(write_dataset, tmp_path, scheme="multi-domain", policy=policy)
+    result = site.evaluate(EvaluateRequest(site.trainer.shared_state(), 1))
+    assert result.entry is None and "min_eval_cases (2)" in result.withheld and "1" not in result.withheld
+    assert "1 evaluation case(s)" in capsys.readouterr().err  # the count stays in the site's log
+    train = site.train(TrainRequest(site.trainer.shared_state(), 2, ROUNDS, evaluate_first=True))
+    assert train.evaluation.entry is None and train.shared  # the training reply still goes
+
+
+def test_the_evaluation_split_is_the_sites_own_whatever_the_run_config_says(write_dataset, tmp_path):
+    """A run asking for as many folds as training cases would make each evaluation one patient's."""
+    cfg = build_config("tiny", overrides={"data": {"folds": 3, "fold": 0}})
+    data = write_dataset(n_train=3, n_test=2, shape=(40, 40, 6))
+    site = SiteAlgorithm(SiteSettings("h", "knee", data, tmp_path / "s"), cfg, run="1")
+    assert [c.case_id for c in site.trainer.eval_cases] == ["test_000", "test_001"]  # its labelsTs
+    own = SiteSettings("h", "knee", data, tmp_path / "t", own=SiteOwnValues(folds=3, fold=1))
+    assert len(SiteAlgorithm(own, cfg, run="1").trainer.eval_cases) == 1  # folds only from the site's settings
+
+
+def test_training_batches_and_prototype_subsets_come_from_the_sites_own_entropy(write_dataset, tmp_path):
+    (site, other) = sites(write_dataset, tmp_path, scheme="contrastive")
+    assert site.trainer.secret is not None and site.trainer.secret != other.trainer.secret
+    seeds = {site.trainer.round_seed(purpose, 1, 0) for purpose in ("batches", "augment", "prototypes")}
+    assert len(seeds) == 3 and 0 not in seeds  # none of them the server's train.seed and round
