@@ -21,7 +21,7 @@ max_learning_rate: 0.01  # train.learning_rate (and prior.learning_rate in `full
 max_image_size: 512      # data.image_size
 max_width: 512           # every width of model.decoder_channels and prior.channels
 max_embedding_dim: 512   # contrastive.hidden and contrastive.dim
-require_augmentation: true  # refuse data.augment false or data.augment_probability 0
+require_augmentation: true  # refuse data.augment false or probability 0; augment at the site's own strength
 min_eval_cases: 1        # no metric leaves that is a mean over fewer evaluation cases (the aim: 2)
 ```
 

@@ -5,7 +5,8 @@ against the site's policy (`SitePolicy`: the allowed schemes, the minimum batch 
 maximum learning rate, the ceilings on image size, widths and embedding sizes, augmentation), and a run outside
 them is refused with a PedsegError naming the policy item and the run's value, nothing of the site's files (it
 goes back to the server). What a federation never sets is replaced by the site's own values (`SiteOwnValues`):
-the evaluation split, the encoder's initial weights, tracking and the device.
+the evaluation split, the encoder's initial weights, tracking and the device; and, where the policy requires
+augmentation, its strength (the site's defaults: a run cannot weaken it to nothing).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pedseg_core.config import DataConfig, PedsegConfig, TrackingConfig
 from pedseg_core.errors import PedsegError
 from pedseg_core.policy import SitePolicy
 
+AUGMENTATION = ("augment_probability", "rotate_degrees", "scale_range", "noise_std")  # DataConfig: its strength
 REFUSAL = "refused by the site's policy"  # how a refused run's error reply begins (`pedseg audit` flags it)
 
 
@@ -80,18 +82,21 @@ def bounded_config(cfg: PedsegConfig, policy: SitePolicy, own: SiteOwnValues, si
                           + (f" (and {len(found) - 1} more bound(s))" if len(found) > 1 else ""))
     bounded = cfg.model_copy(deep=True)
     data = bounded.data
-    asked = (data.folds, data.fold, data.validation_fraction, cfg.model.encoder_weights, cfg.train.device)
+    augmentation = {k: getattr(DataConfig(), k) for k in AUGMENTATION} if policy.require_augmentation else {}
+    asked = (data.folds, data.fold, data.validation_fraction, cfg.model.encoder_weights, cfg.train.device,
+             *(getattr(data, k) for k in augmentation))
     # assigned together: folds and fold are checked against each other
     bounded.data = DataConfig.model_validate({**data.model_dump(), "folds": own.folds, "fold": own.fold,
-                                              "validation_fraction": own.validation_fraction})
+                                              "validation_fraction": own.validation_fraction, **augmentation})
     bounded.model.encoder_weights = own.encoder_weights
     bounded.train.device = own.device
     bounded.tracking = TrackingConfig()
-    kept = (own.folds, own.fold, own.validation_fraction, own.encoder_weights, own.device)
+    kept = (own.folds, own.fold, own.validation_fraction, own.encoder_weights, own.device, *augmentation.values())
     if asked != kept or cfg.tracking != bounded.tracking:
-        print(f"pedseg site {site}: the run's data.folds/fold/validation_fraction, model.encoder_weights, "
-              f"train.device {asked} and tracking are the site's own here: {kept}, no tracking",
-              file=sys.stderr, flush=True)
+        names = ["data.folds", "data.fold", "data.validation_fraction", "model.encoder_weights", "train.device",
+                 *(f"data.{k}" for k in augmentation)]
+        print(f"pedseg site {site}: the run's {', '.join(names)} {asked} and tracking are the site's own here: "
+              f"{kept}, no tracking", file=sys.stderr, flush=True)
     return bounded
 
 

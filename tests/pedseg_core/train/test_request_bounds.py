@@ -62,14 +62,22 @@ def test_a_policy_may_grant_what_the_default_refuses():
 
 
 def test_the_evaluation_split_encoder_weights_tracking_and_device_are_the_sites_own(capsys):
-    cfg = build_config("paper", overrides={"data": {"folds": 5, "fold": 4, "validation_fraction": 0.9},
+    cfg = build_config("paper", overrides={"data": {"folds": 5, "fold": 4, "validation_fraction": 0.9,
+                                                    "augment_probability": 0.01, "rotate_degrees": 0},
                                            "train": {"device": "cuda:7"},
                                            "tracking": {"mlflow_uri": "http://operator.example:5000"}})
     own = SiteOwnValues(folds=3, fold=1, device="cpu")
     bounded = bounded_config(cfg, SitePolicy(), own, "st-mary")
     assert (bounded.data.folds, bounded.data.fold, bounded.data.validation_fraction) == (3, 1, 0.2)
+    assert (bounded.data.augment_probability, bounded.data.rotate_degrees) == (0.5, 15.0)  # the site's strength
     assert (bounded.model.encoder_weights, bounded.train.device, bounded.tracking.mlflow_uri) == ("none", "cpu", "")
     assert (cfg.data.folds, cfg.model.encoder_weights) == (5, "imagenet")  # the run's own document is untouched
     assert bounded.data.image_size == cfg.data.image_size and bounded.train == cfg.train.model_copy(
         update={"device": "cpu"})
     assert "the site's own here" in capsys.readouterr().err
+
+
+def test_a_policy_that_does_not_require_augmentation_leaves_its_strength_to_the_run(capsys):
+    cfg = build_config("tiny", overrides={"data": {"augment_probability": 0.1}})
+    assert bounded_config(cfg, SitePolicy(require_augmentation=False), SiteOwnValues(), "h").data.augment_probability \
+        == 0.1
