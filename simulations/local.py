@@ -449,7 +449,7 @@ class RunProgress:
 
     def __init__(self, prior_rounds: int, rounds: int, enabled: bool) -> None:
         self.prior = StepProgress("stage 1 (shape prior)", prior_rounds, "round", enabled) if prior_rounds else None
-        self.rounds = StepProgress("federated rounds", rounds, "round", enabled)
+        self.rounds = StepProgress("federated training", rounds, "round", enabled)
 
     def show(self, lines: list[MetricsLine], log: ServerLog) -> None:
         done = sum(line.is_round for line in lines)

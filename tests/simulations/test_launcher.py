@@ -28,12 +28,12 @@ def test_the_quorum_is_every_valid_site_unless_the_configuration_sets_one():
 
 
 def test_progress_off_a_terminal_is_one_line_per_step(capsys):
-    bar = StepProgress("federated rounds", 3, "round")
+    bar = StepProgress("federated training", 3, "round")
     for done in (0, 1, 1, 3):
         bar.show(done)
     bar.close()
-    assert capsys.readouterr().err.splitlines() == ["federated rounds: 1 of 3 rounds",
-                                                    "federated rounds: 3 of 3 rounds"]
+    assert capsys.readouterr().err.splitlines() == ["federated training: 1 of 3 rounds",
+                                                    "federated training: 3 of 3 rounds"]
 
 
 def test_the_server_log_loses_its_colour_codes_and_tells_which_round_began(tmp_path):
@@ -53,7 +53,7 @@ def test_stage_one_shows_progress_before_it_logs_its_rounds(tmp_path, capsys):
     progress.close()
     assert capsys.readouterr().err.splitlines() == ["stage 1 (shape prior): 2 of 4 rounds",
                                                     "stage 1 (shape prior): 4 of 4 rounds",
-                                                    "federated rounds: 1 of 2 rounds"]
+                                                    "federated training: 1 of 2 rounds"]
 
 
 def test_local_resume_is_accepted_and_simulation_resume_refused(tmp_path, capsys):
