@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -40,9 +39,10 @@ from pathlib import Path
 from flwr.cli.build import build_fab_from_disk
 
 from flower_common.flower_patches import stock_flower_reason
-from pedseg_core.audit import AUDIT_FILE
+from pedseg_core.audit import AUDIT_FILE, append_line
 from pedseg_core.errors import PedsegError
 from pedseg_core.policy import SitePolicy, load_policy
+from pedseg_core.private_dirs import make_private_dir
 
 
 class AppNotApproved(PedsegError):
@@ -146,9 +146,9 @@ def approval_check(site: str, policy_path: Path | None, state_dir: Path | None, 
             message = f"site {site}: refused the app {digest}: {why}; no code of it ran"
             print(f"pedseg-client: {message}", file=sys.stderr, flush=True)
             if state_dir is not None:
-                with (state_dir / AUDIT_FILE).open("a", encoding="utf-8") as log:
-                    log.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": None, "round": None,
-                                          "type": "app", "error": message, "fab_sha256": digest}) + "\n")
+                append_line(make_private_dir(state_dir) / AUDIT_FILE,
+                            {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": None, "round": None,
+                             "type": "app", "error": message, "fab_sha256": digest})
             raise AppNotApproved(message)
         folder = apps_root / digest
         shutil.rmtree(folder, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""`pedseg audit`: what left a site, per run and round."""
+"""`pedseg audit`: what left a site, per run and round, and what a reviewer should look at."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ def audit(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("audit", help="what left a site, per run and round, from STATE_DIR/audit.jsonl; exit 1 "
-                            "when an image-sized array or per-case metrics left it")
+    parser = sub.add_parser("audit", help="what left a site, per run and round, and the request behind it, from "
+                            "STATE_DIR/audit.jsonl; exit 1 when an image-sized array or per-case metrics left it or "
+                            "its policy refused a request; LOOK lines: evaluations over fewer than 2 cases, new or "
+                            "resumed run folders, granted arrays (head, prototypes); NOTE: SecAgg+'s limit")
     parser.add_argument("state_dir", metavar="STATE_DIR", help="a site's state directory (pedseg-client --state-dir)")
     parser.set_defaults(func=audit)
