@@ -10,7 +10,7 @@ share_prototypes: true   # contrastive/full: may per-joint mean embeddings leave
 min_prototype_slices: 32 # ... each a mean over at least this many slices
 share_head: true         # may the head be pooled with other sites of the same joint?
 per_case_metrics: false  # default: only per-bone means and the case count leave
-require_secure_aggregation: false  # true: shared weights leave only masked by SecAgg+
+require_secure_aggregation: false  # true: shared weights leave only masked by SecAgg+ (honest-but-curious server only)
 approved_apps:           # the apps (sha256 of the FAB, `pedseg-client app-hash APP_DIR`) this site runs;
   - 3f2a...              # absent = any app its federation sends (pedseg-client warns)
 # bounds on every request that shapes what leaves (a run outside them is refused, naming the item):
@@ -67,7 +67,9 @@ class SitePolicy(BaseModel):
     share_head: bool = True
     per_case_metrics: bool = False
     approved_apps: tuple[AppHash, ...] | None = None  # None: any app; checked outside the app (client/approved_app.py)
-    require_secure_aggregation: bool = False  # send shared weights only masked by SecAgg+
+    # send shared weights only masked by SecAgg+, which protects against an honest-but-curious server only: the
+    # server relays the sites' public keys unauthenticated, so a server that lies in the key exchange can unmask
+    require_secure_aggregation: bool = False
     # bounds on the run's configuration (pedseg_core.train.request_bounds); the defaults admit the presets
     allowed_schemes: tuple[Scheme, ...] = ("multi-domain", "contrastive", "full")
     min_batch_size: int = Field(4, ge=1)
