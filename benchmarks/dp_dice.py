@@ -35,14 +35,17 @@ def site_train_seconds(run: Path) -> float:
 
 
 def run(name: str, data: Path, out: Path, preset: str, epsilon: float | None) -> dict:
+    config = config_from_run_config({"preset": preset, "scheme": "full", "strategy": "fedavg", "rounds": 0,
+                                     "overrides": "model.norm=group train.precision=fp32", "per-case-metrics": True})
+    # the sites plan to spend their lifetime epsilon over this one run's private steps (prior and rounds)
+    planned = config.prior.epochs * config.prior.steps_per_epoch + \
+        config.federation.num_rounds(config.train) * config.train.steps_per_epoch
     policy = out / f"{name}.yaml"
-    dp = f"dp:\n  epsilon: {epsilon}\n  delta: {DELTA}\n  max_grad_norm: {CLIP}\n" if epsilon else "dp: null\n"
+    dp = (f"dp:\n  epsilon: {epsilon}\n  delta: {DELTA}\n  max_grad_norm: {CLIP}\n  planned_steps: {planned}\n"
+          if epsilon else "dp: null\n")
     policy.write_text(dp + "per_case_metrics: true\n", encoding="utf-8")
-    config = {"preset": preset, "scheme": "full", "strategy": "fedavg", "rounds": 0,
-              "overrides": "model.norm=group train.precision=fp32", "per-case-metrics": True}
     started = time.perf_counter()
-    results = federate_simulation({j: data / j for j in JOINTS}, out / name, config_from_run_config(config),
-                                  progress=False, policy=policy)
+    results = federate_simulation({j: data / j for j in JOINTS}, out / name, config, progress=False, policy=policy)
     return {"name": name, "results": results, "wall_s": time.perf_counter() - started,
             "train_s": site_train_seconds(out / name)}
 

@@ -3,9 +3,10 @@ POLICY.yaml`), never raised by the operator's run config.
 
 ```yaml
 dp:                      # differential privacy (Opacus DP-SGD); absent = no DP
-  epsilon: 8.0
-  delta: 1.0e-5
+  epsilon: 8.0           # lifetime: all this site's DP training on its dataset, every run and round together
+  delta: 1.0e-5          # lifetime
   max_grad_norm: 1.0
+  planned_steps: 1000    # the private steps the site spends them over (its noise is calibrated from these)
 share_prototypes: true   # contrastive/full: may per-joint mean embeddings leave?
 min_prototype_slices: 32 # ... each a mean over at least this many slices
 share_head: true         # may the head be pooled with other sites of the same joint?
@@ -48,12 +49,17 @@ from pedseg_core.validation_errors import one_line
 
 
 class DPBudget(BaseModel):
-    """The (epsilon, delta) this site spends over a whole run, and the per-sample gradient clipping norm."""
+    """The lifetime (epsilon, delta) of this site on its dataset: every DP step of every run and round spends
+    from one accountant (`pedseg_core.train.privacy_ledger`). The noise is calibrated to spend them over
+    `planned_steps` private steps (training rounds and the prior's stage 1 alike), a number the site chooses and
+    no server sends; the default, 1000, is a few federations' worth of the presets' rounds. `max_grad_norm`: the
+    per-sample gradient clipping norm."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     epsilon: float = Field(gt=0)
     delta: float = Field(1e-5, gt=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    planned_steps: int = Field(1000, ge=1)
 
 
 AppHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]  # sha256 of a FAB, lowercase hex
@@ -118,8 +124,8 @@ class Requests:
 
 def describe_policy(policy: SitePolicy) -> str:
     """One line: what this site lets leave it."""
-    dp = (f"DP-SGD with epsilon {policy.dp.epsilon:g}, delta {policy.dp.delta:g}, clipping {policy.dp.max_grad_norm:g}"
-          if policy.dp else "no DP")
+    dp = (f"DP-SGD with lifetime epsilon {policy.dp.epsilon:g}, delta {policy.dp.delta:g} over "
+          f"{policy.dp.planned_steps} planned steps, clipping {policy.dp.max_grad_norm:g}" if policy.dp else "no DP")
     prototypes = (f"prototypes over >= {policy.min_prototype_slices} slices" if policy.share_prototypes
                   else "no prototypes")
     apps = ("any app (no approved_apps)" if policy.approved_apps is None

@@ -17,7 +17,7 @@ MODEL_FILE = "model.pt"
 
 
 class PrivateStore:
-    """`<state_dir>/run-<run>/`: `private.pt`, `optimizer.pt`, `privacy.pt`, `model.pt` and `sent/`, each file written
+    """`<state_dir>/run-<run>/`: `private.pt`, `optimizer.pt`, `model.pt` and `sent/`, each file written
     atomically (temporary file, then rename). The state folder and the run folder are private (0700) before
     anything is written into them, so every file in them is too (0600)."""
 
@@ -25,7 +25,6 @@ class PrivateStore:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / RUN_FOLDER.format(run=run) / "private.pt"
         self.optimizer_path = self.path.parent / "optimizer.pt"
-        self.privacy_path = self.path.parent / "privacy.pt"  # DP-SGD: the noise multiplier and the accountant
         self.sent_dir = self.path.parent / "sent"
 
     @property
@@ -58,14 +57,6 @@ class PrivateStore:
 
     def save_optimizer(self, state: dict) -> None:
         save_atomically(self._ready(self.optimizer_path), state)
-
-    def load_privacy(self) -> dict | None:
-        """The DP accountant this site kept in this run (None: no DP round yet)."""
-        return torch.load(self.privacy_path, map_location="cpu", weights_only=True) \
-            if self.privacy_path.is_file() else None
-
-    def save_privacy(self, state: dict) -> None:
-        save_atomically(self._ready(self.privacy_path), state)
 
     def save_sent(self, server_round: int, sent: dict[str, dict[str, Tensor]], num_examples: int) -> None:
         """`sent/round-NNN.pt`: every array record of this round's reply (by name) and its example count."""

@@ -79,12 +79,14 @@ class SiteTrainer:
         digest = hashlib.sha256(f"{self.secret}:{purpose}:{server_round}".encode()).digest()
         return int.from_bytes(digest[:8], "big") >> 1  # a non-negative int64
 
-    def use_privacy(self, budget: DPBudget, num_rounds: int, state: dict | None = None) -> None:
-        """Train with DP-SGD in this run (see `pedseg_core.train.private_training`): `budget` over the run's
-        `num_rounds` rounds; `state`: the accountant kept from this site's earlier rounds. Its Adam state must
-        be loaded before. DP needs group norms, per-sample losses and no coupling between a batch's slices, so
-        the contrastive term (in-batch positives) and FedProx are off under DP."""
+    def use_privacy(self, budget: DPBudget, state: dict | None = None) -> None:
+        """Train with DP-SGD (see `pedseg_core.train.private_training`): the site's lifetime `budget`, its noise
+        calibrated from the policy's own plan; `state`: the accountant of every earlier DP step of this site on
+        this dataset. Its Adam state must be loaded before. DP needs group norms, per-sample losses and no
+        coupling between a batch's slices, so the contrastive term (in-batch positives) and FedProx are off
+        under DP."""
         if self.private is not None:
+            self.private.resume(state)
             return
         if self.cfg.model.norm != "group":
             raise PedsegError(f"site {self.domain.name}: its policy asks for DP-SGD, which needs group norms (Opacus "
@@ -92,13 +94,7 @@ class SiteTrainer:
         if self.model.scales:  # no contrastive term under DP: the projection heads get no gradient
             self.model.projections.requires_grad_(False)
         self.private = PrivateTraining(self.model, self.optimizer, budget, len(self.train_cases),
-                                       self.cfg.train.batch_size, self.planned_private_steps(num_rounds), state)
-
-    def planned_private_steps(self, num_rounds: int) -> int:
-        """Every step this site trains under DP in a run of `num_rounds` rounds: the prior's stage 1 (`full`) and
-        the segmentation rounds. One noise multiplier, calibrated over all of them, serves both."""
-        prior = self.cfg.prior.epochs * self.cfg.prior.steps_per_epoch if self.cfg.scheme == "full" else 0
-        return prior + num_rounds * self.cfg.train.steps_per_epoch
+                                       self.cfg.train.batch_size, state)
 
     def training_slices(self) -> SliceSet:
         """This site's training slices, read and preprocessed once per process (a message's handler may
@@ -201,9 +197,8 @@ class SiteTrainer:
             autoencoder.cpu()
             return len(labels), stats, None
         optimizer = torch.optim.Adam(autoencoder.parameters(), lr=self.cfg.prior.learning_rate)
-        planned = self.planned_private_steps(self.cfg.federation.num_rounds(self.cfg.train))
         private = PrivateTraining(autoencoder, optimizer, budget, len(self.train_cases), self.cfg.train.batch_size,
-                                  planned, privacy_state)
+                                  privacy_state)
         private.require_budget(steps, self.domain.name)
         train_shape_autoencoder_privately(private, self.training_slices(), offset, steps)
         private.hooks.remove_hooks()  # the auto-encoder goes on as a plain module (the weights it sends)

@@ -2,8 +2,9 @@
 `monai.fl.client.ClientAlgo`): typed requests in, typed results out (`pedseg_core.train.site_requests`).
 
 The algorithm owns the site's trainer (`SiteTrainer`), its private layers in memory and on its disk
-(`PrivateStore`: `<state_dir>/run-<run>/`), its Adam state, its DP-SGD accountant (`privacy.pt`) and the copies of
-what it sent; and it decides, in `_released`, what of a round may leave it, by the site's policy. A Flower
+(`PrivateStore`: `<state_dir>/run-<run>/`), its Adam state and the copies of what it sent, and spends from the
+DP-SGD accountant of the site's dataset (`PrivacyLedger`: `<state_dir>/privacy/<dataset hash>.pt`, one for
+every run and round); and it decides, in `_released`, what of a round may leave it, by the site's policy. A Flower
 ClientApp (client/app.py) only translates messages to these calls; a hospital can drive them by hand.
 """
 
@@ -20,6 +21,7 @@ from pedseg_core.errors import PedsegError
 from pedseg_core.model.shape_prior import ShapeAutoEncoder, ShapePriorLoss
 from pedseg_core.policy import Requests
 from pedseg_core.protocol import ARRAYS, EPSILON, HEAD, PROTOTYPE_SEP, PROTOTYPE_SLICES, PROTOTYPES, TRAIN_LOSS
+from pedseg_core.train.privacy_ledger import PrivacyLedger, dataset_hash
 from pedseg_core.train.private_store import PrivateStore
 from pedseg_core.train.private_training import spent_epsilon
 from pedseg_core.train.request_bounds import bounded_config
@@ -58,6 +60,14 @@ class SiteAlgorithm:
             self.trainer.load_private(private)
         if (optimizer := self.store.load_optimizer()) is not None:
             self.trainer.load_optimizer_state(optimizer)
+        self._ledger: PrivacyLedger | None = None
+
+    @property
+    def ledger(self) -> PrivacyLedger:
+        """The site's DP accountant for its training cases (hashed on first use)."""
+        if self._ledger is None:
+            self._ledger = PrivacyLedger(self.settings.state_dir, dataset_hash(self.trainer.train_cases))
+        return self._ledger
 
     def use_settings(self, settings: SiteSettings) -> None:
         """The site's settings as its files say now (its policy read anew): the run is checked against them
@@ -73,8 +83,8 @@ class SiteAlgorithm:
         """One round: (evaluate the previous global weights first, when asked,) train locally from the round's
         global weights, keep the private layers, Adam state and accountant, and return what may leave."""
         trainer = self.trainer
-        if (dp := self.settings.policy.dp) is not None:  # DP-SGD on the accountant of its earlier rounds
-            trainer.use_privacy(dp, request.num_rounds, self.store.load_privacy())
+        if (dp := self.settings.policy.dp) is not None:  # DP-SGD on the accountant of the site's dataset
+            trainer.use_privacy(dp, self.ledger.load())
         if request.head is not None and self._granted(request.share_head).share_head:  # the joint's pooled head
             trainer.load_received(request.head, trainer.head_state(), "its head")
         evaluation = None
@@ -86,7 +96,7 @@ class SiteAlgorithm:
         self.store.save(trainer.private_state())
         self.store.save_optimizer(trainer.optimizer_state())
         if trainer.private is not None:
-            self.store.save_privacy(trainer.private.state_dict())
+            self.ledger.save(trainer.private.state_dict())
         result = self._released(request, shared, slices, stats)
         result.evaluation = evaluation
         if self.settings.keep_sent:
@@ -155,9 +165,9 @@ class SiteAlgorithm:
         autoencoder = self._autoencoder(request.autoencoder, request.union)
         dp = self.settings.policy.dp
         slices, stats, privacy = self.trainer.train_prior_round(autoencoder, request.union.offset, request.server_round,
-                                                                dp, self.store.load_privacy() if dp else None)
+                                                                dp, self.ledger.load() if dp else None)
         if privacy is not None:
-            self.store.save_privacy(privacy)
+            self.ledger.save(privacy)
             stats = {}
         return PriorResult(autoencoder.state_dict(), slices, {k.replace("_", "-"): v for k, v in stats.items()})
 
@@ -179,6 +189,6 @@ class SiteAlgorithm:
                                         f"({least}) admits no metric over fewer cases")
         if not self._granted().per_case_metrics:
             entry.pop("per_case", None)
-        if (privacy := self.store.load_privacy()) is not None:
+        if self.settings.policy.dp is not None and (privacy := self.ledger.load()) is not None:
             entry["epsilon"] = spent_epsilon(privacy)
         return EvaluateResult(entry)

@@ -30,6 +30,7 @@ def test_a_strict_policy_refuses_prototypes_and_the_head():
 @pytest.mark.parametrize("text, message", [
     ("dp: {epsilon: -1}", "dp.epsilon must be greater than 0, got -1"),
     ("dp: {epsilon: 8, delta: 2}", "dp.delta must be less than 1, got 2"),
+    ("dp: {epsilon: 8, planned_steps: 0}", "dp.planned_steps must be greater than or equal to 1, got 0"),
     ("share_head: maybe", "share_head must be a valid boolean, got 'maybe'"),
     ("per_case: true", r"top level: unknown option 'per_case' \(known: allowed_schemes, approved_apps, dp, "),
     ("- a list", "expected a mapping at the top level"),

@@ -23,7 +23,6 @@ def test_store_writes_private_folders_and_files(tmp_path):
         store = PrivateStore(state, "7")
         store.save({"head": torch.zeros(2)})
         store.save_optimizer({"step": 1})
-        store.save_privacy({"epsilon": 0.5})
         store.save_sent(1, {"shared": {"w": torch.ones(3)}}, 12)
         save_atomically(store.model_path, {"format": "test"})
     finally:
@@ -32,7 +31,7 @@ def test_store_writes_private_folders_and_files(tmp_path):
     assert {path.name: _mode(path) for path in [state, run, run / "sent"]} == \
         {"state": 0o700, "run-7": 0o700, "sent": 0o700}
     files = sorted(path for path in state.rglob("*") if path.is_file())
-    assert [path.name for path in files] == ["model.pt", "optimizer.pt", "privacy.pt", "private.pt", "round-001.pt"]
+    assert [path.name for path in files] == ["model.pt", "optimizer.pt", "private.pt", "round-001.pt"]
     assert {path.name: _mode(path) for path in files} == {path.name: 0o600 for path in files}
 
 

@@ -99,7 +99,7 @@ def test_a_dp_site_sends_neither_losses_nor_prototypes(write_dataset, tmp_path):
     result = site.train(TrainRequest(site.trainer.shared_state(), 1, ROUNDS))
     assert result.prototypes is None and 0 < result.metrics["epsilon"] <= 8.0
     assert not [k for k in result.metrics if k.endswith("loss")]
-    assert site.store.privacy_path.is_file()
+    assert site.ledger.path.is_file()
 
 
 def test_no_metric_leaves_over_fewer_evaluation_cases_than_the_policy_admits(write_dataset, tmp_path, capsys):
