@@ -7,6 +7,10 @@ from __future__ import annotations
 import stat
 
 from pedseg_core.audit import append_line, read_audit, summarize_audit
+from pedseg_core.audit_request import REQUEST_OPTIONS, request_values
+from pedseg_core.config import build_config
+from pedseg_core.policy import SitePolicy
+from pedseg_core.train.request_bounds import violations
 
 SHARED = {"record": "arrays", "key": "w", "shape": [4, 3], "dtype": "float32", "sha256": "0" * 64}
 
@@ -72,3 +76,15 @@ def test_the_log_is_appended_readable_by_its_owner_only(tmp_path):
     append_line(path, {"round": 2})
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [line["round"] for line in read_audit(tmp_path)] == [1, 2]
+
+
+def test_the_audit_records_every_option_the_policy_bounds():
+    """A run that breaks every bound: each option `violations` names is among the values each audit line keeps."""
+    cfg = build_config("tiny", overrides={"scheme": "full", "train": {"batch_size": 1, "steps_per_epoch": 1},
+                                          "data": {"augment": False, "augment_probability": 0.0}})
+    policy = SitePolicy(allowed_schemes=("multi-domain",), min_batch_size=64, min_local_steps=64,
+                        max_learning_rate=1e-9, max_image_size=32, max_width=1, max_embedding_dim=1)
+    named = {option for _, option, _ in violations(cfg, policy)}
+    assert len(named) == 14 and named <= set(REQUEST_OPTIONS)
+    values = request_values(cfg)
+    assert values["train.batch_size"] == 1 and values["data.augment"] is False
