@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from pedseg_core.torch_files import save_atomically
 from pedseg_core.train.private_store import RUN_FOLDER
 
 IMAGE_SIDE = 32  # an array with two dimensions this large could hold an image or a label map
+RUN_FOLDER_NAME = re.compile(r"[0-9]{1,24}")  # as client.app names the site algorithm's run folder
 
 
 def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -105,7 +107,7 @@ def request(msg: Message, context: Context) -> dict:
 def keep_sent(reply: Message, line: dict, state: Path) -> str:
     """The reply's arrays (by record, as they leave), metrics and config values into the run's `sent/` folder;
     returns the copy's path relative to `state`."""
-    run = line["federation_run"] if line["federation_run"].isdigit() else str(line["run"])
+    run = line["federation_run"] if RUN_FOLDER_NAME.fullmatch(line["federation_run"]) else str(line["run"])
     stage = "prior-" if line["request"]["message"].get(STAGE) == STAGE_PRIOR else ""
     number = line["round"] if isinstance(line["round"], int) and 0 <= line["round"] < 10 ** 6 else 0
     file_name = f"{stage}round-{number:03d}.wire.pt"

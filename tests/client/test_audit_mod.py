@@ -138,3 +138,11 @@ def test_a_refused_apps_audit_line_is_written_0600(tmp_path):
     assert line["type"] == "app" and line["fab_sha256"] == hashlib.sha256(b"another app").hexdigest()
     assert stat.S_IMODE((tmp_path / "state" / "audit.jsonl").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+
+
+def test_a_run_folder_name_that_is_not_digits_keeps_the_copy_in_the_flower_runs_folder(tmp_path):
+    msg = train_message()
+    msg.content["config"]["federation-run"] = "../../elsewhere"
+    audit_mod(msg, context(tmp_path), lambda m, c: policy_mod(m, c, handler))
+    (line,) = audit_lines(tmp_path)
+    assert line["kept"] == "run-5/sent/round-003.wire.pt" and (tmp_path / "state" / line["kept"]).is_file()
