@@ -54,6 +54,7 @@ class SiteAlgorithm:
         self.trainer = SiteTrainer(settings.site, settings.joint, settings.data_dir, cfg, settings.part, union,
                                    secret=int.from_bytes(os.urandom(8), "big"))
         self.store = PrivateStore(settings.state_dir, run)
+        self.store.require_open()  # a finished run's private layers never go into another run
         if private is None:
             private = self.store.load()
         if private is not None:
@@ -176,10 +177,13 @@ class SiteAlgorithm:
         site's evaluation cases; the model it scored stays at the site as `model.pt`, for `pedseg predict` (the
         `shared` scheme has none: its head is the union of all bones). Per-case metrics only where the run asks and
         the policy allows; a DP site adds the epsilon it has spent. Over fewer evaluation cases than the policy's
-        `min_eval_cases`, no metric leaves (the result says why; the site's log has the count)."""
+        `min_eval_cases`, no metric leaves (the result says why; the site's log has the count). The run's last
+        evaluation closes its run folder (`PrivateStore.finish`)."""
         entry = self.trainer.evaluate(request.shared)
         if not self.trainer.union:
             self.trainer.save_model(self.store.model_path, request.server_round)
+        if request.server_round >= self.trainer.cfg.federation.num_rounds(self.trainer.cfg.train):
+            self.store.finish()  # the run's last evaluation: its folder closes
         least = self.settings.policy.min_eval_cases
         if entry["cases"] < least:
             print(f"pedseg site {self.settings.site}: no metric of round {request.server_round} leaves: "

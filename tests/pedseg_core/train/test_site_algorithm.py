@@ -3,12 +3,13 @@ weights, their prototypes handed over), what leaves each of them, and what each 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pedseg_core.config import build_config
 from pedseg_core.model.shape_prior import ShapeAutoEncoder
 from pedseg_core.policy import DPBudget, SitePolicy
-from pedseg_core.train.private_store import PrivateStore
+from pedseg_core.train.private_store import PrivateStore, RunFolderClosed
 from pedseg_core.train.request_bounds import SiteOwnValues
 from pedseg_core.train.site_algorithm import SiteAlgorithm
 from pedseg_core.train.site_requests import (
@@ -59,17 +60,19 @@ def test_two_hospitals_federate_by_hand(write_dataset, tmp_path):
         assert [sorted(r.prototypes) for r in results] == [[f"{j}|{s}" for s in range(3)] for j in ("ankle", "knee")]
         prototypes = {k: v for r in results for k, v in r.prototypes.items()}
         shared = mean([r.shared for r in results], [r.num_examples for r in results])
+    # a restarted site continues with its private layers
+    again = SiteAlgorithm(knee.settings, knee.trainer.cfg, run="7")
+    torch.testing.assert_close(again.private_state(), knee.private_state())
     evaluation = knee.evaluate(EvaluateRequest(shared, ROUNDS))
     assert evaluation.num_examples == 1 and 0 <= evaluation.mean_dice <= 1
     # each site keeps its private layers, its Adam state, its last model and a copy of what it sent
     store = PrivateStore(tmp_path / "knee", "7")
     torch.testing.assert_close(store.load(), knee.private_state())
-    assert store.optimizer_path.is_file() and store.model_path.is_file()
+    assert store.optimizer_path.is_file() and (store.path.parent / "model.pt").is_file()
     sent = torch.load(store.sent_dir / f"round-{ROUNDS:03d}.pt", weights_only=True)
     assert set(sent) == {"arrays", "prototypes", "num_examples"} and sent["num_examples"] == results[1].num_examples
-    # a restarted site continues with them
-    again = SiteAlgorithm(knee.settings, knee.trainer.cfg, run="7")
-    torch.testing.assert_close(again.private_state(), knee.private_state())
+    with pytest.raises(RunFolderClosed, match="federation-run 7: that run has finished"):  # closed by the last eval
+        SiteAlgorithm(knee.settings, knee.trainer.cfg, run="7")
 
 
 def test_the_head_leaves_only_when_asked(write_dataset, tmp_path):
