@@ -4,11 +4,17 @@ run and round (and the prior's stage 1), spends from this one accountant, whatev
 
 The hash is over the case files' names and contents (sha256 of each file, streamed): a copy or a move of the
 dataset keeps its budget, and touching a file does not reset it. It costs one read of the training files per
-site process, which the site reads anyway to preprocess them."""
+site process, which the site reads anyway to preprocess them.
+
+Two runs of a site may train at once: each adds to the file only what it spent since it loaded the accountant
+(RDP composes in any order), under a lock, so neither overwrites the other's spending."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,7 +57,22 @@ class PrivacyLedger:
         """What the site has spent on this dataset (None: no DP step yet)."""
         return torch.load(self.path, map_location="cpu", weights_only=True) if self.path.is_file() else None
 
-    def save(self, state: dict) -> None:
+    def save(self, state: dict, loaded: dict | None) -> None:
+        """Add to the file what `state` spent beyond `loaded` (what `load` gave before training)."""
         make_private_dir(self.state_dir)
         make_private_dir(self.path.parent)
-        save_atomically(self.path, state)
+        with os.fdopen(os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)) as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self.load()
+            spent = steps_by_noise(state) - (steps_by_noise(loaded) if loaded is not None else Counter())
+            history = [*(current["accountant"]["history"] if current is not None else []),
+                       *((noise, rate, steps) for (noise, rate), steps in sorted(spent.items()))]
+            save_atomically(self.path, {**state, "accountant": {**state["accountant"], "history": history}})
+
+
+def steps_by_noise(state: dict) -> Counter:
+    """The accountant's steps per (noise multiplier, sampling rate)."""
+    steps: Counter = Counter()
+    for noise, rate, count in state["accountant"]["history"]:
+        steps[(noise, rate)] += count
+    return steps

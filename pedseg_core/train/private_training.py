@@ -61,8 +61,7 @@ class PrivateTraining:
         self.batch_size = batch_size
         self.sample_rate = min(1.0, batch_size / cases)
         self.accountant = RDPAccountant()
-        if state is not None:
-            self.accountant.load_state_dict(state["accountant"])
+        self.resume(state)
         self.noise_multiplier = planned_noise_multiplier(budget, self.sample_rate)
         self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="mean")
         self.generator = entropy_generator()  # sampling (CPU); the noise is drawn on the parameters' device
@@ -77,8 +76,8 @@ class PrivateTraining:
         since this one last trained."""
         if state is None:
             self.accountant.history = []
-        else:
-            self.accountant.load_state_dict(state["accountant"])
+        else:  # a copy: the accountant appends to its history in place
+            self.accountant.load_state_dict({**state["accountant"], "history": list(state["accountant"]["history"])})
 
     def spent(self) -> float:
         """The epsilon spent so far (0 before the first step)."""

@@ -84,8 +84,10 @@ class SiteAlgorithm:
         """One round: (evaluate the previous global weights first, when asked,) train locally from the round's
         global weights, keep the private layers, Adam state and accountant, and return what may leave."""
         trainer = self.trainer
+        spent = None
         if (dp := self.settings.policy.dp) is not None:  # DP-SGD on the accountant of the site's dataset
-            trainer.use_privacy(dp, self.ledger.load())
+            spent = self.ledger.load()
+            trainer.use_privacy(dp, spent)
         if request.head is not None and self._granted(request.share_head).share_head:  # the joint's pooled head
             trainer.load_received(request.head, trainer.head_state(), "its head")
         evaluation = None
@@ -97,7 +99,7 @@ class SiteAlgorithm:
         self.store.save(trainer.private_state())
         self.store.save_optimizer(trainer.optimizer_state())
         if trainer.private is not None:
-            self.ledger.save(trainer.private.state_dict())
+            self.ledger.save(trainer.private.state_dict(), spent)
         result = self._released(request, shared, slices, stats)
         result.evaluation = evaluation
         if self.settings.keep_sent:
@@ -165,10 +167,11 @@ class SiteAlgorithm:
         under DP by DP-SGD on the site's accountant, and then without losses (DP does not cover them)."""
         autoencoder = self._autoencoder(request.autoencoder, request.union)
         dp = self.settings.policy.dp
+        spent = self.ledger.load() if dp else None
         slices, stats, privacy = self.trainer.train_prior_round(autoencoder, request.union.offset, request.server_round,
-                                                                dp, self.ledger.load() if dp else None)
+                                                                dp, spent)
         if privacy is not None:
-            self.ledger.save(privacy)
+            self.ledger.save(privacy, spent)
             stats = {}
         return PriorResult(autoencoder.state_dict(), slices, {k.replace("_", "-"): v for k, v in stats.items()})
 

@@ -11,7 +11,7 @@ import pytest
 from pedseg_core.config import build_config
 from pedseg_core.data.nnunet import Case
 from pedseg_core.policy import DPBudget, SitePolicy
-from pedseg_core.train.privacy_ledger import dataset_hash
+from pedseg_core.train.privacy_ledger import PrivacyLedger, dataset_hash, steps_by_noise
 from pedseg_core.train.private_training import PrivacyBudgetSpent, planned_noise_multiplier
 from pedseg_core.train.site_algorithm import SiteAlgorithm
 from pedseg_core.train.site_requests import SiteSettings, TrainRequest
@@ -33,6 +33,19 @@ def test_the_dataset_hash_follows_the_files_contents_not_their_folder_or_times(w
     first.write_bytes(first.read_bytes() + b"\0")
     assert dataset_hash(cases(data)) != dataset_hash(cases(copy))
     assert dataset_hash(cases(data)[:1]) != dataset_hash(cases(data))
+
+
+def accountant(*history: tuple[float, float, int]) -> dict:
+    return {"accountant": {"history": list(history), "mechanism": "rdp"}, "noise_multiplier": 1.0, "delta": 1e-5}
+
+
+def test_two_runs_training_at_once_add_their_spending_not_overwrite_it(tmp_path):
+    ledger = PrivacyLedger(tmp_path / "state", "abc")
+    ledger.save(accountant((1.0, 0.5, 2)), None)  # run 7 and run 8 both loaded nothing, then trained 2 steps
+    ledger.save(accountant((1.0, 0.5, 2)), None)
+    loaded = ledger.load()
+    ledger.save(accountant((1.0, 0.5, 4), (2.0, 0.5, 3)), loaded)  # run 9 went on from both: 3 more steps
+    assert steps_by_noise(ledger.load()) == {(1.0, 0.5): 4, (2.0, 0.5): 3}
 
 
 @pytest.fixture
@@ -57,7 +70,7 @@ def test_runs_of_one_site_spend_one_accountant(site, tmp_path):
         result = algorithm.train(TrainRequest(algorithm.trainer.shared_state(), server_round, 1))
         spent.append(result.metrics["epsilon"])
     assert spent == sorted(spent) and len(set(spent)) == 4, spent
-    assert [p.name for p in (tmp_path / "state" / "privacy").iterdir()] == [f"{first.ledger.path.name}"]
+    assert [p.name for p in (tmp_path / "state" / "privacy").glob("*.pt")] == [first.ledger.path.name]
     assert first.ledger.path == second.ledger.path
     assert not list((tmp_path / "state").glob("run-*/privacy*"))
 
