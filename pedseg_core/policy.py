@@ -13,7 +13,7 @@ share_head: true         # may the head be pooled with other sites of the same j
 per_case_metrics: false  # default: only per-bone means and the case count leave
 require_secure_aggregation: false  # true: shared weights leave only masked by SecAgg+ (honest-but-curious server only)
 approved_apps:           # the apps (sha256 of the FAB, `pedseg-client app-hash APP_DIR`) this site runs;
-  - 3f2a...              # absent = any app its federation sends (pedseg-client warns)
+  - 3f2a...              # absent = only its own installed pedseg's app (pedseg-client --allow-any-app: any)
 # bounds on every request that shapes what leaves (a run outside them is refused, naming the item):
 allowed_schemes: [multi-domain, contrastive, full]  # `shared` sends the site's norms and head: only when listed
 min_batch_size: 4        # slices per step (train.batch_size; prior.batch_size in `full`)
@@ -72,7 +72,8 @@ class SitePolicy(BaseModel):
     min_prototype_slices: int = Field(32, ge=1)
     share_head: bool = True
     per_case_metrics: bool = False
-    approved_apps: tuple[AppHash, ...] | None = None  # None: any app; checked outside the app (client/approved_app.py)
+    approved_apps: tuple[AppHash, ...] | None = None  # None: pedseg-client decides (its own app by default);
+    # checked outside the app (client/approved_app.py)
     # send shared weights only masked by SecAgg+, which protects against an honest-but-curious server only: the
     # server relays the sites' public keys unauthenticated, so a server that lies in the key exchange can unmask
     require_secure_aggregation: bool = False
@@ -88,6 +89,7 @@ class SitePolicy(BaseModel):
     min_eval_cases: int = Field(1, ge=1)  # 1 while the tests' phantom sites hold one test case each
 
     def approves(self, fab_hash: str) -> bool:
+        """Whether the listed approved_apps hold `fab_hash` (no list: True, the site's own defaults then decide)."""
         return self.approved_apps is None or fab_hash in self.approved_apps
 
     def grant(self, asked: Requests) -> tuple[Requests, list[str]]:
@@ -128,7 +130,7 @@ def describe_policy(policy: SitePolicy) -> str:
           f"{policy.dp.planned_steps} planned steps, clipping {policy.dp.max_grad_norm:g}" if policy.dp else "no DP")
     prototypes = (f"prototypes over >= {policy.min_prototype_slices} slices" if policy.share_prototypes
                   else "no prototypes")
-    apps = ("any app (no approved_apps)" if policy.approved_apps is None
+    apps = ("the apps pedseg-client names below (no approved_apps)" if policy.approved_apps is None
             else f"{len(policy.approved_apps)} approved app(s) only")
     secagg = "; shared weights only under SecAgg+" if policy.require_secure_aggregation else ""
     return (f"{dp}; {prototypes}; head {'may be' if policy.share_head else 'never'} pooled; "

@@ -57,7 +57,7 @@ def test_a_dp_policy_reads_back():
 
 def test_approved_apps_are_checked_only_when_listed():
     digest = "0123456789abcdef" * 4
-    assert SitePolicy().approves(digest)  # no list: any app (pedseg-client warns)
+    assert SitePolicy().approves(digest)  # no list: the site's own defaults decide (client/approved_app.py)
     strict = SitePolicy.model_validate({"approved_apps": [digest]})
     assert strict.approves(digest) and not strict.approves("f" * 64)
     assert not SitePolicy.model_validate({"approved_apps": []}).approves(digest)  # an empty list: none
