@@ -120,10 +120,14 @@ class SiteTrainer:
         """The site's own private layers (its memory or disk): trusted."""
         load_partial_state(self.model, private)
 
-    def load_received(self, arrays: dict[str, Tensor], part: dict[str, Tensor], what: str) -> None:
-        """Arrays a server sent, loaded only where they are keys of this model's `part` (its shared weights,
-        or its head when pooled): a server cannot overwrite the site's private norms or a head it keeps."""
-        if foreign := sorted(set(arrays) - set(part)):
+    def own_keys(self, head: bool = False) -> set[str]:
+        """The keys of this model's shared weights (or of its head), without copying a tensor."""
+        return set(head_state_dict(self.model) if head else split_for_scheme(self.model, self.cfg.scheme)[0])
+
+    def load_received(self, arrays: dict[str, Tensor], part: set[str], what: str) -> None:
+        """Arrays a server sent, loaded only where they are among `part` (`own_keys`: its shared weights, or its
+        head when pooled): a server cannot overwrite the site's private norms or a head it keeps."""
+        if foreign := sorted(set(arrays) - part):
             raise PedsegError(f"site {self.domain.name}: the server sent {len(foreign)} array(s) that are not "
                               f"{what} of this model, e.g. {foreign[0]}; refused")
         load_partial_state(self.model, arrays)
@@ -143,7 +147,7 @@ class SiteTrainer:
 
         With projection heads, the contrastive term uses in-batch positives and, when given, the other
         domains' prototypes (per scale [M, D]) as negatives."""
-        self.load_received(shared, self.shared_state(), "shared weights")
+        self.load_received(shared, self.own_keys(), "shared weights")
         tc = self.cfg.train
         if self.private is not None:
             if proximal_mu > 0:
@@ -227,7 +231,7 @@ class SiteTrainer:
         re-estimated on its training slices for the global weights) on its evaluation cases: a `results.json`
         site entry. The `shared` scheme has no private layers: the global model as it is, union labels mapped
         back to the joint's."""
-        self.load_received(shared, self.shared_state(), "shared weights")
+        self.load_received(shared, self.own_keys(), "shared weights")
         if self.union:
             lut = union_to_joint_lut(self.union[0], self.union[1], self.dataset.num_classes)
             return evaluate_site(self.model, 0, self.domain.joint, self.eval_cases, self.domain.bones, self.cfg,

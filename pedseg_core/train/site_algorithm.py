@@ -89,7 +89,7 @@ class SiteAlgorithm:
             spent = self.ledger.load()
             trainer.use_privacy(dp, spent)
         if request.head is not None and self._granted(request.share_head).share_head:  # the joint's pooled head
-            trainer.load_received(request.head, trainer.head_state(), "its head")
+            trainer.load_received(request.head, trainer.own_keys(head=True), "its head")
         evaluation = None
         if request.evaluate_first:  # the personalized model on the global weights of the previous round
             evaluation = self.evaluate(EvaluateRequest(request.shared, request.server_round - 1))
